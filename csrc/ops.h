@@ -1,0 +1,3 @@
+// talkie_kernels native CPU ops (placeholder header; see csrc/ops.cpp).
+#pragma once
+#include "mlx/mlx.h"

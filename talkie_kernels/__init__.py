@@ -1,0 +1,106 @@
+"""talkie_kernels: fused MLX kernels for the Talkie 13B language model.
+
+Public ops (DESIGN §2) dispatch on the device of the default stream:
+
+* GPU with Metal available -> ``talkie_kernels.metal`` (``mx.fast.metal_kernel``);
+* CPU -> the native extension (``talkie_kernels._native``, MLX Primitives);
+  without it, a one-time ``RuntimeWarning`` and ``talkie_kernels.reference``;
+* anything else -> ``talkie_kernels.reference``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import mlx.core as mx
+
+from . import native as _native_loader
+from . import reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "rms_norm",
+    "rope",
+    "rope_qk_norm",
+    "residual_norm",
+    "native_available",
+    "backend",
+    "load",
+    "reference",
+]
+
+_warned = False
+
+
+def native_available() -> bool:
+    """True when the compiled CPU extension loaded."""
+    return _native_loader.available()
+
+
+def backend() -> str:
+    """The implementation the top-level ops use right now: 'metal', 'native' or 'reference'."""
+    global _warned
+    device = mx.default_device()
+    if device.type == mx.gpu and mx.metal.is_available():
+        return "metal"
+    if device.type == mx.cpu:
+        if native_available():
+            return "native"
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                "talkie_kernels: the native CPU extension is not available "
+                f"({_native_loader.load_error}); using the plain-MLX reference, "
+                "which is slower. Reinstall with `pip install .` to build it.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return "reference"
+
+
+def _impl():
+    name = backend()
+    if name == "metal":
+        from . import metal
+
+        return metal
+    if name == "native":
+        return _native_loader.ops
+    return reference
+
+
+def rms_norm(x, eps=None):
+    """Weightless RMSNorm over the last axis, fp32 reduction. See ``reference.rms_norm``."""
+    return _impl().rms_norm(x, eps)
+
+
+def rope(x, offset=0, *, base=1e6):
+    """Talkie's inverse-rotation RoPE on (B, H, L, D). See ``reference.rope``."""
+    return _impl().rope(x, offset, base=base)
+
+
+def rope_qk_norm(q, k, head_gain, offset=0, *, base=1e6, eps=None):
+    """Fused RoPE -> RMSNorm -> per-head gain on q, k in one pass -> (q, k)."""
+    return _impl().rope_qk_norm(q, k, head_gain, offset, base=base, eps=eps)
+
+
+def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
+    """Fused ``x + gain·y [+ skip_gain·skip]`` then RMSNorm -> (x_new, normed)."""
+    return _impl().residual_norm(x, y, gain, skip, skip_gain, eps=eps)
+
+
+def load(path_or_repo, **kwargs):
+    """Load a Talkie checkpoint as the fused model: ``(model, tokenizer)``, like ``mlx_lm.load``."""
+    from .loader import load as _load
+
+    return _load(path_or_repo, **kwargs)
+
+
+def __getattr__(name):
+    # Submodules that pull in more (Metal kernels, the emulator, the model) load lazily.
+    if name in ("metal", "testing", "models", "loader", "cli"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'talkie_kernels' has no attribute {name!r}")

@@ -1,0 +1,91 @@
+"""Plain-MLX reference ops, composed exactly as mlx-lm 0.32.2's ``models/talkie.py``.
+
+These are the baseline every fused implementation is measured against (speed)
+and compared with (accuracy, gradients). Each intermediate is rounded to the
+input dtype, as in the plain model; the fused kernels round once.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from . import _checks as C
+
+
+def rms_norm(x: mx.array, eps: float | None = None) -> mx.array:
+    """Weightless RMSNorm over the last axis.
+
+    1. ``y = x / sqrt(mean(x², axis=-1) + eps)`` reduced in fp32, cast to ``x.dtype``.
+    """
+    C.check_array("rms_norm", "x", x)
+    return mx.fast.rms_norm(x, None, C.check_eps("rms_norm", eps))
+
+
+def _inverse_freqs(head_dim: int, base: float) -> mx.array:
+    # mx.fast.rope takes periods (angle = pos / freqs); negating them turns the
+    # standard rotate-half rotation into Talkie's inverse rotation.
+    return -(base ** (mx.arange(0, head_dim, 2, dtype=mx.float32) / head_dim))
+
+
+def _rope(x, offset, base):
+    return mx.fast.rope(
+        x,
+        dims=x.shape[-1],
+        traditional=False,
+        base=None,
+        scale=1.0,
+        offset=offset,
+        freqs=_inverse_freqs(x.shape[-1], base),
+    )
+
+
+def rope(x: mx.array, offset=0, *, base: float = 1e6) -> mx.array:
+    """Talkie's inverse-rotation RoPE (rotate-half layout).
+
+    Shapes: x (B, H, L, D), D even; offset int, () or (B,) -> (B, H, L, D).
+
+    1. ``pos = offset[b] + l``; ``θ_i = pos · base^(-2i/D)`` for i < D/2.
+    2. ``x1, x2 = x[..., :D/2], x[..., D/2:]``.
+    3. ``y1 = x1·cos θ + x2·sin θ``; ``y2 = −x1·sin θ + x2·cos θ``.
+    """
+    C.check_rope_input("rope", "x", x)
+    offset = C.check_offset("rope", offset, x.shape[0])
+    return _rope(x, offset, C.check_base("rope", base))
+
+
+def rope_qk_norm(q, k, head_gain, offset=0, *, base: float = 1e6, eps=None):
+    """RoPE, then weightless RMSNorm over D on q and k, then the per-head gain on q.
+
+    Shapes: q, k (B, H, L, D); head_gain (H,); offset int, () or (B,) -> (q, k).
+
+    1. ``q, k = rope(q), rope(k)`` (rounded to the input dtype).
+    2. ``q, k = rms_norm(q), rms_norm(k)`` (fp32 reduction, rounded).
+    3. ``q = q · head_gain[h]`` (in the input dtype).
+    """
+    op = "rope_qk_norm"
+    C.check_rope_qk_norm(op, q, k, head_gain)
+    offset = C.check_offset(op, offset, q.shape[0])
+    base = C.check_base(op, base)
+    eps = C.check_eps(op, eps)
+    q = mx.fast.rms_norm(_rope(q, offset, base), None, eps)
+    k = mx.fast.rms_norm(_rope(k, offset, base), None, eps)
+    q = q * head_gain.astype(q.dtype).reshape(1, -1, 1, 1)
+    return q, k
+
+
+def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
+    """Gated residual add (plus optional gated skip), then the next weightless RMSNorm.
+
+    Shapes: x, y, skip (..., D); gain, skip_gain (1,) or float -> (x_new, normed).
+
+    1. ``x_new = x + gain·y`` (rounded to the input dtype).
+    2. If skip: ``x_new = x_new + skip_gain·skip`` (rounded again).
+    3. ``normed = rms_norm(x_new)`` (fp32 reduction of the stored x_new).
+    """
+    op = "residual_norm"
+    gain, skip_gain = C.check_residual_norm(op, x, y, gain, skip, skip_gain)
+    eps = C.check_eps(op, eps)
+    x_new = x + gain.astype(x.dtype) * y
+    if skip is not None:
+        x_new = x_new + skip_gain.astype(x.dtype) * skip
+    return x_new, mx.fast.rms_norm(x_new, None, eps)

@@ -1,0 +1,78 @@
+"""The float64 NumPy oracle and the one tolerance table.
+
+Every implementation (reference, native, Metal-through-the-emulator) is judged
+here: its relative error ``max|got − oracle| / max|oracle|`` must be within
+``TOL[dtype]`` and no worse than plain MLX's on the same inputs (with slack).
+Benchmarks and tests import from this file; there is no second copy.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+EPS = 1.1920928955078125e-07
+
+#: Relative error bound against the oracle, per dtype (DESIGN §6).
+TOL = {mx.float32: 3e-6, mx.float16: 2e-3, mx.bfloat16: 1.6e-2}
+#: How much worse than plain MLX an implementation may be on the same inputs.
+SLACK = 1.5
+
+
+def to64(a) -> np.ndarray:
+    if isinstance(a, mx.array):
+        return np.array(a.astype(mx.float32), dtype=np.float64)
+    return np.asarray(a, dtype=np.float64)
+
+
+def rms_norm(x, eps=EPS):
+    x = to64(x)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def positions(offset, B, L):
+    """(B, L) float64 positions ``offset[b] + l``."""
+    off = np.asarray(np.array(offset) if isinstance(offset, mx.array) else offset, dtype=np.float64)
+    off = np.broadcast_to(off.reshape(-1, 1) if off.ndim else off, (B, 1))
+    return off + np.arange(L, dtype=np.float64)[None, :]
+
+
+def rope(x, offset=0, base=1e6):
+    x = to64(x)
+    B, H, L, D = x.shape
+    inv = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)
+    theta = positions(offset, B, L)[:, None, :, None] * inv  # (B, 1, L, D/2)
+    c, s = np.cos(theta), np.sin(theta)
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    return np.concatenate([x1 * c + x2 * s, -x1 * s + x2 * c], axis=-1)
+
+
+def rope_qk_norm(q, k, head_gain, offset=0, base=1e6, eps=EPS):
+    g = to64(head_gain).reshape(1, -1, 1, 1)
+    return rms_norm(rope(q, offset, base), eps) * g, rms_norm(rope(k, offset, base), eps)
+
+
+def residual_sum(x, y, gain, skip=None, skip_gain=None):
+    out = to64(x) + to64(gain).reshape(()) * to64(y)
+    if skip is not None:
+        out = out + to64(skip_gain).reshape(()) * to64(skip)
+    return out
+
+
+def rel_err(got, want) -> float:
+    got, want = to64(got), to64(want)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def assert_accurate(got, want, dtype, baseline=None, what=""):
+    """got within TOL[dtype] of the oracle, and no worse than plain MLX's baseline."""
+    err = rel_err(got, want)
+    tol = TOL[dtype]
+    msg = f"{what}: rel. error {err:.3g} vs oracle"
+    if baseline is not None:
+        base_err = rel_err(baseline, want)
+        msg += f" (plain MLX {base_err:.3g})"
+        # Plain MLX rounds several times, so it can beat us by luck on tiny
+        # inputs; the absolute floor keeps that from failing a correct kernel.
+        assert err <= max(SLACK * base_err, 0.25 * tol), msg + f" > {SLACK}× plain MLX"
+    assert err <= tol, msg + f" > tolerance {tol:g} for {dtype}"
