@@ -1,0 +1,41 @@
+"""``talkie-kernels`` command line: ``bench``, ``generate``, ``server``, ``convert``.
+
+Each subcommand lives in its own module with a ``main(argv)``; this file only
+routes, so ``talkie-kernels generate --help`` shows that command's own flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "bench": ("talkie_kernels.bench", "benchmark the fused ops and model against plain MLX"),
+    "generate": ("talkie_kernels.generate", "generate text with the fused model (mlx_lm.generate's flags)"),
+    "server": ("talkie_kernels.server", "serve the fused model with mlx-lm's OpenAI-compatible server"),
+    "convert": ("talkie_kernels.convert", "convert/quantize a checkpoint (lm_head quantized too)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: talkie-kernels COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`talkie-kernels COMMAND --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"talkie-kernels: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
