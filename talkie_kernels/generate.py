@@ -1,0 +1,34 @@
+"""``talkie-kernels generate``: ``mlx_lm.generate`` with the fused Talkie model.
+
+Same flags, chat-template handling, sampling and streamed output as
+``mlx_lm.generate`` (mlx-lm 0.32.2): this runs mlx-lm's own ``main`` with the
+arguments given here, swapping only the ``load`` it calls for
+``talkie_kernels.load`` (see ``loader.loading_through_talkie``). ``--model`` is
+required (mlx-lm's default model is not a Talkie); a ``--draft-model`` is
+loaded the same way, so it must be a Talkie checkpoint too.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .loader import argv, loading_through_talkie
+
+_mlx_generate = importlib.import_module("mlx_lm.generate")
+
+
+PROG = "talkie-kernels generate"
+
+
+def main(argv_=None) -> int:
+    import sys
+
+    args = list(sys.argv[1:] if argv_ is None else argv_)
+    parser = _mlx_generate.setup_arg_parser()
+    parser.prog = PROG
+    parsed = parser.parse_args(args)  # --help and bad flags stop here
+    if parsed.model is None and parsed.prompt_cache_file is None:
+        parser.error("--model is required")
+    with argv(PROG, args), loading_through_talkie(_mlx_generate):
+        _mlx_generate.main()
+    return 0

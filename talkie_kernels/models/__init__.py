@@ -1,0 +1,1 @@
+"""Models composed from the fused ops; ``talkie`` is a drop-in for mlx-lm's."""

@@ -1,0 +1,265 @@
+"""Talkie composed from the fused ops: a drop-in for mlx-lm's ``models/talkie.py``.
+
+Same math as the plain model (DESIGN §1), fewer graph nodes per token. Per block:
+
+1. ``qkv = normed @ W_qkvᵀ`` — one projection (attn_query/key/value rows
+   concatenated at ``sanitize``), viewed as (B, 3H, L, D) and split into q, k, v
+   without copies.
+2. ``q, k = rope_qk_norm(q, k, head_g, cache.offset)`` — RoPE, QK-norm and the
+   head gain in one op, on the strided views.
+3. mlx-lm's KV cache and ``scaled_dot_product_attention``, then ``attn_resid``.
+4. ``x, normed = residual_norm(x, attn, attn_gain)``.
+5. ``gate, lin = split(normed @ W_gate_linearᵀ)`` — one projection;
+   ``mlp = mlp_resid(silu(gate) · lin)``.
+6. ``x, normed = residual_norm(x, mlp, mlp_gain, e_x, embed_skip)``: ``normed`` is
+   the next block's attention input and, after the last block, the final norm.
+
+``h = rms_norm(embed[ids])``, ``e_x = h``; ``logits = lm_head(normed)`` with
+``lm_head_gain`` folded into ``lm_head.weight`` at ``sanitize``, so ``lm_head``
+is an ``nn.Linear`` that ``mlx_lm.convert -q`` quantizes like any other.
+
+Attribute names are checkpoint keys; the fused ones are ``attn.attn_qkv`` and
+``mlp.mlp_gate_linear``, which a saved fused model reloads as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import (
+    BaseModelArgs,
+    create_attention_mask,
+    scaled_dot_product_attention,
+)
+
+import talkie_kernels as tk
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str = "talkie"
+    hidden_size: int = 5120
+    num_hidden_layers: int = 40
+    num_attention_heads: int = 40
+    head_dim: int = 128
+    intermediate_size: int = 13696
+    vocab_size: int = 65540
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 2048
+    # fp32 machine epsilon: Talkie's F.rms_norm reduces in fp32 without an eps.
+    rms_norm_eps: float = 1.1920928955078125e-07
+
+
+@partial(mx.compile, shapeless=True)
+def swiglu(gate: mx.array, x: mx.array) -> mx.array:
+    # One fused elementwise node instead of sigmoid, multiply, multiply.
+    return nn.silu(gate) * x
+
+
+class HeadGain(nn.Module):
+    def __init__(self, n_head: int):
+        super().__init__()
+        self.head_g = mx.ones((n_head,))
+
+
+class ActGain(nn.Module):
+    """A learned scalar gain; the fused ops take ``a_g`` directly."""
+
+    def __init__(self, init_value: float = 1.0):
+        super().__init__()
+        self.a_g = mx.full((1,), init_value)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        dim = args.hidden_size
+        self.n_heads = args.num_attention_heads
+        self.head_dim = args.head_dim
+        self.scale = self.head_dim**-0.5
+        self.eps = args.rms_norm_eps
+        self.rope_theta = args.rope_theta
+        proj_dim = self.n_heads * self.head_dim
+        self.attn_qkv = nn.Linear(dim, 3 * proj_dim, bias=False)
+        self.attn_resid = nn.Linear(proj_dim, dim, bias=False)
+        self.head_gain = HeadGain(self.n_heads)
+
+    def __call__(self, x: mx.array, mask=None, cache: Optional[Any] = None) -> mx.array:
+        B, L, _ = x.shape
+        # (B, L, 3·H·D) -> (B, 3H, L, D): a view; q, k, v are strided slices of it.
+        qkv = self.attn_qkv(x).reshape(B, L, 3 * self.n_heads, self.head_dim)
+        queries, keys, values = mx.split(qkv.transpose(0, 2, 1, 3), 3, axis=1)
+
+        # An int for KVCache, an mx.array of shape (B,) for BatchKVCache: passed
+        # through as is (never converted to a Python int).
+        offset = cache.offset if cache is not None else 0
+        queries, keys = tk.rope_qk_norm(
+            queries, keys, self.head_gain.head_g, offset, base=self.rope_theta, eps=self.eps
+        )
+
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+
+        output = scaled_dot_product_attention(
+            queries, keys, values, cache=cache, scale=self.scale, mask=mask
+        )
+        if L == 1:
+            # (B, H, 1, D) has the memory layout of (B, 1, H, D): no transpose needed.
+            output = output.reshape(B, 1, -1)
+        else:
+            output = output.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        return self.attn_resid(output)
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        dim, hidden_dim = args.hidden_size, args.intermediate_size
+        self.mlp_gate_linear = nn.Linear(dim, 2 * hidden_dim, bias=False)
+        self.mlp_resid = nn.Linear(hidden_dim, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        gate, lin = mx.split(self.mlp_gate_linear(x), 2, axis=-1)
+        return self.mlp_resid(swiglu(gate, lin))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        gain_init = (2 * args.num_hidden_layers) ** -0.5
+        self.eps = args.rms_norm_eps
+        self.attn = Attention(args)
+        self.attn_gain = ActGain(gain_init)
+        self.mlp = MLP(args)
+        self.mlp_gain = ActGain(gain_init)
+        self.embed_skip = ActGain(0.0)
+
+    def __call__(self, x, normed, e_x, mask=None, cache=None):
+        """``x`` the residual stream, ``normed = rms_norm(x)`` -> (x, rms_norm(x))."""
+        attn = self.attn(normed, mask, cache)
+        x, normed = tk.residual_norm(x, attn, self.attn_gain.a_g, eps=self.eps)
+        mlp = self.mlp(normed)
+        return tk.residual_norm(
+            x, mlp, self.mlp_gain.a_g, e_x, self.embed_skip.a_g, eps=self.eps
+        )
+
+
+class TalkieModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.eps = args.rms_norm_eps
+        self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.blocks = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
+
+    def __call__(self, inputs, cache=None, input_embeddings=None) -> mx.array:
+        h = input_embeddings if input_embeddings is not None else self.embed(inputs)
+        h = tk.rms_norm(h, self.eps)
+        e_x = h
+        # The plain model norms h again before the first block; so do we (one
+        # node per token), to stay bit-close to it.
+        normed = tk.rms_norm(h, self.eps)
+
+        if cache is None:
+            cache = [None] * len(self.blocks)
+        mask = create_attention_mask(h, cache[0])
+
+        x = h
+        for block, c in zip(self.blocks, cache):
+            x, normed = block(x, normed, e_x, mask, c)
+        return normed
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = TalkieModel(args)
+        # lm_head_gain is folded into this weight by sanitize.
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(self, inputs, cache=None, input_embeddings=None) -> mx.array:
+        return self.lm_head(self.model(inputs, cache, input_embeddings))
+
+    def sanitize(self, weights: dict) -> dict:
+        """HF or mlx-lm checkpoint keys -> this model's keys.
+
+        * drops precomputed rotary buffers (as the plain model does);
+        * concatenates attn_query/key/value into ``attn.attn_qkv`` and
+          mlp_gate/mlp_linear into ``mlp.mlp_gate_linear`` — weights, and for
+          quantized checkpoints scales and biases too (rows stay in group
+          order, so quantized rows concatenate exactly);
+        * the bare ``lm_head`` becomes ``lm_head.weight``; if
+          ``lm_head_gain.w_g`` is present it is folded in and dropped (into the
+          weight, or into scales and biases of a quantized head), so a
+          checkpoint this model saved — gain already folded, no ``w_g`` — is
+          never folded twice.
+
+        Already-fused keys pass through unchanged. A partial set of the parts of
+        a fused projection, or parts of the wrong shape, raise ``ValueError``
+        naming the keys.
+        """
+        weights = {
+            k: v
+            for k, v in weights.items()
+            if "rotary" not in k and not k.endswith(("cos", "sin"))
+        }
+        args = self.args
+        proj = args.num_attention_heads * args.head_dim
+        for i in range(args.num_hidden_layers):
+            p = f"model.blocks.{i}."
+            _fuse(weights, f"{p}attn.attn_", ("query", "key", "value"), "qkv", proj)
+            _fuse(
+                weights, f"{p}mlp.mlp_", ("gate", "linear"), "gate_linear", args.intermediate_size
+            )
+
+        bare = weights.pop("lm_head", None)
+        gain = weights.pop("lm_head_gain.w_g", None)
+        if bare is not None:
+            if gain is None:
+                raise ValueError(
+                    "checkpoint has a bare lm_head but no lm_head_gain.w_g "
+                    "(an HF Talkie checkpoint has both)"
+                )
+            weights["lm_head.weight"] = bare
+        if gain is not None:
+            if "lm_head.weight" not in weights:
+                raise ValueError("checkpoint has lm_head_gain.w_g but no lm_head weight")
+            g = gain.astype(mx.float32).reshape(())
+            # A quantized head dequantizes as scales·q + biases: scale both.
+            names = ("scales", "biases") if "lm_head.scales" in weights else ("weight",)
+            for n in names:
+                w = weights[f"lm_head.{n}"]
+                weights[f"lm_head.{n}"] = (w.astype(mx.float32) * g).astype(w.dtype)
+        return weights
+
+    @property
+    def layers(self):
+        return self.model.blocks
+
+
+def _fuse(weights: dict, prefix: str, parts, fused: str, rows: int) -> None:
+    """Concatenate ``{prefix}{part}.{weight,scales,biases}`` rows into ``{prefix}{fused}.*``."""
+    for suffix in ("weight", "scales", "biases"):
+        keys = [f"{prefix}{part}.{suffix}" for part in parts]
+        present = [k for k in keys if k in weights]
+        if not present:
+            continue
+        if len(present) != len(keys):
+            missing = [k for k in keys if k not in weights]
+            raise ValueError(
+                f"checkpoint has {', '.join(present)} but is missing {', '.join(missing)}"
+            )
+        arrays = [weights.pop(k) for k in keys]
+        for k, a in zip(keys, arrays):
+            if a.ndim != 2 or a.shape[0] != rows or a.shape[1:] != arrays[0].shape[1:]:
+                raise ValueError(
+                    f"{k} has shape {tuple(a.shape)}, expected ({rows}, ...) matching "
+                    f"{keys[0]} {tuple(arrays[0].shape)}"
+                )
+        weights[f"{prefix}{fused}.{suffix}"] = mx.concatenate(arrays, axis=0)

@@ -1,0 +1,255 @@
+"""The fused Talkie model against mlx-lm's plain one, on tiny random checkpoints.
+
+Checkpoints (tests/checkpoints.py) are written once per session: fp32, bf16,
+4-bit by ``mlx_lm.convert`` and 4-bit by ``talkie_kernels.convert`` (lm_head
+quantized too), all from the ``talkie-2l-256`` config.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx_lm
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.generate import batch_generate, generate_step
+from mlx_lm.models.cache import make_prompt_cache
+
+import talkie_kernels as tk
+from talkie_kernels.convert import convert as tk_convert
+from talkie_kernels.configs import CONFIGS
+from talkie_kernels.graph import decode_step_nodes
+from talkie_kernels.loader import CheckpointError
+from talkie_kernels.models import talkie
+
+from checkpoints import edit_checkpoint, write_checkpoint
+
+CONFIG = CONFIGS["talkie-2l-256"]
+PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time there lived a king."
+
+
+def rel_err(got, want) -> float:
+    got, want = np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def greedy(model, prompt, n):
+    tokens = generate_step(mx.array(prompt), model, max_tokens=n, sampler=lambda x: mx.argmax(x, axis=-1))
+    return [int(t) for t, _ in tokens]
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("talkie")
+
+
+@pytest.fixture(scope="session")
+def fp32_path(ckpt_dir):
+    return write_checkpoint(ckpt_dir / "fp32", CONFIG, "float32", seed=0)
+
+
+@pytest.fixture(scope="session")
+def bf16_path(ckpt_dir):
+    return write_checkpoint(ckpt_dir / "bf16", CONFIG, "bfloat16", seed=1)
+
+
+@pytest.fixture(scope="session")
+def q4_mlx_path(ckpt_dir, fp32_path):
+    dst = ckpt_dir / "q4-mlx"
+    importlib.import_module("mlx_lm.convert").convert(str(fp32_path), str(dst), quantize=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def q4_tk_path(ckpt_dir, fp32_path):
+    dst = ckpt_dir / "q4-tk"
+    tk_convert(str(fp32_path), str(dst), quantize=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def fp32(fp32_path):
+    model, tokenizer = tk.load(fp32_path)
+    plain, _ = mlx_lm.load(str(fp32_path))
+    return model, plain, tokenizer
+
+
+@pytest.fixture(scope="session")
+def ids(fp32):
+    return mx.array([fp32[2].encode(PROMPT)])
+
+
+def test_model_structure(fp32):
+    model, _, _ = fp32
+    block = model.layers[0]
+    assert isinstance(model.lm_head, nn.Linear)
+    assert block.attn.attn_qkv.weight.shape == (3 * 2 * 128, 256)
+    assert block.mlp.mlp_gate_linear.weight.shape == (2 * CONFIG["intermediate_size"], 256)
+    keys = dict(tree_flatten(model.parameters()))
+    assert "lm_head_gain.w_g" not in keys and "lm_head.weight" in keys
+
+
+def test_logits_match_plain_fp32(fp32, ids):
+    model, plain, _ = fp32
+    batch = mx.concatenate([ids, ids[:, ::-1]])  # B = 2
+    err = rel_err(model(batch), plain(batch))
+    print(f"fp32 logits rel err vs mlx-lm: {err:.2e}")
+    assert err <= 1e-4
+
+
+def test_prefill_then_decode_equals_full_pass(fp32, ids):
+    model, _, _ = fp32
+    full = model(ids)
+    cache = make_prompt_cache(model)
+    n = 7
+    steps = [model(ids[:, :n], cache=cache)]
+    for i in range(n, ids.shape[1]):
+        steps.append(model(ids[:, i : i + 1], cache=cache))
+        assert isinstance(cache[0].offset, int)
+    assert rel_err(mx.concatenate(steps, axis=1), full) <= 1e-5
+
+
+def test_greedy_tokens_equal_plain(fp32, ids):
+    model, plain, _ = fp32
+    assert greedy(model, ids[0], 24) == greedy(plain, ids[0], 24)
+
+
+def test_batch_generate_equals_one_at_a_time(fp32):
+    model, plain, tokenizer = fp32
+    prompts = [tokenizer.encode(p) for p in ("Hello", PROMPT, "Steam engines, railways")]
+    assert len({len(p) for p in prompts}) == 3
+    out = batch_generate(model, tokenizer, prompts, max_tokens=10, return_token_ids=True)
+    eos = tokenizer.eos_token_ids
+    for prompt, got in zip(prompts, out.token_ids):
+        want = greedy(model, prompt, 10)
+        cut = next((i for i, t in enumerate(want) if t in eos), len(want))
+        assert got == want[:cut]
+    plain_out = batch_generate(plain, tokenizer, prompts, max_tokens=10, return_token_ids=True)
+    assert out.token_ids == plain_out.token_ids
+
+
+def test_array_offsets_left_padding(fp32):
+    # BatchKVCache directly: (B,) offsets, negative for the padded rows.
+    from mlx_lm.models.cache import BatchKVCache
+
+    model, plain, _ = fp32
+    rows = [[5, 9, 33, 41, 7, 80], [12, 13, 14]]
+    pad = [0, 3]
+    batch = mx.array([[0] * p + r for p, r in zip(pad, rows)])
+    outs = []
+    for m in (model, plain):
+        cache = [BatchKVCache(pad) for _ in m.layers]
+        logits = [m(batch, cache=cache)[:, -1]]
+        for t in (3, 4):
+            assert isinstance(cache[0].offset, mx.array)
+            logits.append(m(mx.array([[t], [t]]), cache=cache)[:, -1])
+        outs.append(mx.stack(logits))
+    assert rel_err(outs[0], outs[1]) <= 1e-4
+
+
+def test_bf16_close_to_plain(bf16_path, ids):
+    model, _ = tk.load(bf16_path)
+    plain, _ = mlx_lm.load(str(bf16_path))
+    # fp32 reference on the same (bf16-rounded) weights.
+    ref, _ = mlx_lm.load(str(bf16_path))
+    ref.update(tree_map(lambda p: p.astype(mx.float32), ref.parameters()))
+    want = ref(ids)
+    err, plain_err = rel_err(model(ids), want), rel_err(plain(ids), want)
+    print(f"bf16 rel err vs fp32: fused {err:.2e}, mlx-lm {plain_err:.2e}")
+    assert err <= max(1.5 * plain_err, 1e-2)
+    assert rel_err(model(ids), plain(ids)) <= 3e-2
+
+
+def test_q4_mlx_convert_matches_plain(q4_mlx_path, ids):
+    model, _ = tk.load(q4_mlx_path)
+    plain, _ = mlx_lm.load(str(q4_mlx_path))
+    assert isinstance(model.layers[0].attn.attn_qkv, nn.QuantizedLinear)
+    assert isinstance(model.lm_head, nn.Linear)  # mlx-lm leaves the bare head alone
+    assert rel_err(model(ids), plain(ids)) <= 1e-4
+    assert greedy(model, ids[0], 12) == greedy(plain, ids[0], 12)
+
+
+def test_q4_tk_convert_quantizes_lm_head(q4_tk_path, q4_mlx_path, fp32_path, ids):
+    model, _, config = tk.load(q4_tk_path, return_config=True)
+    head = model.lm_head
+    assert isinstance(head, nn.QuantizedLinear) and head.bits == 4
+    assert config["quantization"]["bits"] == 4
+    # Expected: mlx-lm's 4-bit model up to the final norm, then the quantized,
+    # gain-folded head (fp32 checkpoint: gain · lm_head quantized once).
+    plain, _ = mlx_lm.load(str(q4_mlx_path))
+    raw = mx.load(str(fp32_path / "model.safetensors"))
+    folded = raw["lm_head"] * raw["lm_head_gain.w_g"]
+    w = mx.dequantize(*mx.quantize(folded, group_size=64, bits=4), group_size=64, bits=4)
+    want = plain.model(ids) @ w.T
+    assert rel_err(model(ids), want) <= 1e-4
+    # mlx-lm's plain Talkie expects the bare HF head and the unfused keys.
+    with pytest.raises(ValueError):
+        mlx_lm.load(str(q4_tk_path))
+
+
+def test_reload_of_saved_fused_model_does_not_refold(ckpt_dir, fp32_path, fp32, ids):
+    dst = ckpt_dir / "fused-fp32"
+    tk_convert(str(fp32_path), str(dst))
+    model, _ = tk.load(dst)
+    assert rel_err(model(ids), fp32[0](ids)) <= 1e-6
+
+
+@pytest.mark.parametrize("hidden", [256, 512])
+def test_fused_layers_quantize_group_64(hidden):
+    # mlx-lm's quantize_model / load_model quantize with nn.quantize: every
+    # fused projection and the head must take group size 64.
+    from mlx_lm.utils import quantize_model
+
+    cfg = dict(CONFIGS["talkie-8l-512"] if hidden == 512 else CONFIG, num_hidden_layers=1)
+    model = talkie.Model(talkie.ModelArgs.from_dict(cfg))
+    model, qcfg = quantize_model(model, cfg, group_size=64, bits=4)
+    block = model.layers[0]
+    for m in (block.attn.attn_qkv, block.attn.attn_resid, block.mlp.mlp_gate_linear,
+              block.mlp.mlp_resid, model.lm_head):
+        assert isinstance(m, nn.QuantizedLinear), m
+    assert qcfg["quantization"]["group_size"] == 64
+
+
+def test_decode_graph_nodes(fp32):
+    if tk.backend() != "native":
+        pytest.skip("the §8 node budget is for the native CPU ops")
+    model, plain, _ = fp32
+    fused, ref = decode_step_nodes(model, prompt_len=12), decode_step_nodes(plain, prompt_len=12)
+    ratio = sum(fused.values()) / sum(ref.values())
+    print(f"decode nodes: fused {sum(fused.values())}, mlx-lm {sum(ref.values())}, ratio {ratio:.3f}")
+    assert ratio <= 0.35, (fused, ref)
+
+
+# Bad checkpoints: each error names what is wrong.
+
+W = "model.blocks.0."
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (dict(drop=[f"{W}mlp.mlp_resid.weight"]), r"mlp_resid\.weight"),
+        (dict(drop=[f"{W}attn.attn_key.weight"]), r"attn_key\.weight"),
+        (dict(drop=["lm_head_gain.w_g"]), r"lm_head_gain\.w_g"),
+        (dict(add={f"{W}attn.extra.weight": mx.zeros((4, 4))}), r"attn\.extra\.weight"),
+        (dict(replace={f"{W}attn.attn_resid.weight": mx.zeros((256, 255))}), r"attn_resid\.weight"),
+        (dict(replace={f"{W}attn.attn_value.weight": mx.zeros((200, 256))}), r"attn_value\.weight"),
+        (dict(replace={f"{W}mlp.mlp_gate.weight": mx.zeros((640, 100))}), r"mlp_gate\.weight"),
+        (dict(config={"model_type": "llama"}), r"model_type 'llama'"),
+    ],
+    ids=["missing", "missing-fused-part", "missing-gain", "extra", "misshaped",
+         "misshaped-fused-part", "misshaped-fused-cols", "model-type"],
+)
+def test_bad_checkpoint_errors(ckpt_dir, fp32_path, edit, match, request):
+    bad = edit_checkpoint(fp32_path, ckpt_dir / f"bad-{request.node.callspec.id}", **edit)
+    with pytest.raises(CheckpointError, match=match) as info:
+        tk.load(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_missing_directory():
+    with pytest.raises(FileNotFoundError):
+        tk.load("/nonexistent/talkie")
