@@ -1,0 +1,114 @@
+"""``talkie-kernels generate | server | convert`` on a tiny random checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import mlx.nn as nn
+import pytest
+
+import talkie_kernels as tk
+from talkie_kernels.cli import main
+from talkie_kernels.configs import CONFIGS
+
+from checkpoints import write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("cli") / "fp32", CONFIGS["talkie-2l-256"])
+
+
+def test_generate_prints_text(ckpt, capsys):
+    assert main(["generate", "--model", str(ckpt), "--prompt", "Hello there", "--max-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "==========" in out and "Generation: 6 tokens" in out
+
+
+def test_generate_without_chat_template_and_quiet(ckpt, capsys):
+    argv = ["generate", "--model", str(ckpt), "--prompt", "Once upon a time",
+            "--max-tokens", "4", "--ignore-chat-template", "--verbose", "False", "--temp", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.strip() and "Generation:" not in out
+
+
+def test_generate_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--help"])
+    assert info.value.code == 0
+    assert "--max-tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--prompt", "hi"])
+    assert info.value.code == 2  # --model is required
+
+
+def test_convert_quantizes_lm_head(ckpt, tmp_path):
+    dst = tmp_path / "q8"
+    argv = ["convert", "--hf-path", str(ckpt), "--mlx-path", str(dst), "-q", "--q-bits", "8",
+            "--q-group-size", "64"]
+    assert main(argv) == 0
+    config = json.loads((dst / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8
+    model, _ = tk.load(dst)
+    assert isinstance(model.lm_head, nn.QuantizedLinear) and model.lm_head.bits == 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url, body=None, timeout=30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def test_server_answers_chat_completion(ckpt):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "talkie_kernels.cli", "server", "--model", str(ckpt),
+         "--host", "127.0.0.1", "--port", str(port), "--max-tokens", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+            try:
+                _request(f"{base}/health", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    pytest.fail("server did not start within 60 s")
+                time.sleep(0.2)
+        reply = _request(
+            f"{base}/v1/chat/completions",
+            {"model": "default_model", "messages": [{"role": "user", "content": "Hello"}],
+             "max_tokens": 8, "temperature": 0.0},
+            timeout=60,
+        )
+        choice = reply["choices"][0]
+        assert choice["message"]["role"] == "assistant"
+        assert isinstance(choice["message"]["content"], str)
+        assert reply["usage"]["completion_tokens"] >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)  # mlx-lm's server shuts down on KeyboardInterrupt
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
