@@ -16,7 +16,10 @@ mlx-lm itself, convert with ``mlx_lm.convert`` (which leaves the head
 unquantized); ``talkie_kernels.load`` reads that one too.
 
 mlx-lm's ``--quant-predicate`` recipes look for ``down_proj`` / ``v_proj``
-names that Talkie does not have (DESIGN §9) and fail with mlx-lm's error.
+names that Talkie does not have (DESIGN §9); ``--quant-predicate talkie_mixed``
+is the recipe that works for Talkie: ``lm_head`` 8-bit, the embedding left
+unquantized, blocks 14, 37 and 38 (of 40; proportionally for other depths)
+8-bit, everything else at ``--q-bits`` (default 4).
 """
 
 from __future__ import annotations
@@ -29,8 +32,41 @@ from .loader import loading_through_talkie
 _mlx_convert = importlib.import_module("mlx_lm.convert")
 
 
+#: Blocks of the 40-layer released model that keep 8 bits in ``talkie_mixed``.
+MIXED_8BIT_BLOCKS = (14, 37, 38)
+RECIPES = ("talkie_mixed",)
+
+
+def talkie_mixed_predicate(num_layers: int, group_size: int | None = None, bits: int | None = None):
+    """The ``talkie_mixed`` quant predicate for mlx-lm's ``quantize_model`` (DESIGN §9)."""
+    group_size = group_size or 64
+    low = {"group_size": group_size, "bits": bits or 4, "mode": "affine"}
+    high = {"group_size": group_size, "bits": 8, "mode": "affine"}
+    high_blocks = {i * num_layers // 40 for i in MIXED_8BIT_BLOCKS}
+
+    def predicate(path: str, module) -> bool | dict:
+        if path == "model.embed":
+            return False
+        if path == "lm_head":
+            return high
+        parts = path.split(".")
+        if parts[:2] == ["model", "blocks"] and int(parts[2]) in high_blocks:
+            return high
+        return low
+
+    return predicate
+
+
 def convert(hf_path: str, mlx_path: str = "mlx_model", **kwargs) -> None:
-    """``mlx_lm.convert.convert`` on the fused model (keyword arguments as there)."""
+    """``mlx_lm.convert.convert`` on the fused model (keyword arguments as there;
+    ``quant_predicate="talkie_mixed"`` selects the Talkie recipe)."""
+    if kwargs.get("quant_predicate") == "talkie_mixed":
+        from mlx_lm.utils import _download, load_config
+
+        config = load_config(_download(str(hf_path), revision=kwargs.get("revision")))
+        kwargs["quant_predicate"] = talkie_mixed_predicate(
+            config["num_hidden_layers"], kwargs.get("q_group_size"), kwargs.get("q_bits")
+        )
     with loading_through_talkie(_mlx_convert):
         _mlx_convert.convert(hf_path, mlx_path, **kwargs)
 
@@ -39,6 +75,10 @@ def main(argv_=None) -> int:
     parser = _mlx_convert.configure_parser()
     parser.prog = "talkie-kernels convert"
     parser.description = "Convert / quantize a Talkie checkpoint for the fused model (lm_head quantized too)."
+    for action in parser._actions:
+        if action.dest == "quant_predicate":
+            action.choices = [*action.choices, *RECIPES]
+            action.help = "Mixed-bit quantization recipe (talkie_mixed: DESIGN §9)."
     args = parser.parse_args(argv_)
     if args.hf_path is None:
         parser.error("--hf-path is required")

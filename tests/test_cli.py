@@ -112,3 +112,26 @@ def test_server_answers_chat_completion(ckpt):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_convert_talkie_mixed_recipe(ckpt, tmp_path):
+    dst = tmp_path / "mixed"
+    argv = ["convert", "--hf-path", str(ckpt), "--mlx-path", str(dst), "-q",
+            "--quant-predicate", "talkie_mixed"]
+    assert main(argv) == 0
+    model, _ = tk.load(dst)
+    assert isinstance(model.model.embed, nn.Embedding)  # left unquantized
+    assert model.lm_head.bits == 8
+    # 2 layers: blocks 14·2//40 = 0 and 37·2//40 = 38·2//40 = 1 keep 8 bits.
+    assert model.layers[0].attn.attn_qkv.bits == 8
+    assert model.layers[1].mlp.mlp_resid.bits == 8
+
+
+def test_talkie_mixed_predicate_on_40_layers():
+    from talkie_kernels.convert import talkie_mixed_predicate
+
+    pred = talkie_mixed_predicate(40)
+    bits = {i: pred(f"model.blocks.{i}.attn.attn_qkv", None)["bits"] for i in range(40)}
+    assert {i for i, b in bits.items() if b == 8} == {14, 37, 38}
+    assert set(bits.values()) == {4, 8}
+    assert pred("model.embed", None) is False and pred("lm_head", None)["bits"] == 8
