@@ -26,6 +26,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -196,9 +197,29 @@ def op_inputs(op: str, shape, dtype=mx.bfloat16, seed: int = 0) -> tuple:
     return args
 
 
+def require_fused_backend() -> str:
+    """The backend the fused ops run on; raises if they would fall back to the reference.
+
+    Without the native extension (CPU) the top-level ops run the plain-MLX
+    reference: timing that as "fused" would be a fake number.
+    """
+    import talkie_kernels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        name = talkie_kernels.backend()
+    if name == "reference":
+        from . import native
+
+        why = native.load_error or f"no kernels for device {mx.default_device()}"
+        raise RuntimeError(f"fused ops unavailable: talkie_kernels dispatches to the plain-MLX reference here ({why})")
+    return name
+
+
 def _fused_op(op: str):
     import talkie_kernels
 
+    require_fused_backend()
     return getattr(talkie_kernels, op)
 
 
@@ -319,6 +340,7 @@ def build_models(config: str | dict, dtype=mx.float32, seed: int = 0) -> dict[st
     """``{"reference": model, "fused": model or the exception that stopped it}``."""
     ref, weights = build_reference_model(config, dtype, seed)
     try:
+        require_fused_backend()
         fused = build_fused_model(config, weights)
     except Exception as e:  # reported as the fused rows' error
         fused = e
@@ -333,6 +355,7 @@ def load_models(path: str | Path) -> dict[str, Any]:
 
     ref = mlx_lm.load(str(path))[0]
     try:
+        require_fused_backend()
         fused = talkie_kernels.load(str(path))[0]
     except Exception as e:
         fused = e
@@ -481,5 +504,5 @@ __all__ = [
     "build_fused_model", "build_models", "build_reference_model", "calibrate_inner",
     "decode_case", "interleaved", "load_models", "logits_agreement", "metadata",
     "model_for", "op_inputs", "op_shape", "op_step", "op_thunk", "prefill_case",
-    "prompt_ids", "random_weights", "sync", "vocab_size",
+    "prompt_ids", "random_weights", "require_fused_backend", "sync", "vocab_size",
 ]

@@ -1,0 +1,110 @@
+"""pytest-benchmark suites: per-op timings and model tokens/s.
+
+Run with ``pytest benchmarks --benchmark-only`` (the default ``pytest`` run only
+collects ``tests/``). Everything is built by ``talkie_kernels.benchmarking``,
+the same code ``talkie-kernels bench`` uses: inputs at Talkie's shapes, the
+baselines from ``talkie_kernels.reference`` and mlx-lm's plain model, the
+random-weight models (one config registry: ``talkie_kernels.configs``).
+
+pytest-benchmark runs each test on its own, so implementations are not
+interleaved here (``talkie-kernels bench`` interleaves them); compare within a
+group (``--benchmark-group-by=group``, the default).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+import talkie_kernels as tk
+from talkie_kernels import benchmarking as B
+
+#: Timed rounds per benchmark (after one warm-up round).
+OP_ROUNDS = 7
+MODEL_ROUNDS = {"prefill": 3, "decode": 5}
+#: A sample of chained op calls lasts about this long for the eager reference.
+OP_SAMPLE_MS = 25.0
+OP_DTYPE = mx.bfloat16
+MODEL_DTYPE = mx.float32
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    meta = B.metadata()
+    machine_info["talkie_kernels"] = {k: meta[k] for k in ("mlx", "mlx_lm", "talkie_kernels", "git", "backend", "device", "metal_available")}
+
+
+_op_setups: dict = {}
+_models: dict = {}
+
+
+def _op_setup(op, phase):
+    """Inputs and the chain length, shared by the three implementations of one (op, phase)."""
+    key = (op, phase)
+    if key not in _op_setups:
+        state = B.op_inputs(op, B.op_shape(op, phase), OP_DTYPE)
+        inner = B.calibrate_inner(B.op_step(op, "reference", phase), state, OP_SAMPLE_MS)
+        _op_setups[key] = (state, inner)
+    return _op_setups[key]
+
+
+def _models_for(config):
+    if config not in _models:
+        _models.clear()  # one config's models in memory at a time
+        mx.clear_cache()
+        _models[config] = B.build_models(config, MODEL_DTYPE)
+    return _models[config]
+
+
+def _info(benchmark, **kw):
+    benchmark.extra_info.update(kw, backend=tk.backend(), device=str(mx.default_device()), mlx=mx.__version__)
+
+
+@pytest.fixture
+def op_bench(benchmark):
+    """``op_bench(op, impl, phase)``: time chained calls of one op at Talkie's shape."""
+
+    def run(op, impl, phase):
+        state, inner = _op_setup(op, phase)
+        shape = B.op_shape(op, phase)
+        benchmark.group = f"{op} {phase} {'x'.join(map(str, shape))} {B.dtype_name(OP_DTYPE)} (x{inner} calls per round)"
+        _info(benchmark, op=op, impl=impl, phase=phase, shape=list(shape), dtype=B.dtype_name(OP_DTYPE), calls_per_round=inner)
+        try:
+            step = B.op_step(op, impl, phase)
+            B.op_thunk(step, state, 1)()  # fails here, clearly, if the op is unavailable
+        except Exception as e:
+            pytest.fail(f"{impl} {op} unavailable: {type(e).__name__}: {e}")
+        benchmark.pedantic(B.op_thunk(step, state, inner), rounds=OP_ROUNDS, warmup_rounds=1, iterations=1)
+        if benchmark.stats is not None:
+            benchmark.extra_info["median_ms_per_call"] = benchmark.stats.stats.median * 1e3 / inner
+
+    return run
+
+
+@pytest.fixture
+def model_bench(benchmark):
+    """``model_bench(config, prompt_len, impl, phase)``: prefill or decode tokens/s."""
+
+    def run(config, prompt_len, impl, phase):
+        models = _models_for(config)
+        vocab = B.vocab_size(models["reference"])
+        tokens = prompt_len if phase == "prefill" else B.DECODE_TOKENS
+        benchmark.group = f"{config} {phase} ({tokens} tokens, {B.dtype_name(MODEL_DTYPE)})"
+        _info(benchmark, model=config, impl=impl, phase=phase, tokens=tokens, dtype=B.dtype_name(MODEL_DTYPE),
+              prompt_len=prompt_len if phase == "prefill" else B.DECODE_PROMPT)
+        try:
+            model = B.model_for(models, impl)
+            if phase == "prefill":
+                prepare = B.prefill_case(model, B.prompt_ids(vocab, prompt_len), impl)
+            else:
+                prepare = B.decode_case(model, B.prompt_ids(vocab, B.DECODE_PROMPT), B.DECODE_TOKENS, impl)
+        except B.NotApplicable as e:
+            pytest.skip(str(e))
+        except Exception as e:
+            pytest.fail(f"{impl} unavailable: {type(e).__name__}: {e}")
+        # setup (untimed) makes a fresh cache and prefills the decode prompt.
+        benchmark.pedantic(lambda thunk: thunk(), setup=lambda: ((prepare(),), {}),
+                           rounds=MODEL_ROUNDS[phase], warmup_rounds=1, iterations=1)
+        if benchmark.stats is not None:
+            benchmark.extra_info["tokens_per_s"] = tokens / benchmark.stats.stats.median
+
+    return run
