@@ -88,9 +88,9 @@ class Attention(nn.Module):
         self.attn_resid = nn.Linear(proj_dim, dim, bias=False)
         self.head_gain = HeadGain(self.n_heads)
 
-    def __call__(self, x: mx.array, mask=None, cache: Optional[Any] = None) -> mx.array:
-        B, L, _ = x.shape
-        # (B, L, 3·H·D) -> (B, 3H, L, D): a view; q, k, v are strided slices of it.
+    def __call__(self, x: mx.array, B: int, L: int, mask=None, cache=None) -> mx.array:
+        """``x`` (B·L, dim) -> (B·L, dim)."""
+        # (B·L, 3·H·D) -> (B, 3H, L, D): a view; q, k, v are strided slices of it.
         qkv = self.attn_qkv(x).reshape(B, L, 3 * self.n_heads, self.head_dim)
         queries, keys, values = mx.split(qkv.transpose(0, 2, 1, 3), 3, axis=1)
 
@@ -109,9 +109,9 @@ class Attention(nn.Module):
         )
         if L == 1:
             # (B, H, 1, D) has the memory layout of (B, 1, H, D): no transpose needed.
-            output = output.reshape(B, 1, -1)
+            output = output.reshape(B, -1)
         else:
-            output = output.transpose(0, 2, 1, 3).reshape(B, L, -1)
+            output = output.transpose(0, 2, 1, 3).reshape(B * L, -1)
         return self.attn_resid(output)
 
 
@@ -138,9 +138,9 @@ class TransformerBlock(nn.Module):
         self.mlp_gain = ActGain(gain_init)
         self.embed_skip = ActGain(0.0)
 
-    def __call__(self, x, normed, e_x, mask=None, cache=None):
-        """``x`` the residual stream, ``normed = rms_norm(x)`` -> (x, rms_norm(x))."""
-        attn = self.attn(normed, mask, cache)
+    def __call__(self, x, normed, e_x, B, L, mask=None, cache=None):
+        """``x`` the residual stream, ``normed = rms_norm(x)``, all (B·L, dim) -> (x, rms_norm(x))."""
+        attn = self.attn(normed, B, L, mask, cache)
         x, normed = tk.residual_norm(x, attn, self.attn_gain.a_g, eps=self.eps)
         mlp = self.mlp(normed)
         return tk.residual_norm(
@@ -157,8 +157,21 @@ class TalkieModel(nn.Module):
         self.blocks = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
 
     def __call__(self, inputs, cache=None, input_embeddings=None) -> mx.array:
+        """The final norm of the residual stream, (B, L, dim)."""
+        out = self.hidden(inputs, cache, input_embeddings)
+        return out.reshape(*out_shape(inputs, input_embeddings), -1)
+
+    def hidden(self, inputs, cache=None, input_embeddings=None) -> mx.array:
+        """As ``__call__`` but flat: (B·L, dim).
+
+        The residual stream stays 2-D through the blocks, so every projection is
+        a plain (B·L, in) @ (in, out) matmul: a 3-D input would add a Flatten and
+        an Unflatten node per projection.
+        """
         h = input_embeddings if input_embeddings is not None else self.embed(inputs)
-        h = tk.rms_norm(h, self.eps)
+        B, L, _ = h.shape
+        mask = create_attention_mask(h, cache[0] if cache is not None else None)
+        h = tk.rms_norm(h.reshape(B * L, -1), self.eps)
         e_x = h
         # The plain model norms h again before the first block; so do we (one
         # node per token), to stay bit-close to it.
@@ -166,11 +179,9 @@ class TalkieModel(nn.Module):
 
         if cache is None:
             cache = [None] * len(self.blocks)
-        mask = create_attention_mask(h, cache[0])
-
         x = h
         for block, c in zip(self.blocks, cache):
-            x, normed = block(x, normed, e_x, mask, c)
+            x, normed = block(x, normed, e_x, B, L, mask, c)
         return normed
 
 
@@ -184,7 +195,8 @@ class Model(nn.Module):
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(self, inputs, cache=None, input_embeddings=None) -> mx.array:
-        return self.lm_head(self.model(inputs, cache, input_embeddings))
+        logits = self.lm_head(self.model.hidden(inputs, cache, input_embeddings))
+        return logits.reshape(*out_shape(inputs, input_embeddings), -1)
 
     def sanitize(self, weights: dict) -> dict:
         """HF or mlx-lm checkpoint keys -> this model's keys.
@@ -241,6 +253,11 @@ class Model(nn.Module):
     @property
     def layers(self):
         return self.model.blocks
+
+
+def out_shape(inputs, input_embeddings) -> tuple:
+    """(B, L) of a forward pass."""
+    return (inputs if input_embeddings is None else input_embeddings).shape[:2]
 
 
 def _fuse(weights: dict, prefix: str, parts, fused: str, rows: int) -> None:
