@@ -487,6 +487,43 @@ def test_double_hidden_in_header_macro_is_refused():
                output_shapes=[(1,)], output_dtypes=[mx.float32])
 
 
+RECURSIVE_HEADER = """
+inline float fact(float n) { return n <= 1.0f ? 1.0f : n * fact(n - 1.0f); }
+template <typename T> T ping(T x);
+template <typename T> T pong(T x) { return x > 0 ? ping(x - 1) : x; }
+template <typename T> T ping(T x) { return x > 0 ? pong(x - 1) : x; }
+inline float twice(float v) { return 2.0f * v; }
+"""
+
+
+@pytest.mark.parametrize("snippet,reason", [
+    ("out[0] = fact(x[0]);", "recursion: float fact"),
+    ("out[0] = ping(x[0]);", "recursion: T ping"),
+    ("auto f = &twice; out[0] = f(x[0]);", "indirect call"),
+])
+def test_refuses_recursion_and_indirect_calls(snippet, reason):
+    kernel = metal_kernel("bad_calls", ["x"], ["out"], snippet, header=RECURSIVE_HEADER)
+    with pytest.raises(testing.MetalCompileError, match=reason):
+        kernel(inputs=[mx.ones((4,))], grid=(1, 1, 1), threadgroup=(1, 1, 1),
+               output_shapes=[(1,)], output_dtypes=[mx.float32])
+
+
+def test_out_of_bounds_write_raises_and_read_is_poisoned():
+    src = """
+        uint i = thread_position_in_grid.x;
+        out[i] = x[i + shift];
+    """
+    kernel = metal_kernel("oob", ["x", "shift"], ["out"], src)
+    x = mx.arange(8, dtype=mx.float32)
+    (out,) = kernel(inputs=[x, mx.array(2, dtype=mx.int32)], grid=(8, 1, 1), threadgroup=(8, 1, 1),
+                    output_shapes=[(8,)], output_dtypes=[mx.float32])
+    assert np.isnan(np.array(out)[6:]).all()
+    np.testing.assert_array_equal(np.array(out)[:6], np.arange(2, 8))
+    with pytest.raises(testing.EmulatorError, match="past its end"):
+        kernel(inputs=[x, mx.array(0, dtype=mx.int32)], grid=(9, 1, 1), threadgroup=(9, 1, 1),
+               output_shapes=[(8,)], output_dtypes=[mx.float32])
+
+
 def test_compile_error_reports_compiler_output_and_lines():
     kernel = metal_kernel("typo", ["x"], ["out"], "out[0] = x[0] + undefined_name;")
     with pytest.raises(testing.MetalCompileError) as info:

@@ -188,12 +188,24 @@ def _compiler_id(cxx: str) -> str:
     return _compiler_ids[cxx]
 
 
+_shim_cache: list[str] = []
+
+
 def _shim_text() -> str:
-    return "".join(p.read_text() for p in sorted(_INCLUDE.iterdir()) if p.is_file())
+    if not _shim_cache:
+        _shim_cache.append(
+            "".join(p.read_text() for p in sorted(_INCLUDE.iterdir()) if p.is_file())
+        )
+    return _shim_cache[0]
 
 
-def _build(source: str, flags: list[str], suffix: str, what: str, on_error) -> Path:
-    """Compile `source` to a cached shared library; returns its path."""
+def _build(source: str, flags: list[str], suffix: str, what: str, on_error,
+           analyze=None) -> Path:
+    """Compile `source` to a cached shared library; returns its path.
+
+    `analyze(callgraph_text)`, when given, runs on the call graph of an -O0
+    compile made alongside (GCC's -fcallgraph-info) and may raise.
+    """
     cxx = _compiler()
     key = hashlib.sha256(
         "\0".join([source, _shim_text(), cxx, _compiler_id(cxx), *flags]).encode()
@@ -208,12 +220,85 @@ def _build(source: str, flags: list[str], suffix: str, what: str, on_error) -> P
         src.write_text(source)
         out = Path(tmp) / f"{suffix}.so"
         cmd = [cxx, *flags, f"-I{_INCLUDE}", "-o", str(out), str(src), "-lm"]
+        checker = None
+        if analyze is not None and _supports_callgraph(cxx):
+            check_flags = [f for f in flags if f not in ("-O2", "-shared")]
+            checker = subprocess.Popen(
+                [cxx, *check_flags, "-O0", "-c", "-fcallgraph-info", f"-I{_INCLUDE}",
+                 "-o", str(Path(tmp) / "check.o"), str(src)],
+                cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp)
+        if checker is not None:
+            checker.wait()
         if proc.returncode != 0:
             on_error(proc.stderr.replace(str(src), what))
+        if checker is not None and checker.returncode == 0:
+            graphs = list(Path(tmp).glob("*.ci"))
+            if graphs:
+                analyze(graphs[0].read_text())
         os.replace(out, target)
     stats["compiles"] += 1
     return target
+
+
+_callgraph_support: dict[str, bool] = {}
+
+
+def _supports_callgraph(cxx: str) -> bool:
+    if cxx not in _callgraph_support:
+        # GCC >= 10 writes call graphs; clang has no -fcallgraph-info.
+        out = subprocess.run([cxx, "-v"], capture_output=True, text=True, check=False).stderr
+        m = re.search(r"^gcc version (\d+)", out, flags=re.M)
+        _callgraph_support[cxx] = bool(m) and int(m.group(1)) >= 10
+    return _callgraph_support[cxx]
+
+
+_CI_NODE = re.compile(r'node: \{ title: "([^"]+)" label: "([^"]*)"')
+_CI_EDGE = re.compile(r'edge: \{ sourcename: "([^"]+)" targetname: "([^"]+)"(?: label: "([^"]*)")?')
+
+
+def _callgraph_problems(text: str) -> list[str]:
+    """Recursion cycles and indirect calls in a GCC -fcallgraph-info graph."""
+    labels = {title: label.replace("\\n", " at ") for title, label in _CI_NODE.findall(text)}
+    edges: dict[str, list[str]] = {}
+    problems = []
+    for src, dst, where in _CI_EDGE.findall(text):
+        if dst == "__indirect_call":
+            if where.startswith("generated:"):
+                problems.append(
+                    f"an indirect call (function pointer) at {where}: Metal kernels cannot "
+                    "call through function pointers"
+                )
+            continue
+        edges.setdefault(src, []).append(dst)
+    # Iterative DFS for a cycle.
+    state: dict[str, int] = {}
+    for root in list(edges):
+        if state.get(root):
+            continue
+        stack = [(root, iter(edges.get(root, ())))]
+        path = [root]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                problems.append(
+                    "recursion: " + " -> ".join(labels.get(n, n) for n in cycle)
+                    + " (Metal does not support recursive calls)"
+                )
+                state[nxt] = 2
+            elif not state.get(nxt):
+                state[nxt] = 1
+                stack.append((nxt, iter(edges.get(nxt, ()))))
+                path.append(nxt)
+    return problems
 
 
 def _load_runtime() -> ctypes.CDLL:
@@ -482,9 +567,17 @@ class MetalKernel:
                 f"(compiler: {_compiler()}).\n{output}\nGenerated source:\n{_numbered(generated)}"
             )
 
+        def analyze(callgraph):
+            problems = _callgraph_problems(callgraph)
+            if problems:
+                raise MetalCompileError(
+                    f"[metal_kernel] `{self.name}` is not valid Metal: " + "; ".join(problems)
+                    + f"\n\nGenerated source:\n{_numbered(generated)}"
+                )
+
         _load_runtime()
         with _lock:
-            path = _build(tu, _CXX_FLAGS, "kernel", "kernel.cpp", fail)
+            path = _build(tu, _CXX_FLAGS, "kernel", "kernel.cpp", fail, analyze)
             entry = _libraries.get(str(path))
             if entry is None:
                 lib = ctypes.CDLL(str(path))
@@ -556,9 +649,11 @@ class MetalKernel:
                     keep.append(nd)
                     args.append(nd.ctypes.data)
         outputs = []
+        buffers = []
         for shape, dtype in zip(output_shapes, output_dtypes):
-            out = _new_output(tuple(int(s) for s in shape), dtype, init_value)
+            out, buf = _new_output(tuple(int(s) for s in shape), dtype, init_value)
             outputs.append(out)
+            buffers.append(buf)
             args.append(out.ctypes.data)
 
         if all(g > 0 for g in grid):
@@ -579,8 +674,38 @@ class MetalKernel:
                 raise EmulatorError(
                     f"[metal_kernel] `{self.name}`: {err.value.decode(errors='replace')}"
                 )
+            for name, out, buf in zip(self.output_names, outputs, buffers):
+                damage = _guard_damage(buf, out.nbytes)
+                if damage:
+                    raise EmulatorError(
+                        f"[metal_kernel] `{self.name}` wrote out of bounds of output "
+                        f"`{name}` (shape {out.shape}): {damage}."
+                    )
         del keep
         return [_from_numpy(o, d) for o, d in zip(outputs, output_dtypes)]
+
+
+# Bytes of guard zone around every output buffer (and copied input buffer).
+_GUARD = 4096
+_GUARD_BYTE = 0xA5
+
+
+def _guarded(nbytes: int) -> np.ndarray:
+    """A uint8 buffer with guard zones before and after `nbytes` of payload."""
+    buf = np.empty(nbytes + 2 * _GUARD, dtype=np.uint8)
+    buf[:_GUARD] = _GUARD_BYTE
+    buf[_GUARD + nbytes:] = _GUARD_BYTE
+    return buf
+
+
+def _guard_damage(buf: np.ndarray, nbytes: int) -> str | None:
+    before = np.flatnonzero(buf[:_GUARD] != _GUARD_BYTE)
+    after = np.flatnonzero(buf[_GUARD + nbytes:] != _GUARD_BYTE)
+    if before.size:
+        return f"{_GUARD - before[0]} bytes before its start"
+    if after.size:
+        return f"{after[-1] + 1} bytes past its end"
+    return None
 
 
 def _to_numpy(x: mx.array, contiguous: bool) -> np.ndarray:
@@ -590,14 +715,25 @@ def _to_numpy(x: mx.array, contiguous: bool) -> np.ndarray:
         x = x.view(mx.uint16)
     a = np.asarray(x)
     if contiguous:
-        a = np.ascontiguousarray(a)
+        # Copy between guard zones of all-ones bytes (NaN for floating point),
+        # so that reads past either end show up in the results.
+        buf = np.empty(a.nbytes + 2 * _GUARD, dtype=np.uint8)
+        buf[:_GUARD] = 0xFF
+        buf[_GUARD + a.nbytes:] = 0xFF
+        out = buf[_GUARD:_GUARD + a.nbytes].view(a.dtype).reshape(a.shape)
+        out[...] = a
+        return out
     return a
 
 
-def _new_output(shape, dtype, init_value) -> np.ndarray:
+def _new_output(shape, dtype, init_value) -> tuple[np.ndarray, np.ndarray]:
+    """(output array, its guarded buffer)."""
     if dtype not in _TYPES:
         raise ValueError(f"[metal_kernel] The emulator does not support dtype {dtype}.")
-    out = np.empty(shape, dtype=_TYPES[dtype][1])
+    np_dtype = np.dtype(_TYPES[dtype][1])
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    buf = _guarded(nbytes)
+    out = buf[_GUARD:_GUARD + nbytes].view(np_dtype).reshape(shape)
     if init_value is not None:
         if dtype == mx.bfloat16:
             out.fill(np.asarray(mx.array(init_value, dtype=mx.bfloat16).view(mx.uint16)))
@@ -609,7 +745,7 @@ def _new_output(shape, dtype, init_value) -> np.ndarray:
         # Uninitialized on a GPU: poison (NaN for floats, all-ones for integers)
         # so that a kernel relying on it fails visibly.
         out.view(np.uint8).fill(0xFF)
-    return out
+    return out, buf
 
 
 def _from_numpy(a: np.ndarray, dtype) -> mx.array:
