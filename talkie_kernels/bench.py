@@ -51,7 +51,7 @@ class Settings:
         self.dtype = args.dtype
         self.op_dtype = args.op_dtype
         if args.model:
-            self.models = [(str(args.model), args.prompt_len or 512)]
+            self.models = [(str(args.model), args.prompt_len or (16 if q else 512))]
         elif args.configs:
             names = [c.strip() for c in args.configs.split(",") if c.strip()]
             default = 16 if q else 512
@@ -173,7 +173,7 @@ def run_models(s: Settings, progress, notes: list[str]) -> list[dict]:
         progress(f"model {name}: building")
         if s.checkpoint:
             models = B.load_models(name)
-            label, dtype = Path(name).name, "checkpoint"
+            label, dtype = Path(name).name, B.model_dtype(models["reference"])
         else:
             models = B.build_models(name, B.parse_dtype(s.dtype), s.seed)
             label, dtype = name, s.dtype
@@ -207,6 +207,7 @@ def run_models(s: Settings, progress, notes: list[str]) -> list[dict]:
             )
             base = {
                 "kind": "model", "model": label, "phase": phase, "dtype": dtype, "tokens": tokens,
+                "checkpoint": str(Path(name).resolve()) if s.checkpoint else None,
                 "prompt_len": prompt_len if phase == "prefill" else s.decode_prompt,
             }
             records += [_record(base, impl, results[impl], tokens) for impl in B.IMPLS]

@@ -362,6 +362,14 @@ def load_models(path: str | Path) -> dict[str, Any]:
     return {"reference": ref, "fused": fused}
 
 
+def model_dtype(model) -> str:
+    """The dtype of a model's embedding: its weights' dtype (quantized: scales dtype and bits)."""
+    embed = model.model.embed
+    if hasattr(embed, "scales"):
+        return f"{dtype_name(embed.scales.dtype)} {embed.bits}-bit"
+    return dtype_name(embed.weight.dtype)
+
+
 def vocab_size(model) -> int:
     return model.args.vocab_size
 
@@ -502,7 +510,7 @@ def parse_dtype(name: str):
 __all__ = [
     "COMPILED_DECODE_NA", "DECODE_PROMPT", "DECODE_TOKENS", "DEFAULT_MODELS", "IMPLS", "OPS", "PHASES", "NotApplicable", "Stats",
     "build_fused_model", "build_models", "build_reference_model", "calibrate_inner",
-    "decode_case", "interleaved", "load_models", "logits_agreement", "metadata",
+    "decode_case", "interleaved", "load_models", "logits_agreement", "metadata", "model_dtype",
     "model_for", "op_inputs", "op_shape", "op_step", "op_thunk", "prefill_case",
     "prompt_ids", "random_weights", "require_fused_backend", "sync", "vocab_size",
 ]

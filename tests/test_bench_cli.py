@@ -31,6 +31,9 @@ def test_quick_run_writes_json_and_plot(quick_run, capsys):
     assert rc == (1 if errors else 0)
     for r in errors:
         assert r["error"] and r["median_ms"] is None and r["speedup_vs_reference"] is None
+    if doc["metadata"]["backend"] != "reference":
+        # With kernels available every fused row has a number.
+        assert not errors, errors
 
     meta = doc["metadata"]
     for key in ("date", "mlx", "mlx_lm", "device", "backend", "machine", "cpu_count"):
@@ -94,3 +97,23 @@ def test_help_through_the_router(capsys):
     out = capsys.readouterr().out
     for flag in ("--json", "--plot", "--model", "--quick", "--dtype", "--prompt-len", "--decode-tokens"):
         assert flag in out
+
+
+def test_checkpoint_mode(tmp_path, capsys):
+    """``--model PATH``: the reference from mlx_lm.load, the fused model from tk.load."""
+    from checkpoints import write_checkpoint
+
+    from talkie_kernels.configs import CONFIGS
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", CONFIGS["talkie-2l-256"], "bfloat16", seed=1)
+    js = tmp_path / "ckpt.json"
+    rc = bench.main(["--model", str(ckpt), "--only", "models", "--quick", "--json", str(js)])
+    records = json.loads(js.read_text())["records"]
+    assert rc == (1 if any(r["status"] == "error" for r in records) else 0)
+    assert {r["kind"] for r in records} == {"model"}
+    for r in records:
+        assert r["model"] == "ckpt" and r["dtype"] == "bfloat16"
+        assert r["checkpoint"] == str(ckpt.resolve())
+    ref = [r for r in records if r["impl"] == "reference"]
+    assert len(ref) == 2 and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in ref)
+    assert "bfloat16 weights" in capsys.readouterr().out
