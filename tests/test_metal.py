@@ -1,0 +1,211 @@
+"""Metal-specific tests, run through the CPU SIMT emulator.
+
+The per-op sweeps (tests/test_<op>.py) cover talkie_kernels.metal's public ops
+against the oracle; here: kernel building and caching, the fused-QKV variant,
+the RoPE angle at extreme positions, the paths the sweeps rarely reach (head_dim
+not a multiple of 64, rows longer than the register path), and gradients.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import oracle as O
+from talkie_kernels import metal as M
+from talkie_kernels import reference as R
+
+testing = pytest.importorskip("talkie_kernels.testing")
+
+
+@pytest.fixture
+def emulated():
+    with testing.emulate_metal():
+        yield
+
+
+def normal(shape, dtype=mx.float32, seed=0, scale=1.0):
+    return (scale * mx.random.normal(shape, key=mx.random.key(seed))).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# Kernel factory and caching
+
+
+class CountingFactory:
+    def __init__(self):
+        self.built = []
+
+    def __call__(self, **kwargs):
+        self.built.append(kwargs["name"])
+        return testing.metal_kernel(**kwargs)
+
+
+def test_kernels_built_once_per_factory():
+    factory = CountingFactory()
+    previous = M._set_kernel_factory(factory)
+    try:
+        for dtype in (mx.float32, mx.bfloat16):
+            x = normal((1, 2, 3, 64), dtype)
+            mx.eval(M.rope(x, 5), M.rope(x, mx.array(9)))
+            mx.eval(M.rope_qk_norm(x, x, mx.ones(2), 3), M.rope_qk_norm(x, x, mx.ones(2), 40))
+            mx.eval(M.rms_norm(x), M.rms_norm(x[0, 0]))
+            mx.eval(M.residual_norm(x, x, 0.5), M.residual_norm(x, x, 0.5, x, 0.25))
+        mx.eval(M.rope_qk_norm_qkv(normal((1, 3, 3 * 2 * 64)), mx.ones(2), 1))
+    finally:
+        assert M._set_kernel_factory(previous) is factory
+    assert sorted(factory.built) == sorted(M._KERNELS), factory.built
+
+
+def test_set_kernel_factory_and_emulate_metal_restore_default():
+    assert M._factory is mx.fast.metal_kernel
+    with testing.emulate_metal():
+        assert M._factory is not mx.fast.metal_kernel
+    assert M._factory is mx.fast.metal_kernel
+    sentinel = object()
+    assert M._set_kernel_factory(sentinel) is mx.fast.metal_kernel
+    assert M._set_kernel_factory(None) is sentinel
+    assert M._factory is mx.fast.metal_kernel
+
+
+def test_sources_are_plain_msl():
+    # Kernels must compile on a Mac exactly as the emulator runs them.
+    for spec in M._KERNELS.values():
+        text = M._HEADER + spec["source"]
+        assert "#if" not in text and "double" not in text and "std::" not in text
+
+
+# ---------------------------------------------------------------------------
+# Accuracy: the paths the per-op sweeps rarely reach
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [0, 5000, 100_000, -100_000, 2**24 - 64, mx.array([-2**23, 3_000_000])],
+    ids=["zero", "5000", "1e5", "-1e5", "2^24", "per_seq"],
+)
+def test_rope_fp32_angle_at_extreme_positions(emulated, offset):
+    # Plain MLX's fp32 angle is off by ~ulp(θ) here; the extended-precision
+    # angle keeps fp32 within 3e-6 of the oracle.
+    x = normal((2, 1, 8, 128))
+    O.assert_accurate(M.rope(x, offset), O.rope(x, offset), mx.float32, what=f"rope at {offset}")
+
+
+@pytest.mark.parametrize("D", [2, 6, 96, 128, 192])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+def test_rope_qk_norm_any_head_dim(emulated, D, dtype):
+    q, k = normal((2, 3, 5, D), dtype, 1), normal((2, 3, 5, D), dtype, 2, scale=3.0)
+    g = mx.array([0.5, 1.25, 2.0])
+    offset = mx.array([4099, -5])
+    got = M.rope_qk_norm(q, k, g, offset)
+    ref = R.rope_qk_norm(q, k, g, offset)
+    for got_x, ref_x, want_x, name in zip(got, ref, O.rope_qk_norm(q, k, g, offset), "qk"):
+        O.assert_accurate(got_x, want_x, dtype, baseline=ref_x, what=f"rope_qk_norm {name} D={D}")
+    O.assert_accurate(M.rope(q, offset), O.rope(q, offset), dtype, baseline=R.rope(q, offset), what=f"rope D={D}")
+
+
+@pytest.mark.parametrize("D", [1, 33, 8200])
+def test_norms_register_and_looped_paths(emulated, D):
+    # 8200 > 8 · 1024 takes the looped path; 1 and 33 leave most lanes idle.
+    x, y, s = normal((2, D), seed=1, scale=4.0), normal((2, D), seed=2), normal((2, D), seed=3)
+    O.assert_accurate(M.rms_norm(x), O.rms_norm(x), mx.float32, baseline=R.rms_norm(x), what="rms_norm")
+    x_new, normed = M.residual_norm(x, y, mx.array([0.37]), s, mx.array([-0.21]))
+    want = O.residual_sum(x, y, mx.array([0.37]), s, mx.array([-0.21]))
+    O.assert_accurate(x_new, want, mx.float32, what="residual_norm x_new")
+    O.assert_accurate(normed, O.rms_norm(x_new), mx.float32, what="residual_norm normed")
+
+
+def test_residual_norm_rounds_once_with_full_precision_gains(emulated):
+    # bf16 activations, fp32 gains: the sum is formed in fp32 and rounded once.
+    x, y, s = (normal((3, 256), mx.bfloat16, i) for i in range(3))
+    g, sg = mx.array([0.3701]), mx.array([-0.2113])
+    x_new, normed = M.residual_norm(x, y, g, s, sg)
+    exact = O.residual_sum(x, y, g, s, sg)
+    # Round-to-nearest bf16 (unit roundoff 2^-8): within 2^-8 relative of the exact sum, elementwise
+    # (plus fp32 rounding of the terms).
+    terms = np.abs(O.to64(x)) + np.abs(0.3701 * O.to64(y)) + np.abs(0.2113 * O.to64(s))
+    assert np.all(np.abs(O.to64(x_new) - exact) <= 2.0**-8 * np.abs(exact) + 1e-6 * terms)
+    O.assert_accurate(normed, O.rms_norm(x_new), mx.bfloat16, what="normed")
+
+
+# ---------------------------------------------------------------------------
+# The fused-QKV variant
+
+
+@pytest.mark.parametrize("layout", ["flat", "5d"])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+def test_rope_qk_norm_qkv_matches_split_projection(emulated, layout, dtype):
+    B, L, H, D = 2, 5, 3, 128
+    qkv = normal((B, L, 3 * H * D), dtype, 4)
+    g = mx.array([0.5, 1.25, 2.0])
+    offset = mx.array([7, -3])
+    q, k, v = M.rope_qk_norm_qkv(qkv if layout == "flat" else qkv.reshape(B, L, 3, H, D), g, offset)
+    parts = qkv.reshape(B, L, 3, H, D)
+    q_in, k_in, v_in = (parts[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    want_q, want_k = M.rope_qk_norm(q_in, k_in, g, offset)
+    for got, want in ((q, want_q), (k, want_k), (v, v_in)):
+        assert got.shape == (B, H, L, D) and got.dtype == dtype
+        np.testing.assert_array_equal(O.to64(got), O.to64(want))
+    oq, ok = O.rope_qk_norm(q_in, k_in, g, offset)
+    O.assert_accurate(q, oq, dtype, what="qkv q")
+    O.assert_accurate(k, ok, dtype, what="qkv k")
+
+
+@pytest.mark.parametrize(
+    "shape, gain_len",
+    [((1, 2, 100), 2), ((1, 2, 3, 2, 8), 3), ((1, 2, 4, 2, 8), 2), ((2, 6 * 7), 2)],
+    ids=["not-3HD", "heads-mismatch", "not-3-parts", "2-D"],
+)
+def test_rope_qk_norm_qkv_bad_shapes(shape, gain_len):
+    with pytest.raises(ValueError, match=r"\[rope_qk_norm_qkv\]"):
+        M.rope_qk_norm_qkv(mx.zeros(shape), mx.ones(gain_len))
+
+
+# ---------------------------------------------------------------------------
+# Gradients: the vjp of the plain-MLX reference
+
+
+def _assert_grads_equal(got, want):
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(O.to64(a), O.to64(b), rtol=1e-5, atol=1e-5)
+
+
+def _vjps(op, primals, cotangents, *args, **kwargs):
+    """(metal, reference) vjps of ``op(*primals, *args, **kwargs)``."""
+    return [
+        mx.vjp(lambda *a: getattr(mod, op)(*a, *args, **kwargs), primals, cotangents)[1]
+        for mod in (M, R)
+    ]
+
+
+def test_gradients_equal_reference(emulated):
+    q = normal((2, 5, 3, 64), seed=1).transpose(0, 2, 1, 3)  # strided, as in the model
+    k = normal((2, 3, 5, 64), seed=2)
+    g = mx.array([0.5, 1.5, 2.0])
+    offset = mx.array([100, -7])
+    cot = [normal(k.shape, seed=3), normal(k.shape, seed=4)]
+    _assert_grads_equal(*_vjps("rope_qk_norm", [q, k, g], cot, offset, base=5e5))
+    _assert_grads_equal(*_vjps("rope", [q], cot[:1], 17))
+    _assert_grads_equal(*_vjps("rms_norm", [k], cot[:1], 1e-5))
+    _assert_grads_equal(*_vjps("residual_norm", [k, q, mx.array([0.3]), cot[1], mx.array([-0.2])], cot))
+    # Only one output used: the other's cotangent is zero.
+    got = mx.grad(lambda x: M.residual_norm(x, q, 0.3)[1].sum())(k)
+    want = mx.grad(lambda x: R.residual_norm(x, q, 0.3)[1].sum())(k)
+    _assert_grads_equal([got], [want])
+
+
+def test_qkv_gradient_flows_to_projection(emulated):
+    B, L, H, D = 1, 3, 2, 64
+    qkv = normal((B, L, 3 * H * D), seed=5)
+    g = mx.array([0.7, 1.3])
+
+    def split_reference(qkv, g):
+        parts = qkv.reshape(B, L, 3, H, D)
+        q, k, v = (parts[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        return (*R.rope_qk_norm(q, k, g, 11), v)
+
+    cot = [normal((B, H, L, D), seed=s) for s in (6, 7, 8)]
+    _, got = mx.vjp(lambda a, b: M.rope_qk_norm_qkv(a, b, 11), [qkv, g], cot)
+    _, want = mx.vjp(split_reference, [qkv, g], cot)
+    _assert_grads_equal(got, want)
