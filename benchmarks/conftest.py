@@ -14,6 +14,7 @@ group (``--benchmark-group-by=group``, the default).
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 import talkie_kernels as tk
@@ -59,6 +60,12 @@ def _info(benchmark, **kw):
     benchmark.extra_info.update(kw, backend=tk.backend(), device=str(mx.default_device()), mlx=mx.__version__)
 
 
+def _percentiles(benchmark, per: float = 1.0) -> dict:
+    """p20/p50/p80 in ms of the timed rounds, each divided by ``per``."""
+    data = benchmark.stats.stats.data
+    return {f"p{q}_ms": float(np.percentile(data, q)) * 1e3 / per for q in (20, 50, 80)}
+
+
 @pytest.fixture
 def op_bench(benchmark):
     """``op_bench(op, impl, phase)``: time chained calls of one op at Talkie's shape."""
@@ -74,8 +81,8 @@ def op_bench(benchmark):
         except Exception as e:
             pytest.fail(f"{impl} {op} unavailable: {type(e).__name__}: {e}")
         benchmark.pedantic(B.op_thunk(step, state, inner), rounds=OP_ROUNDS, warmup_rounds=1, iterations=1)
-        if benchmark.stats is not None:
-            benchmark.extra_info["median_ms_per_call"] = benchmark.stats.stats.median * 1e3 / inner
+        if benchmark.stats is not None:  # per call, not per round
+            benchmark.extra_info.update(_percentiles(benchmark, inner))
 
     return run
 
@@ -105,6 +112,7 @@ def model_bench(benchmark):
         benchmark.pedantic(lambda thunk: thunk(), setup=lambda: ((prepare(),), {}),
                            rounds=MODEL_ROUNDS[phase], warmup_rounds=1, iterations=1)
         if benchmark.stats is not None:
+            benchmark.extra_info.update(_percentiles(benchmark))
             benchmark.extra_info["tokens_per_s"] = tokens / benchmark.stats.stats.median
 
     return run
