@@ -117,6 +117,34 @@ def test_greedy_tokens_equal_plain(fp32, ids):
     assert greedy(model, ids[0], 24) == greedy(plain, ids[0], 24)
 
 
+def test_stream_generate_text_equals_plain(fp32):
+    from mlx_lm.generate import stream_generate
+
+    model, plain, tokenizer = fp32
+    texts = ["".join(r.text for r in stream_generate(m, tokenizer, PROMPT, max_tokens=12))
+             for m in (model, plain)]
+    assert texts[0] == texts[1]
+
+
+def test_decode_past_trained_context(fp32):
+    # Positions past 2048: a cache already holding 3000 (random) positions.
+    from mlx_lm.models.cache import KVCache
+
+    model, plain, _ = fp32
+    shape = (1, CONFIG["num_attention_heads"], 3000, CONFIG["head_dim"])
+    state = [(mx.random.normal(shape, key=mx.random.key(2 * i)),
+              mx.random.normal(shape, key=mx.random.key(2 * i + 1))) for i in range(len(model.layers))]
+    outs = []
+    for m in (model, plain):
+        cache = []
+        for k, v in state:
+            c = KVCache()
+            c.state = (k, v, 3000)
+            cache.append(c)
+        outs.append(mx.concatenate([m(mx.array([[t]]), cache=cache) for t in (5, 77, 300)], axis=1))
+    assert rel_err(outs[0], outs[1]) <= 1e-4
+
+
 def test_batch_generate_equals_one_at_a_time(fp32):
     model, plain, tokenizer = fp32
     prompts = [tokenizer.encode(p) for p in ("Hello", PROMPT, "Steam engines, railways")]
