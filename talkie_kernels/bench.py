@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,11 @@ class Settings:
         self.op_sample_ms = 1.0 if q else 25.0
         # Seconds of timed work per model workload (rounds are cut to fit, never
         # below min_rounds); decode gets more: it is the §8 headline number.
-        self.model_budget_s = {"prefill": 1.0, "decode": 1.0} if q else {"prefill": 10.0, "decode": 20.0}
+        # An explicit --rounds is exact.
+        self.model_budget_s = (
+            {"prefill": None, "decode": None} if args.rounds
+            else {"prefill": 1.0, "decode": 1.0} if q else {"prefill": 10.0, "decode": 20.0}
+        )
         self.decode_tokens = args.decode_tokens or (4 if q else B.DECODE_TOKENS)
         self.decode_prompt = args.decode_prompt or (4 if q else B.DECODE_PROMPT)
         self.seed = args.seed
@@ -82,6 +87,21 @@ class Settings:
         }
 
 
+def _model_bytes(config: dict, dtype: str) -> int:
+    """Weights of the reference and the fused model together (two copies)."""
+    H, I, V, L = config["hidden_size"], config["intermediate_size"], config["vocab_size"], config["num_hidden_layers"]
+    A = config["num_attention_heads"] * config["head_dim"]
+    params = 2 * V * H + L * (4 * H * A + 3 * H * I)
+    return 2 * params * (4 if dtype == "float32" else 2)
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="talkie-kernels bench",
@@ -99,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, metavar="N", help="prefill prompt length for every model (default 512, but 128 for talkie-8l-512 so the default run stays under 2 minutes on a 2-core CPU)")
     p.add_argument("--decode-tokens", type=int, metavar="N", help="decode steps timed per sample (default 64)")
     p.add_argument("--decode-prompt", type=int, metavar="N", help="prompt prefilled (untimed) before decoding (default 16)")
-    p.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds (default 7 per op, up to 5 per model within a time budget)")
+    p.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds, exactly (default 7 per op; per model up to 5, fewer (>= 3) to fit a time budget)")
     p.add_argument("--only", choices=["ops", "models"], help="run only the per-op or only the model benchmarks")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     p.add_argument("--json", metavar="PATH", help="write the records and metadata as JSON")
@@ -453,6 +473,11 @@ def main(argv=None) -> int:
         unknown = [c for c in args.configs.split(",") if c.strip() and c.strip() not in CONFIGS]
         if unknown:
             print(f"talkie-kernels bench: unknown config(s) {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
+            return 2
+        too_big = [c for c in args.configs.split(",") if c.strip() and _model_bytes(CONFIGS[c.strip()], args.dtype) > _memory_bytes()]
+        if too_big:
+            print(f"talkie-kernels bench: {too_big} would not fit in memory twice (reference + fused); "
+                  "use --model with a quantized checkpoint", file=sys.stderr)
             return 2
     t0 = time.perf_counter()
 
