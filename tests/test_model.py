@@ -281,3 +281,12 @@ def test_bad_checkpoint_errors(ckpt_dir, fp32_path, edit, match, request):
 def test_missing_directory():
     with pytest.raises(FileNotFoundError):
         tk.load("/nonexistent/talkie")
+
+
+def test_gain_folds_into_quantized_head(ckpt_dir, q4_tk_path, ids):
+    # A quantized head next to an unfolded lm_head_gain: scales and biases take it.
+    model, _ = tk.load(q4_tk_path)
+    bad = edit_checkpoint(q4_tk_path, ckpt_dir / "q4-tk-gain", add={"lm_head_gain.w_g": mx.array([2.5])})
+    scaled, _ = tk.load(bad)
+    assert isinstance(scaled.lm_head, nn.QuantizedLinear)
+    assert rel_err(scaled(ids), 2.5 * model(ids)) <= 1e-5

@@ -243,8 +243,15 @@ class Model(nn.Module):
             if "lm_head.weight" not in weights:
                 raise ValueError("checkpoint has lm_head_gain.w_g but no lm_head weight")
             g = gain.astype(mx.float32).reshape(())
-            # A quantized head dequantizes as scales·q + biases: scale both.
-            names = ("scales", "biases") if "lm_head.scales" in weights else ("weight",)
+            # An affine-quantized head dequantizes as scales·q + biases: scale both.
+            names = ("weight",)
+            if "lm_head.scales" in weights:
+                if not mx.issubdtype(weights["lm_head.scales"].dtype, mx.floating):
+                    raise ValueError(
+                        "cannot fold lm_head_gain.w_g into lm_head: its quantization "
+                        "has no float scales (only affine quantization can be folded)"
+                    )
+                names = ("scales", "biases") if "lm_head.biases" in weights else ("scales",)
             for n in names:
                 w = weights[f"lm_head.{n}"]
                 weights[f"lm_head.{n}"] = (w.astype(mx.float32) * g).astype(w.dtype)
