@@ -117,7 +117,6 @@ def interleaved(
     budget_s: float | None = None,
     warmup: int = 1,
     work: float = 1.0,
-    on_sample: Callable[[], None] | None = None,
 ) -> dict[str, Stats | BaseException]:
     """Time several implementations of one workload in interleaved rounds.
 
@@ -155,8 +154,6 @@ def interleaved(
         for name in live[k:] + live[:k]:
             run = cases[name]()
             results[name].samples_ms.append(_timed(run) / work)
-            if on_sample is not None:
-                on_sample()
     return results
 
 
