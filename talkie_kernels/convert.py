@@ -71,7 +71,7 @@ def convert(hf_path: str, mlx_path: str = "mlx_model", **kwargs) -> None:
         _mlx_convert.convert(hf_path, mlx_path, **kwargs)
 
 
-def main(argv_=None) -> int:
+def main(argv=None) -> int:
     parser = _mlx_convert.configure_parser()
     parser.prog = "talkie-kernels convert"
     parser.description = "Convert / quantize a Talkie checkpoint for the fused model (lm_head quantized too)."
@@ -79,7 +79,7 @@ def main(argv_=None) -> int:
         if action.dest == "quant_predicate":
             action.choices = [*action.choices, *RECIPES]
             action.help = "Mixed-bit quantization recipe (talkie_mixed: DESIGN §9)."
-    args = parser.parse_args(argv_)
+    args = parser.parse_args(argv)
     if args.hf_path is None:
         parser.error("--hf-path is required")
     convert(**vars(args))

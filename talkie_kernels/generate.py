@@ -11,24 +11,22 @@ loaded the same way, so it must be a Talkie checkpoint too.
 from __future__ import annotations
 
 import importlib
+import sys
 
-from .loader import argv, loading_through_talkie
+from .loader import loading_through_talkie, sys_argv
 
 _mlx_generate = importlib.import_module("mlx_lm.generate")
-
 
 PROG = "talkie-kernels generate"
 
 
-def main(argv_=None) -> int:
-    import sys
-
-    args = list(sys.argv[1:] if argv_ is None else argv_)
+def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
     parser = _mlx_generate.setup_arg_parser()
     parser.prog = PROG
     parsed = parser.parse_args(args)  # --help and bad flags stop here
     if parsed.model is None and parsed.prompt_cache_file is None:
         parser.error("--model is required")
-    with argv(PROG, args), loading_through_talkie(_mlx_generate):
+    with sys_argv(PROG, args), loading_through_talkie(_mlx_generate):
         _mlx_generate.main()
     return 0

@@ -124,7 +124,7 @@ def loading_through_talkie(*modules):
 
 
 @contextlib.contextmanager
-def argv(prog: str, args):
+def sys_argv(prog: str, args):
     """``sys.argv`` as ``[prog, *args]`` within the block (mlx-lm's mains parse it)."""
     saved = sys.argv
     sys.argv = [prog, *args]

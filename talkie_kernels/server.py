@@ -13,19 +13,17 @@ routed. Batched requests run through ``BatchKVCache``, whose ``offset`` is an
 from __future__ import annotations
 
 import importlib
+import sys
 
-from .loader import argv, loading_through_talkie
+from .loader import loading_through_talkie, sys_argv
 
 _mlx_server = importlib.import_module("mlx_lm.server")
-
 
 PROG = "talkie-kernels server"
 
 
-def main(argv_=None) -> int:
-    import sys
-
-    args = list(sys.argv[1:] if argv_ is None else argv_)
-    with argv(PROG, args), loading_through_talkie(_mlx_server):
+def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    with sys_argv(PROG, args), loading_through_talkie(_mlx_server):
         _mlx_server.main()
     return 0
