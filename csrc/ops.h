@@ -1,3 +1,172 @@
-// talkie_kernels native CPU ops (placeholder header; see csrc/ops.cpp).
+// talkie_kernels native CPU ops: the four Talkie ops as MLX Primitives.
+//
+// Modelled on MLX's `fast` ops (mlx/fast.cpp): each op function validates its
+// arguments (std::invalid_argument -> ValueError, tk::type_error ->
+// TypeError, messages "[op_name] ..." as in talkie_kernels/_checks.py),
+// builds a fallback from plain MLX ops composed exactly like
+// talkie_kernels/reference.py, and returns arrays backed by a Primitive that
+// uses the fallback for vjp, jvp and vmap (so gradients equal plain MLX's). eval_cpu runs the fused loops of
+// csrc/kernels.cpp; on a GPU stream the op returns the fallback instead.
 #pragma once
+
+#include <optional>
+#include <stdexcept>
+#include <utility>
+
 #include "mlx/mlx.h"
+#include "mlx/primitives.h"
+
+namespace tk {
+
+namespace mx = mlx::core;
+
+// Raised for wrong argument types and dtypes; the bindings map it to TypeError.
+struct type_error : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+// Talkie's norm epsilon: fp32 machine epsilon.
+inline constexpr double kFp32Eps = 1.1920928955078125e-07;
+
+// Weightless RMSNorm over the last axis. x (..., D) -> (..., D), x.dtype.
+mx::array rms_norm(const mx::array& x, double eps, mx::StreamOrDevice s = {});
+
+// Talkie's inverse-rotation RoPE. x (B, H, L, D); offset integer () or (B,).
+mx::array rope(
+    const mx::array& x,
+    const mx::array& offset,
+    double base,
+    mx::StreamOrDevice s = {});
+
+// RoPE -> RMSNorm -> head gain on q (not k). q, k (B, H, L, D); head_gain (H,).
+std::pair<mx::array, mx::array> rope_qk_norm(
+    const mx::array& q,
+    const mx::array& k,
+    const mx::array& head_gain,
+    const mx::array& offset,
+    double base,
+    double eps,
+    mx::StreamOrDevice s = {});
+
+// x_new = x + gain*y [+ skip_gain*skip] (rounded once); normed = rms_norm(x_new).
+// gain, skip_gain: floating arrays of shape (1,) or ().
+std::pair<mx::array, mx::array> residual_norm(
+    const mx::array& x,
+    const mx::array& y,
+    const mx::array& gain,
+    const std::optional<mx::array>& skip,
+    const std::optional<mx::array>& skip_gain,
+    double eps,
+    mx::StreamOrDevice s = {});
+
+// How many inputs eval_cpu has gathered into a contiguous buffer because
+// their last axis was strided (transposed (B, L, H, D) views are read in
+// place and do not count).
+int64_t contiguous_copies();
+
+// The kernels' instruction sets this CPU can run ("base", plus "v3" =
+// AVX2/FMA/F16C where supported), and switching between them (for tests;
+// the best one is used by default).
+std::vector<std::string> available_isas();
+void use_isa(const std::string& name);
+
+// ---- Primitives -------------------------------------------------------------
+
+using Fallback = std::function<std::vector<mx::array>(std::vector<mx::array>)>;
+
+// The role of MLX's fast::Custom (which libmlx does not export): a Primitive
+// whose transformations are those of its plain-ops fallback. vjp and jvp
+// differentiate the fallback with respect to the requested inputs only, the
+// others (the integer offset) held constant.
+class FallbackPrimitive : public mx::Primitive {
+ public:
+  FallbackPrimitive(mx::Stream s, Fallback fallback)
+      : Primitive(s), fallback_(std::move(fallback)) {}
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& tangents,
+      const std::vector<int>& argnums) override;
+  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
+      const std::vector<mx::array>& inputs,
+      const std::vector<int>& axes) override;
+
+ protected:
+  Fallback fallback_;
+};
+
+// Inputs: {x}. Outputs: {normed}.
+class TalkieRMSNorm : public FallbackPrimitive {
+ public:
+  TalkieRMSNorm(mx::Stream s, Fallback fallback, float eps)
+      : FallbackPrimitive(s, std::move(fallback)), eps_(eps) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  DEFINE_NAME(TalkieRMSNorm)
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    return {in[0].shape()};
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  float eps_;
+};
+
+// Inputs: {x, offset}. Outputs: {rotated}.
+class TalkieRoPE : public FallbackPrimitive {
+ public:
+  TalkieRoPE(mx::Stream s, Fallback fallback, double base)
+      : FallbackPrimitive(s, std::move(fallback)), base_(base) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  DEFINE_NAME(TalkieRoPE)
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    return {in[0].shape()};
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  double base_;
+};
+
+// Inputs: {q, k, head_gain, offset}. Outputs: {q, k}.
+class TalkieRoPEQKNorm : public FallbackPrimitive {
+ public:
+  TalkieRoPEQKNorm(mx::Stream s, Fallback fallback, double base, float eps)
+      : FallbackPrimitive(s, std::move(fallback)), base_(base), eps_(eps) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  DEFINE_NAME(TalkieRoPEQKNorm)
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    return {in[0].shape(), in[1].shape()};
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  double base_;
+  float eps_;
+};
+
+// Inputs: {x, y, gain} or {x, y, gain, skip, skip_gain}. Outputs: {x_new, normed}.
+class TalkieResidualNorm : public FallbackPrimitive {
+ public:
+  TalkieResidualNorm(mx::Stream s, Fallback fallback, bool has_skip, float eps)
+      : FallbackPrimitive(s, std::move(fallback)), has_skip_(has_skip), eps_(eps) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  DEFINE_NAME(TalkieResidualNorm)
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    return {in[0].shape(), in[0].shape()};
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  bool has_skip_;
+  float eps_;
+};
+
+} // namespace tk

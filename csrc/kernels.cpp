@@ -1,0 +1,410 @@
+// The CPU loops of talkie_kernels (see kernels.h for the interface).
+//
+// This file is compiled more than once, with different -march flags, into
+// namespace tk::kern::TK_ISA. To keep the copies from leaking into each other
+// through the linker (an AVX2 copy of an inline function replacing the
+// baseline one), everything here has internal linkage and the file includes
+// no header whose inline functions it calls: only builtins and plain loops.
+//
+// The loops are written for the auto-vectorizer (-O3): inner loops over
+// contiguous rows, branch-free element conversions, fp32 reductions with
+// explicit independent lanes (lane_sum) so they may be vectorized.
+#include "kernels.h"
+
+#ifndef TK_ISA
+#error "compile with -DTK_ISA=<namespace>"
+#endif
+
+namespace tk::kern::TK_ISA {
+namespace {
+
+// ---- storage types and the one rounding per output --------------------------
+
+template <Dtype K>
+struct Storage;
+template <>
+struct Storage<Dtype::f32> {
+  using type = float;
+};
+template <>
+struct Storage<Dtype::f16> {
+  using type = uint16_t;
+};
+template <>
+struct Storage<Dtype::bf16> {
+  using type = uint16_t;
+};
+
+inline uint32_t bits(float f) {
+  return __builtin_bit_cast(uint32_t, f);
+}
+inline float from_bits(uint32_t u) {
+  return __builtin_bit_cast(float, u);
+}
+
+template <Dtype K>
+inline float load(typename Storage<K>::type v) {
+  if constexpr (K == Dtype::f32) {
+    return v;
+  } else if constexpr (K == Dtype::bf16) {
+    return from_bits(uint32_t(v) << 16);
+  } else {
+    // fp16 -> fp32, exact. Normal: shift the fields into place and rebias the
+    // exponent by 127 - 15. Subnormal (exponent 0): mantissa * 2^-24, via an
+    // integer -> float conversion (no denormal arithmetic). Inf/NaN: all-ones
+    // exponent, payload kept.
+    uint32_t sign = (uint32_t(v) & 0x8000u) << 16;
+    uint32_t em = uint32_t(v) & 0x7FFFu;
+    uint32_t normal = (em << 13) + (112u << 23);
+    uint32_t sub = bits(float(int32_t(em)) * 0x1p-24f);
+    uint32_t infnan = (em << 13) | 0x7F800000u;
+    uint32_t out = em >= 0x7C00u ? infnan : (em < 0x0400u ? sub : normal);
+    return from_bits(out | sign);
+  }
+}
+
+template <Dtype K>
+inline typename Storage<K>::type store(float f) {
+  if constexpr (K == Dtype::f32) {
+    return f;
+  } else if constexpr (K == Dtype::bf16) {
+    // Round to nearest even on the upper 16 bits; NaN stays a (quiet) NaN.
+    uint32_t u = bits(f);
+    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u >> 16) | 0x40u;
+    return uint16_t((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
+  } else {
+    // fp32 -> fp16, round to nearest even.
+    // Normal range (|f| >= 2^-14): rebias the exponent by 112, round at bit
+    // 13, and saturate to Inf (a carry out of the largest binade lands
+    // exactly on Inf = 0x7C00).
+    // Subnormal range: |f| * 2^24 rounded to an integer is the half's bit
+    // pattern; adding 2^23 makes the FPU do that rounding (exact scaling).
+    uint32_t u = bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7FFFFFFFu;
+    uint32_t r = a - (112u << 23);
+    r = (r + 0xFFFu + ((r >> 13) & 1u)) >> 13;
+    uint32_t normal = r < 0x7C00u ? r : 0x7C00u;
+    uint32_t sub = bits(from_bits(a) * 0x1p24f + 0x1p23f) - bits(0x1p23f);
+    uint32_t h = a < (113u << 23) ? sub : normal;
+    h = a > 0x7F800000u ? 0x7E00u : h;
+    return uint16_t(h | sign);
+  }
+}
+
+template <class T>
+inline T* at(const void* p, int64_t elems) {
+  return const_cast<T*>(static_cast<const T*>(p)) + elems;
+}
+
+inline int64_t row_offset(const Rows& v, int64_t r) {
+  int64_t off = 0;
+  for (int d = v.nlead - 1; d >= 0; --d) {
+    off += (r % v.shape[d]) * v.strides[d];
+    r /= v.shape[d];
+  }
+  return off;
+}
+
+// sum over i < n of term(i), in fp32. The loop keeps kLanes independent
+// partial sums (the vectorizer maps them onto SIMD registers) and adds them
+// pairwise at the end: GCC's `omp simd reduction` combines its lanes in a
+// serial chain, which dominates rows as short as D = 128.
+// `term` may also store (the fused loops write outputs as they go).
+constexpr int kLanes = 16;
+template <class Term>
+inline float lane_sum(int64_t n, Term term) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kLanes; ++j) {
+      acc[j] += term(i + j);
+    }
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) {
+    tail += term(i);
+  }
+#pragma GCC unroll 4
+  for (int w = kLanes / 2; w > 0; w /= 2) {
+#pragma GCC unroll 8
+    for (int j = 0; j < w; ++j) {
+      acc[j] += acc[j + w];
+    }
+  }
+  return acc[0] + tail;
+}
+
+// Rows are normalized kRowBlock (kernels.h) at a time: first every row's sum
+// of squares, then all the 1 / sqrt(ss / D + eps) together (in double,
+// vectorized across rows), then the scaled stores. Done row by row, the
+// divide and square root (~50 cycles of latency) stall each short row's
+// stores.
+inline void inv_rms(const float* ss, float* scale, int64_t n, int64_t D, float eps) {
+  for (int64_t j = 0; j < n; ++j) {
+    scale[j] = float(1.0 / __builtin_sqrt(double(ss[j]) / double(D) + double(eps)));
+  }
+}
+
+// ---- rms_norm ---------------------------------------------------------------
+
+template <Dtype K>
+void rms_norm_rows(const RmsNormArgs& a, int64_t begin, int64_t end) {
+  using S = typename Storage<K>::type;
+  const int64_t D = a.D;
+  const S* x[kRowBlock];
+  float ss[kRowBlock], scale[kRowBlock];
+  for (int64_t r0 = begin; r0 < end; r0 += kRowBlock) {
+    const int64_t nb = end - r0 < kRowBlock ? end - r0 : kRowBlock;
+    // 1. ss = sum(x^2) per row, fp32.
+    for (int64_t j = 0; j < nb; ++j) {
+      const S* xr = x[j] = at<S>(a.x.ptr, row_offset(a.x, r0 + j));
+      ss[j] = lane_sum(D, [&](int64_t i) {
+        float v = load<K>(xr[i]);
+        return v * v;
+      });
+    }
+    // 2. scale = 1 / sqrt(ss / D + eps).
+    inv_rms(ss, scale, nb, D, a.eps);
+    // 3. out = round(x * scale).
+    for (int64_t j = 0; j < nb; ++j) {
+      const S* xr = x[j];
+      S* out = at<S>(a.out, (r0 + j) * D);
+      const float sc = scale[j];
+      for (int64_t i = 0; i < D; ++i) {
+        out[i] = store<K>(load<K>(xr[i]) * sc);
+      }
+    }
+  }
+}
+
+// ---- residual_norm ----------------------------------------------------------
+
+template <Dtype K, bool kSkip>
+void residual_norm_rows_impl(const ResidualNormArgs& a, int64_t begin, int64_t end) {
+  using S = typename Storage<K>::type;
+  const int64_t D = a.D;
+  const float g = a.gain, sg = a.skip_gain;
+  for (int64_t r = begin; r < end; ++r) {
+    const S* x = at<S>(a.x.ptr, row_offset(a.x, r));
+    const S* y = at<S>(a.y.ptr, row_offset(a.y, r));
+    const S* s = kSkip ? at<S>(a.skip.ptr, row_offset(a.skip, r)) : nullptr;
+    S* xn = at<S>(a.x_new, r * D);
+    S* nr = at<S>(a.normed, r * D);
+    // 1. x_new = round(x + g*y [+ sg*skip]), the sum in fp32, rounded once.
+    // 2. ss = sum(x_new^2) over the *stored* (rounded) x_new, in fp32.
+    const float ss = lane_sum(D, [&](int64_t i) {
+      float v = load<K>(x[i]) + g * load<K>(y[i]);
+      if constexpr (kSkip) {
+        v += sg * load<K>(s[i]);
+      }
+      S stored = store<K>(v);
+      xn[i] = stored;
+      float w = load<K>(stored);
+      return w * w;
+    });
+    // 3. normed = round(x_new * rsqrt(ss / D + eps)); x_new is hot in L1.
+    // (Rows here are long, so one row at a time is fine.)
+    float scale;
+    inv_rms(&ss, &scale, 1, D, a.eps);
+    for (int64_t i = 0; i < D; ++i) {
+      nr[i] = store<K>(load<K>(xn[i]) * scale);
+    }
+  }
+}
+
+template <Dtype K>
+void residual_norm_rows(const ResidualNormArgs& a, int64_t begin, int64_t end) {
+  if (a.skip.ptr) {
+    residual_norm_rows_impl<K, true>(a, begin, end);
+  } else {
+    residual_norm_rows_impl<K, false>(a, begin, end);
+  }
+}
+
+// ---- RoPE angles ------------------------------------------------------------
+
+// cos/sin(pos * inv_freq[i]) to fp32 accuracy for any int32 position.
+// 1. t = pos * inv_freq[i] in double (relative error ~1e-16, so ~1e-10
+//    absolute even at pos ~ 1e6; plain MLX's fp32 product is off by
+//    ~pos * 6e-8).
+// 2. n = round(t * 2/pi) (the 1.5 * 2^52 trick rounds to nearest in the FPU
+//    and leaves n mod 4 in the low mantissa bits), r = t - n * pi/2 in
+//    [-pi/4, pi/4].
+// 3. sin r, cos r by their Taylor series to r^11 / r^12 in double (truncation
+//    < 1e-11), then the quadrant n mod 4 swaps/negates them; one rounding to
+//    fp32 each.
+void rope_table_impl(const RopeTableArgs& a, int64_t begin, int64_t end) {
+  const int64_t D2 = a.D2;
+  const double* inv = a.inv_freq;
+  const double two_over_pi = 0.636619772367581343075535053490;
+  const double pi_over_2 = 1.57079632679489661923132169164;
+  const double round_magic = 6755399441055744.0;  // 1.5 * 2^52
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t tb = item / a.L, l = item % a.L;
+    const double pos = double(int64_t(a.offset[tb]) + l);
+    float* c_out = a.cos + item * D2;
+    float* s_out = a.sin + item * D2;
+    for (int64_t i = 0; i < D2; ++i) {
+      double t = pos * inv[i];
+      double shifted = t * two_over_pi + round_magic;
+      uint64_t quadrant = __builtin_bit_cast(uint64_t, shifted) & 3u;
+      double n = shifted - round_magic;
+      double r = t - n * pi_over_2;
+      double r2 = r * r;
+      double s = r *
+          (1.0 +
+           r2 *
+               (-1.0 / 6 +
+                r2 *
+                    (1.0 / 120 +
+                     r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (-1.0 / 39916800))))));
+      double c = 1.0 +
+          r2 *
+              (-1.0 / 2 +
+               r2 *
+                   (1.0 / 24 +
+                    r2 *
+                        (-1.0 / 720 +
+                         r2 * (1.0 / 40320 + r2 * (-1.0 / 3628800 + r2 * (1.0 / 479001600))))));
+      // quadrant 0: (s, c); 1: (c, -s); 2: (-s, -c); 3: (-c, s).
+      double sin_v = (quadrant & 1u) ? c : s;
+      double cos_v = (quadrant & 1u) ? s : c;
+      sin_v = (quadrant & 2u) ? -sin_v : sin_v;
+      cos_v = ((quadrant + 1u) & 2u) ? -cos_v : cos_v;
+      c_out[i] = float(cos_v);
+      s_out[i] = float(sin_v);
+    }
+  }
+}
+
+// ---- RoPE (+ RMSNorm + head gain) -------------------------------------------
+
+// RoPE on rows of length D = 2 * D2, x1 = x[:D2], x2 = x[D2:]:
+// 1. y1 = x1 cos + x2 sin, y2 = x2 cos - x1 sin   (Talkie's inverse rotation)
+// 2. if norm: y *= rsqrt(mean(y^2) + eps) * gain  (fp32 throughout)
+// 3. out = round(y), once.
+// Rows r = (b * H + h) * L + l are walked in output order with running
+// (b, h, l) counters; with norm they go kRowBlock at a time (see inv_rms),
+// the rotated fp32 rows parked in `scratch` (kRowBlock * n_in * D floats).
+template <Dtype K, bool kNorm>
+void rope_rows_impl(const RopeArgs& a, int64_t begin, int64_t end, float* scratch) {
+  using S = typename Storage<K>::type;
+  const int64_t H = a.H, L = a.L, D = a.D, D2 = D / 2;
+  const int n_in = a.n_in;
+  int64_t l = begin % L, h = (begin / L) % H, b = begin / (L * H);
+  S* outs[kRowBlock * 2];
+  float ss[kRowBlock * 2], scale[kRowBlock * 2], gain[kRowBlock * 2];
+  for (int64_t r0 = begin; r0 < end; r0 += kRowBlock) {
+    const int64_t nb = end - r0 < kRowBlock ? end - r0 : kRowBlock;
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t trow = (a.table_per_batch ? b * L : 0) + l;
+      const float* __restrict c = a.cos + trow * D2;
+      const float* __restrict s = a.sin + trow * D2;
+      for (int t = 0; t < n_in; ++t) {
+        const int64_t* st = a.strides[t];
+        const S* __restrict x = at<S>(a.in[t], b * st[0] + h * st[1] + l * st[2]);
+        S* __restrict out = at<S>(a.out[t], (r0 + j) * D);
+        if constexpr (!kNorm) {
+          for (int64_t i = 0; i < D2; ++i) {
+            float x1 = load<K>(x[i]), x2 = load<K>(x[i + D2]);
+            out[i] = store<K>(x1 * c[i] + x2 * s[i]);
+            out[i + D2] = store<K>(x2 * c[i] - x1 * s[i]);
+          }
+        } else {
+          const int64_t k = j * n_in + t;
+          float* __restrict y = scratch + k * D;
+          outs[k] = out;
+          gain[k] = (t == 0 && a.head_gain) ? a.head_gain[h] : 1.0f;
+          ss[k] = lane_sum(D2, [&](int64_t i) {
+            float x1 = load<K>(x[i]), x2 = load<K>(x[i + D2]);
+            float y1 = x1 * c[i] + x2 * s[i];
+            float y2 = x2 * c[i] - x1 * s[i];
+            y[i] = y1;
+            y[i + D2] = y2;
+            return y1 * y1 + y2 * y2;
+          });
+        }
+      }
+      if (++l == L) {
+        l = 0;
+        if (++h == H) {
+          h = 0;
+          ++b;
+        }
+      }
+    }
+    if constexpr (kNorm) {
+      const int64_t nk = nb * n_in;
+      inv_rms(ss, scale, nk, D, a.eps);
+      for (int64_t k = 0; k < nk; ++k) {
+        const float sc = scale[k] * gain[k];
+        const float* __restrict y = scratch + k * D;
+        S* __restrict out = outs[k];
+        for (int64_t i = 0; i < D; ++i) {
+          out[i] = store<K>(y[i] * sc);
+        }
+      }
+    }
+  }
+}
+
+template <Dtype K>
+void rope_rows(const RopeArgs& a, int64_t begin, int64_t end, float* scratch) {
+  if (a.norm) {
+    rope_rows_impl<K, true>(a, begin, end, scratch);
+  } else {
+    rope_rows_impl<K, false>(a, begin, end, scratch);
+  }
+}
+
+// ---- dtype switch -----------------------------------------------------------
+
+void rms_norm(const RmsNormArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case Dtype::f32:
+      return rms_norm_rows<Dtype::f32>(a, begin, end);
+    case Dtype::f16:
+      return rms_norm_rows<Dtype::f16>(a, begin, end);
+    case Dtype::bf16:
+      return rms_norm_rows<Dtype::bf16>(a, begin, end);
+  }
+}
+
+void residual_norm(const ResidualNormArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case Dtype::f32:
+      return residual_norm_rows<Dtype::f32>(a, begin, end);
+    case Dtype::f16:
+      return residual_norm_rows<Dtype::f16>(a, begin, end);
+    case Dtype::bf16:
+      return residual_norm_rows<Dtype::bf16>(a, begin, end);
+  }
+}
+
+void rope(const RopeArgs& a, int64_t begin, int64_t end, float* scratch) {
+  switch (a.dtype) {
+    case Dtype::f32:
+      return rope_rows<Dtype::f32>(a, begin, end, scratch);
+    case Dtype::f16:
+      return rope_rows<Dtype::f16>(a, begin, end, scratch);
+    case Dtype::bf16:
+      return rope_rows<Dtype::bf16>(a, begin, end, scratch);
+  }
+}
+
+} // namespace
+
+#define TK_STR2(x) #x
+#define TK_STR(x) TK_STR2(x)
+extern const Table table = {
+    TK_STR(TK_ISA),
+    rms_norm,
+    residual_norm,
+    rope_table_impl,
+    rope,
+};
+
+} // namespace tk::kern::TK_ISA

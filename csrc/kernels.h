@@ -1,0 +1,107 @@
+// Raw CPU loops behind the talkie_kernels Primitives (no MLX types here).
+//
+// csrc/kernels.cpp is compiled once per instruction set (baseline x86-64 and,
+// on x86-64, x86-64-v3 = AVX2/FMA/F16C) into its own namespace; `select()`
+// picks the table for the running CPU. Every loop works on a range of
+// independent items [begin, end) so csrc/parallel.cpp can split the work.
+//
+// Element types: fp32, fp16, bf16 storage; all arithmetic in fp32 (angles in
+// double); every output element is rounded to the storage type exactly once.
+#pragma once
+
+#include <cstdint>
+
+namespace tk::kern {
+
+enum class Dtype : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+// A strided view of an array as rows over its contiguous last axis: `nlead`
+// leading dims with sizes `shape` and element strides `strides` (the caller
+// copies inputs whose last axis is not contiguous). `ptr` already includes
+// the array's offset.
+struct Rows {
+  const void* ptr;
+  int nlead;
+  const int64_t* shape;
+  const int64_t* strides;
+};
+
+// rms_norm over rows of length D: out[r] = x[r] / sqrt(mean(x[r]^2) + eps).
+struct RmsNormArgs {
+  Dtype dtype;
+  int64_t D;
+  Rows x;
+  void* out;  // row-contiguous
+  float eps;
+};
+
+// residual_norm over rows of length D:
+// x_new = round(x + g*y [+ sg*skip]); normed = rms_norm(x_new).
+struct ResidualNormArgs {
+  Dtype dtype;
+  int64_t D;
+  Rows x, y, skip;  // skip.ptr == nullptr: no skip term
+  float gain, skip_gain;
+  void* x_new;  // row-contiguous
+  void* normed;  // row-contiguous
+  float eps;
+};
+
+// cos/sin table for RoPE: item = tb * L + l, pos = offset[tb] + l,
+// cos[item * D2 + i] = cos(pos * inv_freq[i]) (likewise sin), i < D2.
+struct RopeTableArgs {
+  int64_t L, D2;
+  const int32_t* offset;  // one per table row tb
+  const double* inv_freq;  // D2 values base^(-2i/D)
+  float* cos;
+  float* sin;
+};
+
+// RoPE (and optionally RMSNorm and a per-head gain) on n_in (B, H, L, D)
+// tensors with element strides for B, H, L (D contiguous); row r = (b * H + h) * L + l of the
+// row-contiguous outputs.
+struct RopeArgs {
+  Dtype dtype;
+  int64_t B, H, L, D;
+  int n_in;  // 1 (rope) or 2 (q and k)
+  const void* in[2];
+  int64_t strides[2][3];
+  void* out[2];
+  const float* cos;  // from RopeTableArgs
+  const float* sin;
+  bool table_per_batch;  // table row tb = b (else 0)
+  bool norm;  // rms-normalize each rotated row
+  float eps;
+  const float* head_gain;  // H values applied to in[0] after the norm, or null
+};
+
+// Rows normalized together (see inv_rms in kernels.cpp).
+inline constexpr int64_t kRowBlock = 8;
+
+// Scratch the rope loop needs: a block of rotated fp32 rows of q and k.
+inline int64_t rope_scratch_floats(int64_t D) {
+  return kRowBlock * 2 * D;
+}
+
+struct Table {
+  const char* isa;
+  void (*rms_norm)(const RmsNormArgs&, int64_t begin, int64_t end);
+  void (*residual_norm)(const ResidualNormArgs&, int64_t begin, int64_t end);
+  void (*rope_table)(const RopeTableArgs&, int64_t begin, int64_t end);
+  // scratch: rope_scratch_floats(D) floats owned by the caller, one buffer
+  // per concurrent call.
+  void (*rope)(const RopeArgs&, int64_t begin, int64_t end, float* scratch);
+};
+
+namespace base {
+extern const Table table;
+}
+namespace v3 {
+extern const Table table;
+}
+
+// The table in use: the best one for the running CPU (v3 when it has AVX2,
+// FMA and F16C) unless tk::use_isa() (ops.h) picked another.
+const Table& select();
+
+} // namespace tk::kern

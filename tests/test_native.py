@@ -1,0 +1,386 @@
+"""Native-extension specifics (talkie_kernels._native): what the shared per-op
+tests (test_<op>.py) do not cover.
+
+* the extension loads and mx.array crosses into it and back;
+* strided inputs: transposed (B, L, H, D) views are read in place, a strided
+  last axis is copied (and still right);
+* validation raised by the C++ side, with _checks.py's exceptions and messages;
+* the multi-threaded path equals the single-threaded one, bit for bit, and the
+  baseline-x86-64 loops agree with the AVX2 ones;
+* the Primitives: names in the graph, mx.compile, vmap/jvp through the fallback.
+"""
+
+from __future__ import annotations
+
+import re
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import oracle as O
+import talkie_kernels as tk
+from talkie_kernels import _checks as C
+from talkie_kernels import reference as R
+
+N = tk.native.ops
+DTYPES = [mx.float32, mx.float16, mx.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
+
+pytestmark = pytest.mark.skipif(N is None, reason=f"native extension not built: {tk.native.load_error}")
+
+
+def rand(shape, dtype=mx.float32, seed=0, scale=1.0):
+    return (scale * mx.random.normal(shape, key=mx.random.key(seed))).astype(dtype)
+
+
+def same(a, b):
+    """Bitwise equal arrays (same dtype and shape)."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    return bool(mx.array_equal(a, b, equal_nan=True).item())
+
+
+@pytest.fixture
+def threads():
+    """Restores the thread count after a test changes it."""
+    n = N.num_threads()
+    yield
+    N.set_num_threads(n)
+
+
+@pytest.fixture(params=N.available_isas() if N else [])
+def isa(request):
+    """Runs a test with each instruction set's loops this CPU supports."""
+    before = N.isa()
+    N.use_isa(request.param)
+    yield request.param
+    N.use_isa(before)
+
+
+# ---- smoke --------------------------------------------------------------------
+
+
+def test_extension_loaded():
+    assert tk.native_available()
+    assert tk.backend() in ("native", "metal")
+    assert N.isa() in N.available_isas()
+    assert N.num_threads() >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [mx.int32], ids=DTYPE_IDS + ["int32"])
+def test_roundtrip(dtype):
+    a = mx.arange(24).reshape(2, 3, 4).astype(dtype)
+    b = N.roundtrip(a)
+    assert isinstance(b, mx.array)
+    assert same(a, b)
+    view = a.transpose(2, 0, 1)
+    assert same(N.roundtrip(view), view)
+
+
+# ---- strided inputs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_qkv_views_are_read_in_place(dtype):
+    B, L, H, D = 2, 17, 3, 64
+    qkv = rand((B, L, 3, H, D), dtype)
+    q, k = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(2))
+    g = mx.random.uniform(0.5, 2, (H,), key=mx.random.key(1))
+    mx.eval(qkv, g)
+    before = N.contiguous_copies()
+    got = N.rope_qk_norm(q, k, g, 5000)
+    rot = N.rope(q, -3)
+    mx.eval(got, rot)
+    assert N.contiguous_copies() == before
+    # Same values as from contiguous copies of the views.
+    qc, kc = mx.contiguous(q), mx.contiguous(k)
+    want = N.rope_qk_norm(qc, kc, g, 5000)
+    assert same(got[0], want[0]) and same(got[1], want[1])
+    assert same(rot, N.rope(qc, -3))
+    # And the outputs are row-contiguous (B, H, L, D) arrays.
+    assert got[0].shape == (B, H, L, D)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_strided_last_axis_is_copied(dtype):
+    x = rand((64, 6), dtype).T  # (6, 64) with last-axis stride 6
+    y = rand((64, 6), dtype, seed=1).T
+    mx.eval(x, y)
+    before = N.contiguous_copies()
+    normed = N.rms_norm(x)
+    x_new, n2 = N.residual_norm(x, y, 0.5)
+    mx.eval(normed, x_new, n2)
+    assert N.contiguous_copies() == before + 3
+    O.assert_accurate(normed, O.rms_norm(x), dtype, baseline=R.rms_norm(x))
+    O.assert_accurate(x_new, O.residual_sum(x, y, mx.array([0.5])), dtype, baseline=R.residual_norm(x, y, 0.5)[0])
+
+    q = rand((2, 3, 16, 6), dtype).swapaxes(-1, -2)  # (2, 3, 6, 16), D strided
+    before = N.contiguous_copies()
+    got = N.rope(q, 9)
+    mx.eval(got)
+    assert N.contiguous_copies() == before + 1
+    assert same(got, N.rope(mx.contiguous(q), 9))
+    O.assert_accurate(got, O.rope(q, 9), dtype, baseline=R.rope(q, 9))
+
+
+def test_broadcast_and_sliced_inputs():
+    # Stride-0 rows and an offset array that is itself a strided view.
+    row = rand((1, 128))
+    x = mx.broadcast_to(row, (4, 128))
+    O.assert_accurate(N.rms_norm(x), O.rms_norm(x), mx.float32, baseline=R.rms_norm(x))
+    q = rand((3, 2, 4, 64))
+    offsets = mx.array([10, 99, -4, 99, 7000, 99], dtype=mx.int64)[::2]
+    want = O.rope(q, np.array(offsets), 1e6)
+    O.assert_accurate(N.rope(q, offsets), want, mx.float32, baseline=R.rope(q, offsets))
+
+
+@pytest.mark.parametrize("odtype", [mx.int8, mx.uint16, mx.int32, mx.int64, mx.uint64])
+def test_offset_integer_dtypes(odtype):
+    q = rand((2, 2, 3, 64))
+    off = mx.array([3, 100], dtype=odtype)
+    O.assert_accurate(N.rope(q, off), O.rope(q, np.array(off).astype(np.int64)), mx.float32, baseline=R.rope(q, off))
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 3, 64), (1, 2, 0, 64), (2, 3, 4, 0)])
+def test_empty(shape):
+    q = mx.zeros(shape)
+    g = mx.ones((shape[1],))
+    a, b = N.rope_qk_norm(q, q, g, 3)
+    assert a.shape == shape and b.shape == shape
+    assert N.rope(q, 3).shape == shape
+    assert N.rms_norm(q).shape == shape
+    x_new, normed = N.residual_norm(q, q, 1.0, q, 0.5)
+    mx.eval(a, b, x_new, normed)
+    assert x_new.shape == shape
+
+
+# ---- numerics the shared tests do not sweep -------------------------------------
+
+
+@pytest.mark.parametrize("offset", [0, 5000, -5000, 123456, 2**31 - 1024])
+def test_rope_angles_far_positions(isa, offset):
+    # fp32 angles from pos * inv_freq in double, reduced mod pi/2: the error
+    # stays at fp32 rounding however far the position.
+    q = rand((1, 2, 8, 128))
+    got = N.rope(q, offset)
+    err = O.rel_err(got, O.rope(q, offset))
+    assert err < 3e-7, err
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_isa_agree(isa, dtype):
+    # Each instruction set against the oracle (the shared tests only run the best one).
+    q, k = rand((2, 5, 33, 128), dtype), rand((2, 5, 33, 128), dtype, seed=1, scale=3)
+    g = mx.random.uniform(0.5, 2, (5,), key=mx.random.key(2))
+    off = mx.array([4099, -5])
+    gq, gk = N.rope_qk_norm(q, k, g, off)
+    wq, wk = O.rope_qk_norm(q, k, g, off)
+    rq, rk = R.rope_qk_norm(q, k, g, off)
+    O.assert_accurate(gq, wq, dtype, baseline=rq, what=f"{isa} q")
+    O.assert_accurate(gk, wk, dtype, baseline=rk, what=f"{isa} k")
+    x, y, s = (rand((3, 5120), dtype, seed=i) for i in (3, 4, 5))
+    x_new, normed = N.residual_norm(x, y, mx.array([0.7]), s, mx.array([-1.3]))
+    ref_x, ref_n = R.residual_norm(x, y, mx.array([0.7]), s, mx.array([-1.3]))
+    want = O.residual_sum(x, y, mx.array([0.7]), s, mx.array([-1.3]))
+    O.assert_accurate(x_new, want, dtype, baseline=ref_x, what=f"{isa} x_new")
+    O.assert_accurate(normed, O.rms_norm(x_new), dtype, baseline=ref_n, what=f"{isa} normed")
+
+
+def test_fp16_conversions_exact():
+    # Every fp16 value survives the kernels' fp16 <-> fp32 conversions. rope
+    # at position 0 is the identity (cos 0 = 1, sin 0 = 0): it loads and
+    # stores each finite element once, subnormals and -0 included (rows of 64
+    # never pair a finite value with an inf/nan one). x + 0*y carries inf.
+    bits = np.arange(0, 1 << 16, dtype=np.uint16)
+    want = bits.view(np.float16)
+    x = mx.array(want).reshape(-1, 1, 1, 64)  # L = 1: every row at position 0
+    before = N.isa()
+    for isa in N.available_isas():
+        N.use_isa(isa)
+        got = np.array(N.rope(x, 0)).reshape(-1)
+        finite = np.isfinite(want)
+        assert np.array_equal(got[finite].view(np.uint16), bits[finite])
+        assert np.isnan(got[np.isnan(want)]).all()
+        x_new, _ = N.residual_norm(x.reshape(-1, 64), mx.zeros((1024, 64), dtype=mx.float16), 0.0)
+        got = np.array(x_new).reshape(-1)
+        inf = np.isinf(want)
+        assert np.array_equal(got[inf], want[inf])
+    N.use_isa(before)
+
+
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16], ids=["fp16", "bf16"])
+def test_rounding_matches_mlx(isa, dtype):
+    # The one rounding per output is round-to-nearest-even, like MLX's astype:
+    # residual_norm with gain 1 and y = small rounds x + y exactly once.
+    x = mx.random.uniform(-4, 4, (64, 256), key=mx.random.key(0))
+    y = mx.random.uniform(-1e-2, 1e-2, (64, 256), key=mx.random.key(1))
+    x_new, _ = N.residual_norm(x.astype(dtype), y.astype(dtype), 1.0)
+    want = (x.astype(dtype).astype(mx.float32) + y.astype(dtype).astype(mx.float32)).astype(dtype)
+    assert same(x_new, want)
+
+
+# ---- threads ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_threads_bitwise_equal(threads, dtype):
+    q, k = rand((1, 8, 512, 128), dtype), rand((1, 8, 512, 128), dtype, seed=1)
+    g = mx.random.uniform(0.5, 2, (8,), key=mx.random.key(2))
+    x, y, s = (rand((512, 1024), dtype, seed=i) for i in (3, 4, 5))
+
+    def run():
+        outs = [*N.rope_qk_norm(q, k, g, mx.array(77)), N.rope(q, -9), N.rms_norm(x)]
+        outs += N.residual_norm(x, y, 0.3, s, 0.8)
+        mx.eval(outs)
+        return outs
+
+    N.set_num_threads(1)
+    single = run()
+    N.set_num_threads(64)  # clamped to the CPU's cores
+    assert 1 <= N.num_threads() <= 64
+    multi = run()
+    for a, b in zip(single, multi):
+        assert same(a, b)
+
+
+# ---- validation from the C++ side ---------------------------------------------------
+
+
+def _messages(fn, *args, **kw):
+    """(exception type, message) for an implementation's failure."""
+    with pytest.raises((ValueError, TypeError)) as info:
+        mx.eval(fn(*args, **kw))
+    return info.type, str(info.value)
+
+
+BAD = [
+    # (op, args, kwargs)
+    ("rms_norm", (mx.zeros((2, 3), dtype=mx.int32),), {}),
+    ("rms_norm", (mx.array(1.0),), {}),
+    ("rms_norm", ([1.0, 2.0],), {}),
+    ("rms_norm", (mx.zeros((2, 3)),), {"eps": 0.0}),
+    ("rms_norm", (mx.zeros((2, 3)),), {"eps": -1e-5}),
+    ("rms_norm", (mx.zeros((2, 3)),), {"eps": "1e-5"}),
+    ("rope", (mx.zeros((2, 3, 8)),), {}),
+    ("rope", (mx.zeros((2, 3, 4, 7)),), {}),
+    ("rope", (mx.zeros((2, 3, 4, 8)), mx.array([1, 2, 3])), {}),
+    ("rope", (mx.zeros((2, 3, 4, 8)), mx.zeros((2, 1), dtype=mx.int32)), {}),
+    ("rope", (mx.zeros((2, 3, 4, 8)), mx.array([1.0, 2.0])), {}),
+    ("rope", (mx.zeros((2, 3, 4, 8)), True), {}),
+    ("rope", (mx.zeros((2, 3, 4, 8)), "3"), {}),
+    ("rope", (mx.zeros((2, 3, 4, 8)),), {"base": -1.0}),
+    ("rope", (mx.zeros((2, 3, 4, 8)),), {"base": None}),
+    ("rope", (mx.zeros((2, 3, 4, 8), dtype=mx.float64),), {}),
+    ("rope_qk_norm", (mx.zeros((2, 3, 4, 8)), mx.zeros((2, 3, 5, 8)), mx.ones((3,))), {}),
+    ("rope_qk_norm", (mx.zeros((2, 3, 4, 8)), mx.zeros((2, 3, 4, 8), dtype=mx.float16), mx.ones((3,))), {}),
+    ("rope_qk_norm", (mx.zeros((2, 3, 4, 8)), mx.zeros((2, 3, 4, 8)), mx.ones((4,))), {}),
+    ("rope_qk_norm", (mx.zeros((2, 3, 4, 8)), mx.zeros((2, 3, 4, 8)), mx.ones((3,), dtype=mx.int32)), {}),
+    ("rope_qk_norm", (mx.zeros((2, 3, 4, 8)), mx.zeros((2, 3, 4, 8)), [1.0, 1.0, 1.0]), {}),
+    ("rope_qk_norm", (mx.zeros((2, 3, 4, 6)), mx.zeros((2, 3, 4, 6)), mx.ones((3,))), {"eps": 0}),
+    ("rope_qk_norm", (mx.zeros((2, 3, 4, 5)), mx.zeros((2, 3, 4, 5)), mx.ones((3,))), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 9)), 1.0), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8), dtype=mx.bfloat16), 1.0), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), mx.ones((2,))), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), mx.ones((1,), dtype=mx.int32)), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), "1"), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), 1.0, mx.zeros((2, 8))), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), 1.0, None, 0.5), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), 1.0, mx.zeros((3, 8)), 0.5), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), 1.0, mx.zeros((2, 8), dtype=mx.float16), 0.5), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), 1.0, mx.zeros((2, 8)), mx.ones((1, 1))), {}),
+    ("residual_norm", (mx.zeros((2, 8)), mx.zeros((2, 8)), True), {}),
+    ("residual_norm", (mx.zeros(()), mx.zeros(()), 1.0), {}),
+]
+
+
+@pytest.mark.parametrize("op, args, kwargs", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_input_same_as_python_checks(op, args, kwargs):
+    # The C++ checks raise what the Python backends' checks (_checks.py, used
+    # by the reference) raise: same exception type, same message.
+    native = _messages(getattr(N, op), *args, **kwargs)
+    reference = _messages(getattr(R, op), *args, **kwargs)
+    assert native[1].startswith(f"[{op}] "), native
+    assert native == reference
+
+
+def test_offset_out_of_int32_range():
+    with pytest.raises(ValueError, match=r"^\[rope\] offset must fit in int32"):
+        N.rope(mx.zeros((1, 1, 1, 8)), 2**31)
+
+
+# ---- the Primitives -----------------------------------------------------------------
+
+
+def test_primitive_names_in_graph(tmp_path):
+    q = rand((1, 2, 3, 8))
+    g = mx.ones((2,))
+    outs = [*N.rope_qk_norm(q, q, g, 1), N.rope(q, 2), N.rms_norm(q), *N.residual_norm(q, q, 0.5, q, 0.25)]
+    path = tmp_path / "graph.dot"
+    mx.export_to_dot(str(path), *outs)
+    text = path.read_text()
+    for name in ("TalkieRoPEQKNorm", "TalkieRoPE", "TalkieRMSNorm", "TalkieResidualNorm"):
+        assert re.search(rf"\b{name}\b", text), name
+
+
+def test_compile_matches_eager():
+    q, k = rand((2, 4, 6, 64)), rand((2, 4, 6, 64), seed=1)
+    g = mx.random.uniform(0.5, 2, (4,), key=mx.random.key(2))
+    off = mx.array([7, 1999])
+
+    def f(q, k, g, off):
+        a, b = N.rope_qk_norm(q, k, g, off)
+        x_new, normed = N.residual_norm(a, b, 0.5)
+        return x_new, normed, N.rms_norm(N.rope(b, off))
+
+    eager = f(q, k, g, off)
+    compiled = mx.compile(f)(q, k, g, off)
+    for a, b in zip(eager, compiled):
+        assert same(a, b)
+
+
+def test_vmap_and_jvp_use_the_fallback():
+    x = rand((3, 2, 4, 5, 32))  # vmapped axis 0 over (B, H, L, D) inputs
+    g = mx.random.uniform(0.5, 2, (4,), key=mx.random.key(2))
+    got = mx.vmap(lambda q: N.rope_qk_norm(q, q, g, 11)[0])(x)
+    want = mx.vmap(lambda q: R.rope_qk_norm(q, q, g, 11)[0])(x)
+    np.testing.assert_allclose(O.to64(got), O.to64(want), atol=2e-5)
+
+    y = rand((4, 96), seed=4)
+    t = rand((4, 96), seed=5)
+    _, got = mx.jvp(lambda a: N.residual_norm(a, a, 0.5)[1], [y], [t])
+    _, want = mx.jvp(lambda a: R.residual_norm(a, a, 0.5)[1], [y], [t])
+    np.testing.assert_allclose(O.to64(got[0]), O.to64(want[0]), atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_vjp_all_ops(dtype):
+    x, y, s = (rand((3, 64), dtype, seed=i) for i in range(3))
+    a, b = mx.array([0.3]), mx.array([1.5])
+    cot = [rand((3, 64), dtype, seed=7), rand((3, 64), dtype, seed=8)]
+    _, got = mx.vjp(lambda *p: list(N.residual_norm(*p)), [x, y, a, s, b], cot)
+    _, want = mx.vjp(lambda *p: list(R.residual_norm(*p)), [x, y, a, s, b], cot)
+    for u, v in zip(got, want):
+        assert same(u, v)
+    _, got = mx.vjp(lambda p: N.rms_norm(p), [x], cot[:1])
+    _, want = mx.vjp(lambda p: R.rms_norm(p), [x], cot[:1])
+    assert same(got[0], want[0])
+    q = rand((2, 2, 3, 64), dtype)
+    off = mx.array([5, -2])
+    cq = [rand(q.shape, dtype, seed=9)]
+    _, got = mx.vjp(lambda p: N.rope(p, off), [q], cq)
+    _, want = mx.vjp(lambda p: R.rope(p, off), [q], cq)
+    assert same(got[0], want[0])
+
+
+def test_eps_and_base_parameters():
+    # Non-default eps/base reach the kernels (and is_equivalent keeps them apart under compile).
+    q = rand((1, 2, 5, 64), scale=1e-3)
+    g = mx.ones((2,))
+    for eps, base in [(1e-6, 1e4), (C.FP32_EPS, 1e6)]:
+        got = N.rope_qk_norm(q, q, g, 3, base=base, eps=eps)[1]
+        O.assert_accurate(got, O.rms_norm(O.rope(q, 3, base), eps), mx.float32,
+                          baseline=R.rope_qk_norm(q, q, g, 3, base=base, eps=eps)[1])
+
+    f = mx.compile(lambda x: [N.rms_norm(x, 1e-2), N.rms_norm(x, 1e-6)])
+    a, b = f(q)
+    assert not same(a, b)
