@@ -141,71 +141,86 @@ inline float talkie_threadgroup_sum(
 }}
 """
 
-# Shared by both RoPE kernels: the (b, h, l) row of this simdgroup, its
-# position, and the lane.
-_ROPE_ROW = """
+# Shared by both RoPE kernels: this simdgroup's (b, l) and head range, the
+# lane, and cos/sin of the lane's rotation pairs, computed once for all
+# HEADS heads (the angle does not depend on h).
+_ROPE_GROUP = """
   const uint lane = thread_position_in_grid.x;
-  const uint row = thread_position_in_grid.y;
+  const uint group = thread_position_in_grid.y;
   const int H = {x}_shape[1];
   const int L = {x}_shape[2];
   const int D = {x}_shape[3];
   const int half_d = D / 2;
-  const int l = row % L;
-  const int h = (row / L) % H;
-  const int b = row / (L * H);
+  const int n_head_groups = (H + HEADS - 1) / HEADS;
+  const int h_begin = (group % n_head_groups) * HEADS;
+  const int h_end = h_begin + HEADS < H ? h_begin + HEADS : H;
+  const int l = (group / n_head_groups) % L;
+  const int b = group / (n_head_groups * L);
   // Exact in fp32 for |offset + l| < 2^24.
   const float pos = float(offset[b * offset_strides[0]] + l);
-  const int64_t out_row = int64_t(row) * D;
+  float cos_t[P], sin_t[P];
+  for (int t = 0; t < P; t++) {{
+    const int i = lane + 32 * t;
+    const float2 cs = i < half_d
+        ? talkie_rope_cos_sin(pos, inv_freq[i], inv_freq[half_d + i])
+        : float2(1.0f, 0.0f);
+    cos_t[t] = cs.x;
+    sin_t[t] = cs.y;
+  }}
 """
 
 _ROPE_QK_NORM_SOURCE = (
     """
-  // Template: T output type; P = ceil(D / 64) rotation pairs per lane.
-  // Grid (32, B*H*L): one simdgroup per (b, h, l) row of q and of k.
+  // Template: T output type; P = ceil(D / 64) rotation pairs per lane; HEADS
+  // heads per simdgroup. Grid (32, B * L * ceil(H / HEADS)): one simdgroup
+  // per (b, l) and run of HEADS heads, doing those rows of q and of k.
 """
-    + _ROPE_ROW.format(x="q")
+    + _ROPE_GROUP.format(x="q")
     + """
-  const int64_t q_row = b * q_strides[0] + h * q_strides[1] + l * q_strides[2];
-  const int64_t k_row = b * k_strides[0] + h * k_strides[1] + l * k_strides[2];
-  const int64_t q_d = q_strides[3];
-  const int64_t k_d = k_strides[3];
+  for (int h = h_begin; h < h_end; h++) {
+    const int64_t q_row = b * q_strides[0] + h * q_strides[1] + l * q_strides[2];
+    const int64_t k_row = b * k_strides[0] + h * k_strides[1] + l * k_strides[2];
+    const int64_t q_d = q_strides[3];
+    const int64_t k_d = k_strides[3];
+    const int64_t out_row = ((int64_t(b) * H + h) * L + l) * D;
 
-  // 1. Rotate in fp32 (inverse rotation: y1 = x1 c + x2 s, y2 = x2 c - x1 s).
-  float q1[P], q2[P], k1[P], k2[P];
-  float q_ss = 0.0f;
-  float k_ss = 0.0f;
-  for (int t = 0; t < P; t++) {
-    const int i = lane + 32 * t;
-    q1[t] = q2[t] = k1[t] = k2[t] = 0.0f;
-    if (i < half_d) {
-      const float2 cs = talkie_rope_cos_sin(pos, inv_freq[i], inv_freq[half_d + i]);
-      const float qa = static_cast<float>(q[q_row + i * q_d]);
-      const float qb = static_cast<float>(q[q_row + (i + half_d) * q_d]);
-      const float ka = static_cast<float>(k[k_row + i * k_d]);
-      const float kb = static_cast<float>(k[k_row + (i + half_d) * k_d]);
-      q1[t] = qa * cs.x + qb * cs.y;
-      q2[t] = qb * cs.x - qa * cs.y;
-      k1[t] = ka * cs.x + kb * cs.y;
-      k2[t] = kb * cs.x - ka * cs.y;
-      q_ss += q1[t] * q1[t] + q2[t] * q2[t];
-      k_ss += k1[t] * k1[t] + k2[t] * k2[t];
+    // 1. Rotate in fp32 (inverse rotation: y1 = x1 c + x2 s, y2 = x2 c - x1 s).
+    float q1[P], q2[P], k1[P], k2[P];
+    float q_ss = 0.0f;
+    float k_ss = 0.0f;
+    for (int t = 0; t < P; t++) {
+      const int i = lane + 32 * t;
+      q1[t] = q2[t] = k1[t] = k2[t] = 0.0f;
+      if (i < half_d) {
+        const float qa = static_cast<float>(q[q_row + i * q_d]);
+        const float qb = static_cast<float>(q[q_row + (i + half_d) * q_d]);
+        const float ka = static_cast<float>(k[k_row + i * k_d]);
+        const float kb = static_cast<float>(k[k_row + (i + half_d) * k_d]);
+        q1[t] = qa * cos_t[t] + qb * sin_t[t];
+        q2[t] = qb * cos_t[t] - qa * sin_t[t];
+        k1[t] = ka * cos_t[t] + kb * sin_t[t];
+        k2[t] = kb * cos_t[t] - ka * sin_t[t];
+        q_ss += q1[t] * q1[t] + q2[t] * q2[t];
+        k_ss += k1[t] * k1[t] + k2[t] * k2[t];
+      }
     }
-  }
 
-  // 2. RMS over D of the fp32 rotated rows: the simdgroup holds the whole row.
-  q_ss = simd_sum(q_ss);
-  k_ss = simd_sum(k_ss);
-  // 3. The head gain folds into q's scale; one rounding per output.
-  const float q_scale = metal::precise::rsqrt(q_ss / D + eps) *
-      float(head_gain[h * head_gain_strides[0]]);
-  const float k_scale = metal::precise::rsqrt(k_ss / D + eps);
-  for (int t = 0; t < P; t++) {
-    const int i = lane + 32 * t;
-    if (i < half_d) {
-      q_out[out_row + i] = static_cast<T>(q1[t] * q_scale);
-      q_out[out_row + i + half_d] = static_cast<T>(q2[t] * q_scale);
-      k_out[out_row + i] = static_cast<T>(k1[t] * k_scale);
-      k_out[out_row + i + half_d] = static_cast<T>(k2[t] * k_scale);
+    // 2. RMS over D of the fp32 rotated rows: the simdgroup holds the whole
+    //    row, so simd_sum alone reduces it (no threadgroup memory, no barrier).
+    q_ss = simd_sum(q_ss);
+    k_ss = simd_sum(k_ss);
+    // 3. The head gain folds into q's scale; one rounding per output.
+    const float q_scale = metal::precise::rsqrt(q_ss / D + eps) *
+        static_cast<float>(head_gain[h * head_gain_strides[0]]);
+    const float k_scale = metal::precise::rsqrt(k_ss / D + eps);
+    for (int t = 0; t < P; t++) {
+      const int i = lane + 32 * t;
+      if (i < half_d) {
+        q_out[out_row + i] = static_cast<T>(q1[t] * q_scale);
+        q_out[out_row + i + half_d] = static_cast<T>(q2[t] * q_scale);
+        k_out[out_row + i] = static_cast<T>(k1[t] * k_scale);
+        k_out[out_row + i + half_d] = static_cast<T>(k2[t] * k_scale);
+      }
     }
   }
 """
@@ -213,21 +228,23 @@ _ROPE_QK_NORM_SOURCE = (
 
 _ROPE_SOURCE = (
     """
-  // Template: T output type; P = ceil(D / 64) rotation pairs per lane.
-  // Grid (32, B*H*L): one simdgroup per (b, h, l) row.
+  // Template: T output type; P = ceil(D / 64) rotation pairs per lane; HEADS
+  // heads per simdgroup. Grid (32, B * L * ceil(H / HEADS)).
 """
-    + _ROPE_ROW.format(x="x")
+    + _ROPE_GROUP.format(x="x")
     + """
-  const int64_t x_row = b * x_strides[0] + h * x_strides[1] + l * x_strides[2];
-  const int64_t x_d = x_strides[3];
-  for (int t = 0; t < P; t++) {
-    const int i = lane + 32 * t;
-    if (i < half_d) {
-      const float2 cs = talkie_rope_cos_sin(pos, inv_freq[i], inv_freq[half_d + i]);
-      const float a = static_cast<float>(x[x_row + i * x_d]);
-      const float b2 = static_cast<float>(x[x_row + (i + half_d) * x_d]);
-      out[out_row + i] = static_cast<T>(a * cs.x + b2 * cs.y);
-      out[out_row + i + half_d] = static_cast<T>(b2 * cs.x - a * cs.y);
+  for (int h = h_begin; h < h_end; h++) {
+    const int64_t x_row = b * x_strides[0] + h * x_strides[1] + l * x_strides[2];
+    const int64_t x_d = x_strides[3];
+    const int64_t out_row = ((int64_t(b) * H + h) * L + l) * D;
+    for (int t = 0; t < P; t++) {
+      const int i = lane + 32 * t;
+      if (i < half_d) {
+        const float x1 = static_cast<float>(x[x_row + i * x_d]);
+        const float x2 = static_cast<float>(x[x_row + (i + half_d) * x_d]);
+        out[out_row + i] = static_cast<T>(x1 * cos_t[t] + x2 * sin_t[t]);
+        out[out_row + i + half_d] = static_cast<T>(x2 * cos_t[t] - x1 * sin_t[t]);
+      }
     }
   }
 """
@@ -384,7 +401,10 @@ _KERNELS = {
 # Launch helpers
 
 _SIMD = 32
-_ROPE_ROWS_PER_THREADGROUP = 8
+# Heads per simdgroup share one cos/sin evaluation: 4 keeps decode
+# (1, 40, 1, 128) at 10 simdgroups while cutting the transcendentals 4x.
+_ROPE_HEADS_PER_SIMDGROUP = 4
+_ROPE_SIMDGROUPS_PER_THREADGROUP = 8
 _NORM_READS = 8
 _NORM_MAX_THREADS = 1024
 
@@ -420,12 +440,12 @@ def _offsets(offset, batch: int) -> mx.array:
 
 def _rope_launch(x: mx.array):
     B, H, L, D = x.shape
-    rows = B * H * L
+    groups = B * L * -(-H // _ROPE_HEADS_PER_SIMDGROUP)
     pairs_per_lane = -(-(D // 2) // _SIMD)
     return dict(
-        template=[("T", x.dtype), ("P", pairs_per_lane)],
-        grid=(_SIMD, rows, 1),
-        threadgroup=(_SIMD, min(rows, _ROPE_ROWS_PER_THREADGROUP), 1),
+        template=[("T", x.dtype), ("P", pairs_per_lane), ("HEADS", _ROPE_HEADS_PER_SIMDGROUP)],
+        grid=(_SIMD, groups, 1),
+        threadgroup=(_SIMD, min(groups, _ROPE_SIMDGROUPS_PER_THREADGROUP), 1),
     )
 
 
