@@ -10,14 +10,17 @@ positions must be exactly representable as fp32.
 Kernels (DESIGN §4):
 
 * ``talkie_rope_qk_norm`` / ``talkie_rope``: one simdgroup (32 lanes) per
-  (b, h, l) row; lane j holds the rotation pairs (i, i + D/2) for
-  i = j + 32·t, t < P = ceil(D/64) (for D = 128: elements j, j+32, j+64, j+96),
-  so a rotation never leaves its lane. cos/sin are computed once per pair and
-  used for both q and k; the sum of squares goes through ``simd_sum`` alone, no
-  threadgroup memory or barrier. q, k and the per-batch offsets are read through
-  their strides (``ensure_row_contiguous=False``), so the transposed
-  (B, L, H, D) -> (B, H, L, D) views the model passes are never copied. Offsets
-  are an input array, so no recompilation per position.
+  (b, l) and run of 4 heads (template ``HEADS``), looping over the heads; lane
+  j holds the rotation pairs (i, i + D/2) for i = j + 32·t, t < P = ceil(D/64)
+  (template ``P``; for D = 128: elements j, j+32, j+64, j+96), so a rotation
+  never leaves its lane. cos/sin are computed once per pair for the run of
+  heads and for both q and k; each row's sum of squares goes through
+  ``simd_sum`` alone, no threadgroup memory or barrier. q, k and the
+  per-batch offsets are read through their strides
+  (``ensure_row_contiguous=False``), so the transposed (B, L, H, D) ->
+  (B, H, L, D) views the model passes are never copied. Offsets are an input
+  array, so no recompilation per position; D is read at run time, so one
+  compiled kernel serves every D with the same P.
 * ``talkie_rms_norm`` / ``talkie_residual_norm``: one threadgroup per row of the
   last axis; fp32 sum of squares through ``simd_sum``, one partial per
   simdgroup in a 32-slot threadgroup array, ``simd_sum`` again;

@@ -69,6 +69,39 @@ def test_set_kernel_factory_and_emulate_metal_restore_default():
     assert M._factory is mx.fast.metal_kernel
 
 
+class SpyFactory:
+    """Emulated kernels that record the arrays each call receives."""
+
+    def __init__(self):
+        self.inputs = {}
+
+    def __call__(self, **kwargs):
+        kernel = testing.metal_kernel(**kwargs)
+
+        def call(*, inputs, **launch):
+            self.inputs[kwargs["name"]] = list(inputs)
+            return kernel(inputs=inputs, **launch)
+
+        return call
+
+
+def test_rope_reads_strided_views_in_place():
+    # The model's q, k are transposed views of the projection: they reach the
+    # kernel as they are (read through their strides), not as copies.
+    spy = SpyFactory()
+    previous = M._set_kernel_factory(spy)
+    try:
+        qkv = normal((2, 5, 3, 4, 64))
+        q, k = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(2))
+        mx.eval(M.rope_qk_norm(q, k, mx.ones(4), mx.array(3)), M.rope(k, 2))
+    finally:
+        M._set_kernel_factory(previous)
+    got_q, got_k = spy.inputs["talkie_rope_qk_norm"][:2]
+    for got, view in ((got_q, q), (got_k, k), (spy.inputs["talkie_rope"][0], k)):
+        assert memoryview(got).strides == memoryview(view).strides
+        assert not memoryview(got).c_contiguous
+
+
 def test_sources_are_plain_msl():
     # Kernels must compile on a Mac exactly as the emulator runs them.
     for spec in M._KERNELS.values():
