@@ -198,6 +198,66 @@ def test_simd_then_threadgroup_then_simd():
     np.testing.assert_allclose(np.array(out), f64(x).sum(1), rtol=1e-5, atol=1e-4)
 
 
+def test_threadgroup_memory_starts_poisoned_in_every_threadgroup():
+    # Reading partials that no simdgroup of *this* threadgroup wrote is a bug
+    # (garbage on a GPU); the emulator makes it NaN, in every threadgroup.
+    src = """
+        threadgroup float partials[32], other[4];
+        uint lane = thread_index_in_simdgroup;
+        if (lane == 0) {
+            partials[simdgroup_index_in_threadgroup] = 1.0f;
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        float good = simd_sum(lane < simdgroups_per_threadgroup ? partials[lane] : 0.0f);
+        float bad = simd_sum(partials[lane]);
+        if (thread_index_in_threadgroup == 0) {
+            out[2 * threadgroup_position_in_grid.x] = good;
+            out[2 * threadgroup_position_in_grid.x + 1] = bad + 0.0f * other[0];
+        }
+    """
+    kernel = metal_kernel("tg_poison", [], ["out"], src)
+    (out,) = kernel(inputs=[], grid=(64 * 5, 1, 1), threadgroup=(64, 1, 1),
+                    output_shapes=[(10,)], output_dtypes=[mx.float32])
+    out = np.array(out).reshape(5, 2)
+    np.testing.assert_array_equal(out[:, 0], 2.0)
+    assert np.isnan(out[:, 1]).all()
+
+
+def test_threadgroup_declarations_next_to_prose_and_in_lists():
+    # Comment prose ("one threadgroup of ... per row.") must not be taken for
+    # a declaration; several declarators in one statement all become shared.
+    src = """
+        // One threadgroup of 64 threads per row.
+        threadgroup float a[64], b[2];
+        /* threadgroup float fake[1]; */
+        uint tid = thread_index_in_threadgroup;
+        a[tid] = float(tid);
+        if (tid < 2) {
+            b[tid] = 10.0f * float(tid + 1);
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        out[threadgroup_position_in_grid.x * 64 + tid] = a[63 - tid] + b[tid % 2];
+    """
+    kernel = metal_kernel("tg_lists", [], ["out"], src)
+    (out,) = kernel(inputs=[], grid=(128, 1, 1), threadgroup=(64, 1, 1),
+                    output_shapes=[(128,)], output_dtypes=[mx.float32])
+    tid = np.arange(128) % 64
+    np.testing.assert_array_equal(np.array(out), 63 - tid + 10.0 * (tid % 2 + 1))
+
+
+def test_threadgroup_memory_limit():
+    src = """
+        threadgroup float big[9000];
+        big[thread_index_in_threadgroup] = 1.0f;
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        out[0] = big[0];
+    """
+    kernel = metal_kernel("tg_big", [], ["out"], src)
+    with pytest.raises(testing.EmulatorError, match="32768 bytes"):
+        kernel(inputs=[], grid=(32, 1, 1), threadgroup=(32, 1, 1),
+               output_shapes=[(1,)], output_dtypes=[mx.float32])
+
+
 def test_partial_threadgroups_2d_with_scalar_input():
     src = """
         uint2 p = thread_position_in_grid.xy;

@@ -122,12 +122,73 @@ _FORBIDDEN = [
      "a C library call: Metal has no C library"),
 ]
 
-# Sync points: a source without any runs each thread as a plain call.
-_SYNC_RE = re.compile(r"\b(simd_\w+|quad_\w+|simdgroup_barrier|threadgroup_barrier)\b")
+# A kernel library that imports neither of these has no sync point: its
+# threads run as plain calls, without fibers.
+_SYNC_SYMBOLS = (b"tk_rt_simd", b"tk_rt_barrier")
 
-# A `threadgroup` variable declaration (a statement with no pointer, reference,
-# call or block before its `;`; array bounds may contain anything).
-_TG_DECL_RE = re.compile(r"\bthreadgroup(\s+)(?=(?:[^;(){}*&\[\]]|\[[^\]]*\])*;)")
+# A `threadgroup` variable declaration: a statement with no pointer,
+# reference, call or block before its `;` (array bounds may hold anything).
+_TG_DECL_RE = re.compile(r"\bthreadgroup\s+((?:[^;(){}*&\[\]]|\[[^\]]*\])*);")
+
+
+# `threadgroup` left after the rewrite must qualify a pointer or reference.
+_UNPARSED_TG_RE = re.compile(r"\bthreadgroup\s+[^;,)*&]*[;,)]")
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "<[":
+            depth += 1
+        elif ch in ">]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _rewrite_threadgroup(text: str) -> str:
+    """`threadgroup T a[N], b;` -> references into the worker's threadgroup arena.
+
+    The runtime hands out one block per declaration and threadgroup, poisoned
+    (all-ones bytes: NaN, -1) when the threadgroup starts, and refuses more
+    than Metal's 32 KiB. Line count is kept.
+    """
+    counter = [0]
+
+    def replace(m: re.Match) -> str:
+        decl = m.group(1)
+        names, parts = [], []
+        for k, part in enumerate(_split_top_level(decl)):
+            head = part.split("[", 1)[0].split("=", 1)[0]
+            ids = list(re.finditer(r"[A-Za-z_]\w*", head))
+            if not ids:
+                return m.group(0)
+            ident = ids[-1] if k == 0 else ids[0]
+            names.append(ident.group(0))
+            parts.append(part[: ident.start()] + f"tk_tg_t_{ident.group(0)}" + part[ident.end():])
+        out = [f"typedef {','.join(parts)};"]
+        for n in names:
+            site = counter[0]
+            counter[0] += 1
+            out.append(
+                f"tk_tg_t_{n}& {n} = *reinterpret_cast<tk_tg_t_{n}*>(tk_rt_threadgroup_alloc("
+                f"{site}, sizeof(tk_tg_t_{n}), alignof(tk_tg_t_{n})));"
+            )
+        return " ".join(out)
+
+    # Match on the text without comments and strings (same offsets), so that
+    # prose like "one threadgroup of n threads." never starts a declaration.
+    code = _strip_comments_and_strings(text)
+    pieces, last = [], 0
+    for m in _TG_DECL_RE.finditer(code):
+        pieces.append(text[last:m.start()])
+        pieces.append(replace(m))
+        last = m.end()
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 _CXX_FLAGS = [
     "-std=c++17", "-O2", "-shared", "-fPIC", "-nostdinc", "-nostdinc++",
@@ -135,6 +196,9 @@ _CXX_FLAGS = [
     "-fno-strict-aliasing", "-Wno-attributes", "-Werror=return-type",
 ]
 _RUNTIME_FLAGS = ["-std=c++17", "-O2", "-shared", "-fPIC", "-pthread"]
+if os.environ.get("TALKIE_KERNELS_EMULATOR_UCONTEXT"):
+    # Test hook: the portable ucontext fibers instead of the x86-64 switch.
+    _RUNTIME_FLAGS.append("-DTK_FORCE_UCONTEXT")
 
 
 def _strip_comments_and_strings(text: str) -> str:
@@ -551,7 +615,15 @@ class MetalKernel:
             return compiled
         self._check(self.header, generated)
         self._check(self.source, generated)
-        body = _TG_DECL_RE.sub(r"static thread_local\1", generated)
+        body = _rewrite_threadgroup(generated)
+        leftover = _UNPARSED_TG_RE.search(_strip_comments_and_strings(body))
+        if leftover:
+            line = body[: leftover.start()].count("\n") + 1
+            raise MetalCompileError(
+                f"[metal_kernel] `{self.name}`: the emulator cannot parse the threadgroup "
+                f"declaration on generated source line {line} (write it as "
+                "`threadgroup T name[N];`).\n\nGenerated source:\n" + _numbered(generated)
+            )
         tu = (
             '#include "tk_msl.h"\n'
             "#define double tk_error_metal_has_no_double\n"
@@ -581,11 +653,13 @@ class MetalKernel:
             entry = _libraries.get(str(path))
             if entry is None:
                 lib = ctypes.CDLL(str(path))
-                entry = (lib, ctypes.cast(lib.tk_thread, ctypes.c_void_p).value)
+                image = path.read_bytes()
+                has_sync = any(sym in image for sym in _SYNC_SYMBOLS)
+                entry = (lib, ctypes.cast(lib.tk_thread, ctypes.c_void_p).value, has_sync)
                 _libraries[str(path)] = entry
             else:
                 stats["memory_hits"] += 1
-        compiled = _CompiledKernel(entry[0], entry[1], bool(_SYNC_RE.search(generated)), generated)
+        compiled = _CompiledKernel(entry[0], entry[1], entry[2], generated)
         self._compiled[key] = compiled
         return compiled
 

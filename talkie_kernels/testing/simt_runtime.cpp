@@ -13,12 +13,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(TK_FORCE_UCONTEXT)
 #include <ucontext.h>
 #endif
 
@@ -41,7 +42,7 @@ size_t stack_bytes() {
 // control word; a new fiber starts in tk_fiber_trampoline with r12 = lane and
 // r13 = entry function.
 // ---------------------------------------------------------------------------
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(TK_FORCE_UCONTEXT)
 extern "C" void tk_switch(void** save_sp, void* to_sp)
     __attribute__((visibility("hidden")));
 extern "C" void tk_fiber_trampoline() __attribute__((visibility("hidden")));
@@ -105,33 +106,37 @@ void* fiber_init(char* top, void (*entry)(tk_lane*), tk_lane* lane) {
 inline void fiber_switch(void** save, void* to) { tk_switch(save, to); }
 #else
 // Portable fallback: ucontext (slower: swapcontext saves the signal mask).
-thread_local tk_lane* t_starting = nullptr;
-thread_local void (*t_entry)(tk_lane*) = nullptr;
-void ucontext_entry() { t_entry(t_starting); }
+// A fiber's ucontext sits at the top of its stack; the scheduler's is per OS
+// thread. `sp` slots hold ucontext pointers.
 struct Ctx {
   ucontext_t uc;
 };
+void ucontext_entry(unsigned entry_hi, unsigned entry_lo, unsigned lane_hi, unsigned lane_lo) {
+  auto join = [](unsigned hi, unsigned lo) {
+    return (static_cast<uintptr_t>(hi) << 16 << 16) | static_cast<uintptr_t>(lo);
+  };
+  auto entry = reinterpret_cast<void (*)(tk_lane*)>(join(entry_hi, entry_lo));
+  entry(reinterpret_cast<tk_lane*>(join(lane_hi, lane_lo)));
+}
 void* fiber_init(char* top, void (*entry)(tk_lane*), tk_lane* lane) {
   Ctx* c = reinterpret_cast<Ctx*>(
       (reinterpret_cast<uintptr_t>(top) - sizeof(Ctx)) & ~uintptr_t(63));
+  char* bottom = top - stack_bytes();
   getcontext(&c->uc);
-  c->uc.uc_stack.ss_sp = top - stack_bytes() + 4096;
-  c->uc.uc_stack.ss_size = reinterpret_cast<char*>(c) - (top - stack_bytes() + 4096);
+  c->uc.uc_stack.ss_sp = bottom;
+  c->uc.uc_stack.ss_size = static_cast<size_t>(reinterpret_cast<char*>(c) - bottom);
   c->uc.uc_link = nullptr;
-  t_starting = lane;
-  t_entry = entry;
-  makecontext(&c->uc, ucontext_entry, 0);
+  const uintptr_t e = reinterpret_cast<uintptr_t>(entry);
+  const uintptr_t l = reinterpret_cast<uintptr_t>(lane);
+  makecontext(&c->uc, reinterpret_cast<void (*)()>(ucontext_entry), 4,
+              static_cast<unsigned>(e >> 16 >> 16), static_cast<unsigned>(e),
+              static_cast<unsigned>(l >> 16 >> 16), static_cast<unsigned>(l));
   return c;
 }
 thread_local Ctx t_sched_ctx;
 inline void fiber_switch(void** save, void* to) {
-  // save points at a void* slot; the scheduler's slot holds &t_sched_ctx.
-  Ctx* self = *reinterpret_cast<Ctx**>(save);
-  if (!self) {
-    self = &t_sched_ctx;
-    *save = self;
-  }
-  swapcontext(&self->uc, &reinterpret_cast<Ctx*>(to)->uc);
+  if (!*save) *save = &t_sched_ctx;  // the scheduler's first switch
+  swapcontext(&static_cast<Ctx*>(*save)->uc, &static_cast<Ctx*>(to)->uc);
 }
 #endif
 
@@ -199,11 +204,21 @@ struct Shared {
   }
 };
 
+constexpr size_t kThreadgroupMemory = 32768;  // Metal's limit per threadgroup
+
 struct Worker {
   Shared* shared;
   void* sched_sp = nullptr;
   tk_lane* lanes = nullptr;
   Arena arena;
+  // Threadgroup memory of the running threadgroup: blocks by declaration site.
+  alignas(64) unsigned char tg_memory[kThreadgroupMemory];
+  size_t tg_used = 0;
+  std::vector<std::pair<unsigned, size_t>> tg_sites;
+  void begin_group() {
+    tg_used = 0;
+    tg_sites.clear();
+  }
 };
 
 thread_local tk_lane* t_current = nullptr;
@@ -386,7 +401,8 @@ void run_group_direct(Worker* w, const unsigned* g) {
 }
 
 void worker_loop(Shared* S) {
-  Worker w;
+  std::unique_ptr<Worker> owner(new Worker);
+  Worker& w = *owner;
   w.shared = S;
   std::vector<tk_lane> lanes(kMaxThreadsPerGroup);
   w.lanes = lanes.data();
@@ -401,6 +417,7 @@ void worker_loop(Shared* S) {
     g[0] = static_cast<unsigned>(idx % S->groups[0]);
     g[1] = static_cast<unsigned>((idx / S->groups[0]) % S->groups[1]);
     g[2] = static_cast<unsigned>(idx / (static_cast<unsigned long long>(S->groups[0]) * S->groups[1]));
+    w.begin_group();
     if (sync) {
       if (!run_group_fibers(&w, g)) break;
     } else {
@@ -480,6 +497,31 @@ void tk_rt_barrier(int line) {
   lane->state = TK_BARRIER;
   Worker* w = static_cast<Worker*>(lane->worker);
   fiber_switch(&lane->sp, w->sched_sp);
+}
+
+void* tk_rt_threadgroup_alloc(unsigned site, unsigned long size, unsigned long align) {
+  Worker* w = t_worker;
+  for (const auto& entry : w->tg_sites) {
+    if (entry.first == site) return w->tg_memory + entry.second;
+  }
+  size_t offset = (w->tg_used + align - 1) / align * align;
+  if (offset + size > kThreadgroupMemory) {
+    std::string msg = "threadgroup memory exceeds Metal's limit of " +
+        std::to_string(kThreadgroupMemory) + " bytes (" + std::to_string(offset + size) +
+        " requested)";
+    if (t_current) tk_rt_fail(msg.c_str());
+    // A plain call (no fibers): record the failure, hand out scratch memory
+    // and let the launch stop before the next threadgroup.
+    w->shared->fail(msg);
+    static thread_local std::vector<unsigned char> scratch;
+    scratch.assign(size + align, 0xFF);
+    uintptr_t p = reinterpret_cast<uintptr_t>(scratch.data());
+    return reinterpret_cast<void*>((p + align - 1) / align * align);
+  }
+  std::memset(w->tg_memory + offset, 0xFF, size);
+  w->tg_used = offset + size;
+  w->tg_sites.push_back({site, offset});
+  return w->tg_memory + offset;
 }
 
 void tk_rt_fail(const char* message) {

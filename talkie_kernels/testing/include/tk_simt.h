@@ -66,6 +66,9 @@ int tk_run(tk_launch* launch);
 tk_lane* tk_rt_simd(tk_resolver resolver, const void* in, unsigned size, unsigned arg);
 void tk_rt_barrier(int line);
 void tk_rt_fail(const char* message);
+// Threadgroup memory: the block of declaration `site` for the running
+// threadgroup (allocated and poisoned by the first thread that asks).
+void* tk_rt_threadgroup_alloc(unsigned site, unsigned long size, unsigned long align);
 
 #ifdef __cplusplus
 }
