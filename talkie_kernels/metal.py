@@ -159,8 +159,8 @@ _ROPE_GROUP = """
   const int h_end = h_begin + HEADS < H ? h_begin + HEADS : H;
   const int l = (group / n_head_groups) % L;
   const int b = group / (n_head_groups * L);
-  // Exact in fp32 for |offset + l| < 2^24.
-  const float pos = float(offset[b * offset_strides[0]] + l);
+  // offset is (1,) or (B,). Exact in fp32 for |offset + l| < 2^24.
+  const float pos = float(offset[(offset_shape[0] == 1 ? 0 : b) * offset_strides[0]] + l);
   float cos_t[P], sin_t[P];
   for (int t = 0; t < P; t++) {{
     const int i = lane + 32 * t;
@@ -434,11 +434,12 @@ def _eps_array(eps: float) -> mx.array:
     return arr
 
 
-def _offsets(offset, batch: int) -> mx.array:
-    """(B,) int32 positions of l = 0: broadcast views are read through their strides."""
+def _offsets(offset) -> mx.array:
+    """Offsets as (1,) or (B,) int32: a Python int becomes a leaf array, so no
+    extra dispatch fills it on the GPU."""
     if isinstance(offset, int):
-        return mx.full((batch,), offset, dtype=mx.int32)
-    return offset if offset.ndim == 1 else mx.broadcast_to(offset, (batch,))
+        return mx.array([offset], dtype=mx.int32)
+    return offset.reshape(1) if offset.ndim == 0 else offset
 
 
 def _rope_launch(x: mx.array):
@@ -484,8 +485,9 @@ def _rope_qk_norm_fn(q, k, head_gain, offsets, base, eps):
 @_rope_qk_norm_fn.vjp
 def _rope_qk_norm_vjp(primals, cotangents, outputs):
     q, k, head_gain, offsets, base, eps = primals
+    offset = mx.broadcast_to(offsets, (q.shape[0],))
     _, grads = mx.vjp(
-        lambda q, k, g: reference.rope_qk_norm(q, k, g, offsets, base=base, eps=eps),
+        lambda q, k, g: reference.rope_qk_norm(q, k, g, offset, base=base, eps=eps),
         [q, k, head_gain],
         list(cotangents),
     )
@@ -507,7 +509,8 @@ def _rope_fn(x, offsets, base):
 @_rope_fn.vjp
 def _rope_vjp(primals, cotangent, output):
     x, offsets, base = primals
-    _, (grad,) = mx.vjp(lambda x: reference.rope(x, offsets, base=base), [x], [cotangent])
+    offset = mx.broadcast_to(offsets, (x.shape[0],))
+    _, (grad,) = mx.vjp(lambda x: reference.rope(x, offset, base=base), [x], [cotangent])
     return grad, mx.zeros_like(offsets)
 
 
@@ -595,7 +598,7 @@ def rope(x: mx.array, offset=0, *, base: float = 1e6) -> mx.array:
     C.check_rope_input("rope", "x", x)
     offset = C.check_offset("rope", offset, x.shape[0])
     base = C.check_base("rope", base)
-    return _rope_fn(x, _offsets(offset, x.shape[0]), base)
+    return _rope_fn(x, _offsets(offset), base)
 
 
 def rope_qk_norm(q, k, head_gain, offset=0, *, base: float = 1e6, eps=None):
@@ -613,7 +616,7 @@ def rope_qk_norm(q, k, head_gain, offset=0, *, base: float = 1e6, eps=None):
     offset = C.check_offset(op, offset, q.shape[0])
     base = C.check_base(op, base)
     eps = C.check_eps(op, eps)
-    return _rope_qk_norm_fn(q, k, head_gain, _offsets(offset, q.shape[0]), base, eps)
+    return _rope_qk_norm_fn(q, k, head_gain, _offsets(offset), base, eps)
 
 
 def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
@@ -659,5 +662,5 @@ def rope_qk_norm_qkv(qkv, head_gain, offset=0, *, base: float = 1e6, eps=None):
     offset = C.check_offset(op, offset, q.shape[0])
     base = C.check_base(op, base)
     eps = C.check_eps(op, eps)
-    q, k = _rope_qk_norm_fn(q, k, head_gain, _offsets(offset, q.shape[0]), base, eps)
+    q, k = _rope_qk_norm_fn(q, k, head_gain, _offsets(offset), base, eps)
     return q, k, v
