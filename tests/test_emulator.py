@@ -369,6 +369,23 @@ def test_vectors_uint2_float4():
     np.testing.assert_allclose(np.array(out).reshape(8, 4), want, rtol=1e-5, atol=1e-5)
 
 
+def test_half_literals_and_mlx_limits():
+    src = """
+        uint i = thread_position_in_grid.x;
+        half h = x[i] * 0.5h + 2h;
+        out[3 * i] = h;
+        out[3 * i + 1] = half(Limits<float>::finite_max > 1e30f) + half(metal::isinf(Limits<T>::min));
+        out[3 * i + 2] = max3(h, 1.0h, -1e-3h);
+    """
+    kernel = metal_kernel("half_lit", ["x"], ["out"], src)
+    x = np.array([1.5, -3.0, 7.25], dtype=np.float16)
+    (out,) = kernel(inputs=[mx.array(x)], template=[("T", mx.bfloat16)], grid=(3, 1, 1),
+                    threadgroup=(3, 1, 1), output_shapes=[(9,)], output_dtypes=[mx.float16])
+    h = x * np.float16(0.5) + np.float16(2)
+    want = np.stack([h, np.full(3, 2, np.float16), np.maximum(h, np.float16(1))], axis=1)
+    np.testing.assert_array_equal(np.array(out).reshape(3, 3), want)
+
+
 def test_precise_and_fast_math():
     src = """
         uint i = thread_position_in_grid.x;
@@ -531,6 +548,8 @@ def test_divergent_barrier_raises(source, needle):
     ("float* p = new float[4]; out[0] = p[0];", "new"),
     ("if (x[0] > 0) { throw 1; } out[0] = x[0];", "exceptions"),
     ("float (*f)(float) = metal::exp; out[0] = f(x[0]);", "function pointer"),
+    ("static float total = 0; total += x[0]; out[0] = total;", "static"),
+    ("int n = int(x[0]); float tmp[n]; tmp[0] = 1; out[0] = tmp[0];", "vla"),
 ])
 def test_refuses_what_metal_refuses(snippet, reason):
     kernel = metal_kernel("bad", ["x"], ["out"], snippet)

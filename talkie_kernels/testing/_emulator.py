@@ -120,7 +120,27 @@ _FORBIDDEN = [
     (re.compile(r"#\s*include\s*[<\"](?!metal_)"), "#include of a non-Metal header"),
     (re.compile(r"\b(printf|malloc|free|calloc|memcpy|memset)\s*\("),
      "a C library call: Metal has no C library"),
+    (re.compile(r"\bstatic\s+(?!constexpr\b|const\b|constant\b|inline\b|METAL_FUNC\b)"
+                r"[\w:<>,\s]+?\b\w+\s*(?:=|;|\[)"),
+     "a mutable static variable: Metal has no static storage outside the constant address space"),
 ]
+
+# Metal's half literals (1.0h, 2h, 1e-3h) -> half(...f).
+_HALF_LITERAL_RE = re.compile(r"(?<![\w.])((?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)[hH]\b")
+
+
+def _rewrite_half_literals(text: str) -> str:
+    code = _strip_comments_and_strings(text)
+    pieces, last = [], 0
+    for m in _HALF_LITERAL_RE.finditer(code):
+        pieces.append(text[last:m.start()])
+        number = m.group(1)
+        if not re.search(r"[.eE]", number):
+            number += ".0"
+        pieces.append(f"half({number}f)")
+        last = m.end()
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 # A kernel library that imports neither of these has no sync point: its
 # threads run as plain calls, without fibers.
@@ -193,7 +213,7 @@ def _rewrite_threadgroup(text: str) -> str:
 _CXX_FLAGS = [
     "-std=c++17", "-O2", "-shared", "-fPIC", "-nostdinc", "-nostdinc++",
     "-fno-exceptions", "-fno-rtti", "-fsingle-precision-constant",
-    "-fno-strict-aliasing", "-Wno-attributes", "-Werror=return-type",
+    "-fno-strict-aliasing", "-Wno-attributes", "-Werror=return-type", "-Werror=vla",
 ]
 _RUNTIME_FLAGS = ["-std=c++17", "-O2", "-shared", "-fPIC", "-pthread"]
 if os.environ.get("TALKIE_KERNELS_EMULATOR_UCONTEXT"):
@@ -615,7 +635,7 @@ class MetalKernel:
             return compiled
         self._check(self.header, generated)
         self._check(self.source, generated)
-        body = _rewrite_threadgroup(generated)
+        body = _rewrite_threadgroup(_rewrite_half_literals(generated))
         leftover = _UNPARSED_TG_RE.search(_strip_comments_and_strings(body))
         if leftover:
             line = body[: leftover.start()].count("\n") + 1

@@ -354,7 +354,11 @@ TK_VEC_TYPES(long, long)
 TK_VEC_TYPES(ulong, ulong)
 TK_VEC_TYPES(bool, bool)
 #undef TK_VEC_TYPES
-typedef float packed_float2 __attribute__((vector_size(8)));
+// packed_T2/4 share the layout of T2/T4 (packed_T3 would need 12 bytes: absent).
+typedef vec<float, 2> packed_float2;
+typedef vec<float, 4> packed_float4;
+typedef vec<half, 2> packed_half2;
+typedef vec<half, 4> packed_half4;
 
 // ---------------------------------------------------------------------------
 // metal:: library
@@ -545,6 +549,11 @@ template <class T, int N> inline vec<T, N> clamp(const vec<T, N>& x, T lo, T hi)
   for (int i = 0; i < N; ++i) r[i] = clamp(x[i], lo, hi);
   return r;
 }
+template <class T> inline T max3(T a, T b, T c) { return max(max(a, b), c); }
+template <class T> inline T min3(T a, T b, T c) { return min(min(a, b), c); }
+template <class T> inline T median3(T a, T b, T c) { return max(min(a, b), min(max(a, b), c)); }
+inline float fmax3(float a, float b, float c) { return __builtin_fmaxf(__builtin_fmaxf(a, b), c); }
+inline float fmin3(float a, float b, float c) { return __builtin_fminf(__builtin_fminf(a, b), c); }
 template <class T> inline T saturate(T x) { return clamp(x, T(0), T(1)); }
 template <class T> inline T mix(T x, T y, T a) { return x + (y - x) * a; }
 template <class T> inline T sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
@@ -803,6 +812,28 @@ inline int64_t elem_to_loc(uint3 elem, const int* shape, const int64_t* strides,
   return loc;
 }
 inline size_t ceildiv(size_t n, size_t m) { return (n + m - 1) / m; }
+
+template <class U> struct Limits;
+#define TK_INT_LIMIT(T)                                                        \
+  template <> struct Limits<T> {                                               \
+    static constexpr T max = metal::numeric_limits<T>::max();                  \
+    static constexpr T min = metal::numeric_limits<T>::min();                  \
+    static constexpr T finite_max = metal::numeric_limits<T>::max();           \
+    static constexpr T finite_min = metal::numeric_limits<T>::min();           \
+  };
+TK_INT_LIMIT(uint8_t) TK_INT_LIMIT(uint16_t) TK_INT_LIMIT(uint32_t) TK_INT_LIMIT(uint64_t)
+TK_INT_LIMIT(int8_t) TK_INT_LIMIT(int16_t) TK_INT_LIMIT(int32_t) TK_INT_LIMIT(int64_t)
+TK_INT_LIMIT(bool)
+#undef TK_INT_LIMIT
+#define TK_FLOAT_LIMIT(T)                                                      \
+  template <> struct Limits<T> {                                               \
+    static inline const T max = metal::numeric_limits<T>::infinity();          \
+    static inline const T min = -metal::numeric_limits<T>::infinity();         \
+    static inline const T finite_max = metal::numeric_limits<T>::max();        \
+    static inline const T finite_min = -metal::numeric_limits<T>::max();       \
+  };
+TK_FLOAT_LIMIT(float) TK_FLOAT_LIMIT(half) TK_FLOAT_LIMIT(bfloat16_t)
+#undef TK_FLOAT_LIMIT
 
 #define INFINITY __builtin_inff()
 #define NAN __builtin_nanf("")
