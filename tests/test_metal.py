@@ -15,8 +15,7 @@ import pytest
 import oracle as O
 from talkie_kernels import metal as M
 from talkie_kernels import reference as R
-
-testing = pytest.importorskip("talkie_kernels.testing")
+from talkie_kernels import testing
 
 
 @pytest.fixture
