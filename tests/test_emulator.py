@@ -458,6 +458,37 @@ def test_simd_sum_over_exited_lanes():
     np.testing.assert_array_equal(np.array(out), np.where(i % 3 == 0, 0, active[i // 32]))
 
 
+def test_divergent_simd_ops_resolve_per_branch_and_reconverge():
+    # As on a GPU: each branch's simd_sum runs over the lanes in that branch;
+    # lanes that leave a loop early wait for the others at the next operation.
+    src = """
+        uint lane = thread_index_in_simdgroup;
+        float v;
+        if (lane < 10) {
+            v = simd_sum(1.0f);
+        } else {
+            v = simd_sum(2.0f);
+        }
+        float loop = 0.0f;
+        for (uint k = 0; k < lane % 4; ++k) {
+            loop += simd_sum(1.0f);
+        }
+        out[3 * lane] = v;
+        out[3 * lane + 1] = loop;
+        out[3 * lane + 2] = simd_sum(1.0f) + simd_broadcast_first(float(lane)) * 0.0f;
+    """
+    kernel = metal_kernel("diverge", [], ["out"], src)
+    (out,) = kernel(inputs=[], grid=(32, 1, 1), threadgroup=(32, 1, 1),
+                    output_shapes=[(96,)], output_dtypes=[mx.float32])
+    out = np.array(out).reshape(32, 3)
+    lane = np.arange(32)
+    np.testing.assert_array_equal(out[:, 0], np.where(lane < 10, 10.0, 2.0 * 22))
+    # Iteration k has the lanes with lane % 4 > k: 24, 16, 8 of them.
+    want_loop = np.array([sum([24, 16, 8][:m]) for m in lane % 4], dtype=np.float32)
+    np.testing.assert_array_equal(out[:, 1], want_loop)
+    np.testing.assert_array_equal(out[:, 2], 32.0)
+
+
 def test_init_value_and_uninitialized_poison():
     src = """
         uint i = thread_position_in_grid.x;

@@ -319,23 +319,30 @@ bool run_group_fibers(Worker* w, const unsigned* g) {
         if (S.failed.load(std::memory_order_relaxed)) {
           return false;
         }
-        bool any = false;
+        // The lanes waiting at the lowest source line resolve first: an
+        // operation inside a divergent branch or loop (earlier in the source)
+        // completes before the lanes that already left it meet again.
+        int line = -1;
         for (unsigned i = lo; i < hi; ++i) {
-          if (lanes[i].state != TK_SIMD) continue;
-          // Lanes at the same kind of operation on the same type form one
-          // active set (divergent branches calling different ops resolve apart).
+          if (lanes[i].state == TK_SIMD && (line < 0 || lanes[i].line < line)) {
+            line = lanes[i].line;
+          }
+        }
+        const bool any = line >= 0;
+        for (unsigned i = lo; i < hi && any; ++i) {
+          if (lanes[i].state != TK_SIMD || lanes[i].line != line) continue;
+          // Same line, same operation and type: one active set.
           tk_resolver r = lanes[i].resolver;
           for (unsigned j = 0; j < kSimdWidth; ++j) active[j] = nullptr;
           for (unsigned j = i; j < hi; ++j) {
-            if (lanes[j].state == TK_SIMD && lanes[j].resolver == r) {
+            if (lanes[j].state == TK_SIMD && lanes[j].resolver == r && lanes[j].line == line) {
               active[j - lo] = &lanes[j];
             }
           }
-          if (r) r(active);
+          r(active);
           for (unsigned j = 0; j < kSimdWidth; ++j) {
             if (active[j]) active[j]->state = TK_READY;
           }
-          any = true;
         }
         if (!any) break;
       }
@@ -467,7 +474,7 @@ int tk_run(tk_launch* L) {
   return 0;
 }
 
-tk_lane* tk_rt_simd(tk_resolver resolver, const void* in, unsigned size, unsigned arg) {
+tk_lane* tk_rt_simd(tk_resolver resolver, const void* in, unsigned size, unsigned arg, int line) {
   tk_lane* lane = t_current;
   if (!lane) {
     std::fprintf(stderr,
@@ -479,6 +486,7 @@ tk_lane* tk_rt_simd(tk_resolver resolver, const void* in, unsigned size, unsigne
   std::memcpy(lane->in, in, size);
   lane->resolver = resolver;
   lane->arg = arg;
+  lane->line = line;
   lane->state = TK_SIMD;
   Worker* w = static_cast<Worker*>(lane->worker);
   fiber_switch(&lane->sp, w->sched_sp);

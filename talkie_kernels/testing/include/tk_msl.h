@@ -619,14 +619,15 @@ constexpr mem_flags operator|(mem_flags a, mem_flags b) {
 inline void tk_threadgroup_barrier(mem_flags, int line) { tk_rt_barrier(line); }
 
 // simdgroup operations: each lane deposits its value and switches to the
-// scheduler; when every live lane of the simdgroup waits, the resolver
-// computes the result over the lanes at the same operation.
+// scheduler; when every live lane of the simdgroup waits, the lanes at the
+// lowest source line (same operation) are resolved together. `tk_line`
+// defaults to the caller's line, so divergent branches stay apart.
 namespace sg {
 template <class T> inline void store(tk_lane* l, const T& v) { __builtin_memcpy(l->out, (const void*)&v, sizeof(T)); }
 template <class T> inline T in(const tk_lane* l) { T v; __builtin_memcpy((void*)&v, l->in, sizeof(T)); return v; }
-template <class T> inline T call(tk_resolver r, const T& v, unsigned arg) {
+template <class T> inline T call(tk_resolver r, const T& v, unsigned arg, int line) {
   static_assert(sizeof(T) <= 64, "simd operation on a value larger than 64 bytes");
-  tk_lane* l = tk_rt_simd(r, (const void*)&v, sizeof(T), arg);
+  tk_lane* l = tk_rt_simd(r, (const void*)&v, sizeof(T), arg, line);
   T out;
   __builtin_memcpy((void*)&out, l->out, sizeof(T));
   return out;
@@ -706,6 +707,12 @@ template <class T> void res_quad_shuffle_xor(tk_lane* const* L) {
     store(L[i], L[s] ? in<T>(L[s]) : in<T>(L[i]));
   }
 }
+template <class T> void res_broadcast_first(tk_lane* const* L) {
+  int first = 0;
+  while (!L[first]) ++first;
+  T v = in<T>(L[first]);
+  for (int i = 0; i < 32; ++i) if (L[i]) store(L[i], v);
+}
 inline void res_barrier(tk_lane* const*) {}
 inline void res_is_first(tk_lane* const* L) {
   bool first = true;
@@ -724,7 +731,9 @@ inline void res_any(tk_lane* const* L) {
 }  // namespace sg
 
 #define TK_SG_OP(name, res)                                                    \
-  template <class T> inline T name(T v) { return sg::call<T>(&sg::res<T>, v, 0); }
+  template <class T> inline T name(T v, int tk_line = __builtin_LINE()) {      \
+    return sg::call<T>(&sg::res<T>, v, 0, tk_line);                            \
+  }
 TK_SG_OP(simd_sum, res_sum)
 TK_SG_OP(simd_product, res_product)
 TK_SG_OP(simd_max, res_max)
@@ -739,7 +748,9 @@ TK_SG_OP(simd_prefix_exclusive_product, res_prefix_exclusive_product)
 TK_SG_OP(quad_sum, res_quad_sum)
 #undef TK_SG_OP
 #define TK_SG_OP2(name, res)                                                   \
-  template <class T> inline T name(T v, ushort a) { return sg::call<T>(&sg::res<T>, v, a); }
+  template <class T> inline T name(T v, ushort a, int tk_line = __builtin_LINE()) { \
+    return sg::call<T>(&sg::res<T>, v, a, tk_line);                            \
+  }
 TK_SG_OP2(simd_shuffle, res_shuffle)
 TK_SG_OP2(simd_broadcast, res_shuffle)
 TK_SG_OP2(simd_shuffle_xor, res_shuffle_xor)
@@ -749,12 +760,14 @@ TK_SG_OP2(simd_shuffle_rotate_down, res_shuffle_rotate_down)
 TK_SG_OP2(simd_shuffle_rotate_up, res_shuffle_rotate_up)
 TK_SG_OP2(quad_shuffle_xor, res_quad_shuffle_xor)
 #undef TK_SG_OP2
-template <class T> inline T simd_broadcast_first(T v) { return sg::call<T>(&sg::res_shuffle<T>, v, 0); }
-inline bool simd_all(bool b) { return sg::call<bool>(&sg::res_all, b, 0); }
-inline bool simd_any(bool b) { return sg::call<bool>(&sg::res_any, b, 0); }
-inline bool simd_is_first() { return sg::call<bool>(&sg::res_is_first, false, 0); }
+template <class T> inline T simd_broadcast_first(T v, int tk_line = __builtin_LINE()) {
+  return sg::call<T>(&sg::res_broadcast_first<T>, v, 0, tk_line);
+}
+inline bool simd_all(bool b, int tk_line = __builtin_LINE()) { return sg::call<bool>(&sg::res_all, b, 0, tk_line); }
+inline bool simd_any(bool b, int tk_line = __builtin_LINE()) { return sg::call<bool>(&sg::res_any, b, 0, tk_line); }
+inline bool simd_is_first(int tk_line = __builtin_LINE()) { return sg::call<bool>(&sg::res_is_first, false, 0, tk_line); }
 inline bool simd_is_helper_thread() { return false; }
-inline void simdgroup_barrier(mem_flags) { sg::call<int>(&sg::res_barrier, 0, 0); }
+inline void simdgroup_barrier(mem_flags, int tk_line = __builtin_LINE()) { sg::call<int>(&sg::res_barrier, 0, 0, tk_line); }
 
 // Atomics (device or threadgroup). Workers run threadgroups on several OS
 // threads, so these are real atomic operations.

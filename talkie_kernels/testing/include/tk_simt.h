@@ -39,7 +39,7 @@ typedef struct tk_lane {
   tk_resolver resolver;
   unsigned arg;
   int state;
-  int line;  // barrier: generated-source line of the threadgroup_barrier call
+  int line;  // generated-source line of the barrier or simd operation
   unsigned lane_id;
   tk_ids ids;
   void* sp;  // saved stack pointer (or ucontext*) while switched out
@@ -63,7 +63,7 @@ typedef struct tk_launch {
 
 int tk_run(tk_launch* launch);
 // Called from kernel code on the current fiber.
-tk_lane* tk_rt_simd(tk_resolver resolver, const void* in, unsigned size, unsigned arg);
+tk_lane* tk_rt_simd(tk_resolver resolver, const void* in, unsigned size, unsigned arg, int line);
 void tk_rt_barrier(int line);
 void tk_rt_fail(const char* message);
 // Threadgroup memory: the block of declaration `site` for the running
