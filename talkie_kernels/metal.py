@@ -147,18 +147,19 @@ inline float talkie_threadgroup_sum(
 # Shared by both RoPE kernels: this simdgroup's (b, l) and head range, the
 # lane, and cos/sin of the lane's rotation pairs, computed once for all
 # HEADS heads (the angle does not depend on h).
-_ROPE_GROUP = """
+_ROPE_RUN = """
   const uint lane = thread_position_in_grid.x;
-  const uint group = thread_position_in_grid.y;
+  // Simdgroup row of the grid -> (b, l, run of heads), runs fastest.
+  const uint run = thread_position_in_grid.y;
   const int H = {x}_shape[1];
   const int L = {x}_shape[2];
   const int D = {x}_shape[3];
   const int half_d = D / 2;
-  const int n_head_groups = (H + HEADS - 1) / HEADS;
-  const int h_begin = (group % n_head_groups) * HEADS;
+  const int n_runs = (H + HEADS - 1) / HEADS;
+  const int h_begin = (run % n_runs) * HEADS;
   const int h_end = h_begin + HEADS < H ? h_begin + HEADS : H;
-  const int l = (group / n_head_groups) % L;
-  const int b = group / (n_head_groups * L);
+  const int l = (run / n_runs) % L;
+  const int b = run / (n_runs * L);
   // offset is (1,) or (B,). Exact in fp32 for |offset + l| < 2^24.
   const float pos = float(offset[(offset_shape[0] == 1 ? 0 : b) * offset_strides[0]] + l);
   float cos_t[P], sin_t[P];
@@ -178,7 +179,7 @@ _ROPE_QK_NORM_SOURCE = (
   // heads per simdgroup. Grid (32, B * L * ceil(H / HEADS)): one simdgroup
   // per (b, l) and run of HEADS heads, doing those rows of q and of k.
 """
-    + _ROPE_GROUP.format(x="q")
+    + _ROPE_RUN.format(x="q")
     + """
   for (int h = h_begin; h < h_end; h++) {
     const int64_t q_row = b * q_strides[0] + h * q_strides[1] + l * q_strides[2];
@@ -234,7 +235,7 @@ _ROPE_SOURCE = (
   // Template: T output type; P = ceil(D / 64) rotation pairs per lane; HEADS
   // heads per simdgroup. Grid (32, B * L * ceil(H / HEADS)).
 """
-    + _ROPE_GROUP.format(x="x")
+    + _ROPE_RUN.format(x="x")
     + """
   for (int h = h_begin; h < h_end; h++) {
     const int64_t x_row = b * x_strides[0] + h * x_strides[1] + l * x_strides[2];
@@ -444,12 +445,12 @@ def _offsets(offset) -> mx.array:
 
 def _rope_launch(x: mx.array):
     B, H, L, D = x.shape
-    groups = B * L * -(-H // _ROPE_HEADS_PER_SIMDGROUP)
+    runs = B * L * -(-H // _ROPE_HEADS_PER_SIMDGROUP)
     pairs_per_lane = -(-(D // 2) // _SIMD)
     return dict(
         template=[("T", x.dtype), ("P", pairs_per_lane), ("HEADS", _ROPE_HEADS_PER_SIMDGROUP)],
-        grid=(_SIMD, groups, 1),
-        threadgroup=(_SIMD, min(groups, _ROPE_SIMDGROUPS_PER_THREADGROUP), 1),
+        grid=(_SIMD, runs, 1),
+        threadgroup=(_SIMD, min(runs, _ROPE_SIMDGROUPS_PER_THREADGROUP), 1),
     )
 
 
