@@ -459,7 +459,7 @@ def _norm_launch(x: mx.array):
     rows = x.size // D
     looped = D > _NORM_READS * _NORM_MAX_THREADS
     threads = min(_NORM_MAX_THREADS, -(-D // (_NORM_READS * _SIMD)) * _SIMD)
-    return rows, dict(
+    return dict(
         template=[("T", x.dtype), ("N_READS", _NORM_READS), ("LOOPED", looped)],
         grid=(threads * rows, 1, 1),
         threadgroup=(threads, 1, 1),
@@ -519,7 +519,7 @@ def _rope_vjp(primals, cotangent, output):
 def _rms_norm_fn(x, eps):
     if x.size == 0:
         return mx.zeros(x.shape, x.dtype)
-    _, launch = _norm_launch(x)
+    launch = _norm_launch(x)
     return _kernel("talkie_rms_norm")(
         inputs=[x, _eps_array(eps)],
         output_shapes=[x.shape],
@@ -539,7 +539,7 @@ def _rms_norm_vjp(primals, cotangent, output):
 def _residual_norm_fn(x, y, gain, skip, skip_gain, eps):
     if x.size == 0:
         return mx.zeros(x.shape, x.dtype), mx.zeros(x.shape, x.dtype)
-    _, launch = _norm_launch(x)
+    launch = _norm_launch(x)
     has_skip = skip is not None
     launch["template"].append(("HAS_SKIP", has_skip))
     x_new, normed = _kernel("talkie_residual_norm")(
