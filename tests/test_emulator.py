@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from talkie_kernels import testing
-from talkie_kernels.testing import _emulator as E
+from talkie_kernels.testing import _build
 from talkie_kernels.testing import metal_kernel
 
 DTYPES = [(mx.float32, 1e-6), (mx.float16, 1e-3), (mx.bfloat16, 8e-3)]
@@ -589,6 +589,22 @@ def test_refuses_what_metal_refuses(snippet, reason):
                output_shapes=[(1,)], output_dtypes=[mx.float32])
 
 
+@pytest.mark.parametrize("header", ['#include "my_helpers.h"\n', "#include <cmath>\n"])
+def test_refuses_non_metal_includes(header):
+    kernel = metal_kernel("bad_include", ["x"], ["out"], "out[0] = x[0];", header=header)
+    with pytest.raises(testing.MetalCompileError, match="#include"):
+        kernel(inputs=[mx.ones((4,))], grid=(1, 1, 1), threadgroup=(1, 1, 1),
+               output_shapes=[(1,)], output_dtypes=[mx.float32])
+
+
+def test_metal_headers_are_accepted():
+    header = "#include <metal_stdlib>\n#include <metal_simdgroup>\nusing namespace metal;\n"
+    kernel = metal_kernel("good_include", ["x"], ["out"], "out[0] = metal::abs(x[0]);", header=header)
+    (out,) = kernel(inputs=[-mx.ones((4,))], grid=(1, 1, 1), threadgroup=(1, 1, 1),
+                    output_shapes=[(1,)], output_dtypes=[mx.float32])
+    assert float(out[0]) == 1.0
+
+
 def test_double_hidden_in_header_macro_is_refused():
     header = "#define WIDE dou##ble\n"
     kernel = metal_kernel("bad_macro", ["x"], ["out"], "WIDE d = x[0]; out[0] = d;", header=header)
@@ -668,17 +684,17 @@ def test_cache_hit_on_second_build(tmp_path, monkeypatch):
                         output_shapes=[(3,)], output_dtypes=[mx.float32])
         np.testing.assert_array_equal(np.array(out), [42, 42, 42])
 
-    before = dict(E.stats)
+    before = dict(_build.stats)
     run()
-    assert E.stats["compiles"] == before["compiles"] + 1
+    assert _build.stats["compiles"] == before["compiles"] + 1
     assert len(list(tmp_path.glob("kernel-*.so"))) == 1
     run()  # same source, new kernel object: the loaded library is reused
-    assert E.stats["compiles"] == before["compiles"] + 1
-    assert E.stats["memory_hits"] > before["memory_hits"]
-    E.clear_memory_cache()
+    assert _build.stats["compiles"] == before["compiles"] + 1
+    assert _build.stats["memory_hits"] > before["memory_hits"]
+    _build.clear_memory_cache()
     run()  # from the disk cache
-    assert E.stats["compiles"] == before["compiles"] + 1
-    assert E.stats["disk_hits"] > before["disk_hits"]
+    assert _build.stats["compiles"] == before["compiles"] + 1
+    assert _build.stats["disk_hits"] > before["disk_hits"]
 
 
 def test_verbose_prints_mlx_style_source(capsys):

@@ -9,6 +9,6 @@
 
 from __future__ import annotations
 
-from ._emulator import EmulatorError, MetalCompileError, emulate_metal, metal_kernel
+from ._emulator import EmulatorError, MetalCompileError, MetalKernel, emulate_metal, metal_kernel
 
-__all__ = ["metal_kernel", "emulate_metal", "EmulatorError", "MetalCompileError"]
+__all__ = ["metal_kernel", "emulate_metal", "MetalKernel", "EmulatorError", "MetalCompileError"]
