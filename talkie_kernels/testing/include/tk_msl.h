@@ -556,6 +556,10 @@ inline float fmax3(float a, float b, float c) { return __builtin_fmaxf(__builtin
 inline float fmin3(float a, float b, float c) { return __builtin_fminf(__builtin_fminf(a, b), c); }
 template <class T> inline T saturate(T x) { return clamp(x, T(0), T(1)); }
 template <class T> inline T mix(T x, T y, T a) { return x + (y - x) * a; }
+template <class T> inline T smoothstep(T e0, T e1, T x) {
+  T t = clamp(T((x - e0) / (e1 - e0)), T(0), T(1));
+  return t * t * (T(3) - T(2) * t);
+}
 template <class T> inline T sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
 template <class T> inline T select(T a, T b, bool c) { return c ? b : a; }
 template <class T, int N> inline vec<T, N> select(const vec<T, N>& a, const vec<T, N>& b, const vec<bool, N>& c) {
