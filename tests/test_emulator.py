@@ -728,6 +728,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="inputs"):
         kernel(inputs=[], grid=(1, 1, 1), threadgroup=(1, 1, 1),
                output_shapes=[(1,)], output_dtypes=[mx.float32])
+    with pytest.raises(TypeError, match="list"):
+        kernel(inputs={"x": mx.ones((1,))}, grid=(1, 1, 1), threadgroup=(1, 1, 1),
+               output_shapes=[(1,)], output_dtypes=[mx.float32])
+    with pytest.raises(TypeError):
+        kernel([mx.ones((1,))], [(1,)], [mx.float32], (1, 1, 1), (1, 1, 1))  # keyword-only
     with pytest.raises(ValueError, match="greater than"):
         kernel(inputs=[mx.ones((1,))], grid=(2048, 1, 1), threadgroup=(2048, 1, 1),
                output_shapes=[(1,)], output_dtypes=[mx.float32])

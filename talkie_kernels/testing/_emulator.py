@@ -120,17 +120,15 @@ def _template_value(value) -> str:
     )
 
 
-def _pairs(value, names=None, what="argument"):
-    """MLX takes lists; its older API took name -> value dicts."""
+def _as_list(value, what: str) -> list:
+    """MLX's kernel call takes lists (its pre-0.2x dict API is gone): refuse dicts too."""
     if value is None:
         return []
-    if isinstance(value, dict):
-        if names is None:
-            return list(value.items())
-        missing = [n for n in names if n not in value]
-        if missing:
-            raise ValueError(f"[metal_kernel] Missing {what} {missing}.")
-        return [value[n] for n in names]
+    if isinstance(value, (dict, str, mx.array)):
+        raise TypeError(
+            f"[metal_kernel] `{what}` must be a list, as mx.fast.metal_kernel takes "
+            f"(got {type(value).__name__})."
+        )
     return list(value)
 
 
@@ -290,10 +288,10 @@ class MetalKernel:
 
     def __call__(self, *, inputs, output_shapes, output_dtypes, grid, threadgroup,
                  template=None, init_value=None, verbose=False, stream=None):
-        inputs = _pairs(inputs, self.input_names, "inputs")
-        output_shapes = _pairs(output_shapes, self.output_names, "output_shapes")
-        output_dtypes = _pairs(output_dtypes, self.output_names, "output_dtypes")
-        template = [tuple(p) for p in _pairs(template)]
+        inputs = _as_list(inputs, "inputs")
+        output_shapes = _as_list(output_shapes, "output_shapes")
+        output_dtypes = _as_list(output_dtypes, "output_dtypes")
+        template = [tuple(p) for p in _as_list(template, "template")]
         for what, got, want in (("inputs", inputs, self.input_names),
                                 ("output_shapes", output_shapes, self.output_names),
                                 ("output_dtypes", output_dtypes, self.output_names)):
