@@ -89,21 +89,26 @@ def op_bench(benchmark):
 
 @pytest.fixture
 def model_bench(benchmark):
-    """``model_bench(config, prompt_len, impl, phase)``: prefill or decode tokens/s."""
+    """``model_bench(config, prompt_len, impl, phase, method)``: prefill or decode tokens/s.
 
-    def run(config, prompt_len, impl, phase):
+    ``method``: ``forward`` (prefill), ``step_loop`` (our synchronous greedy
+    loop) or ``generate_step`` (mlx-lm's pipelined loop).
+    """
+
+    def run(config, prompt_len, impl, phase, method):
         models = _models_for(config)
         vocab = B.vocab_size(models["reference"])
         tokens = prompt_len if phase == "prefill" else B.DECODE_TOKENS
-        benchmark.group = f"{config} {phase} ({tokens} tokens, {B.dtype_name(MODEL_DTYPE)})"
-        _info(benchmark, model=config, impl=impl, phase=phase, tokens=tokens, dtype=B.dtype_name(MODEL_DTYPE),
+        benchmark.group = f"{config} {phase} {method} ({tokens} tokens, {B.dtype_name(MODEL_DTYPE)})"
+        _info(benchmark, model=config, impl=impl, phase=phase, method=method, tokens=tokens, dtype=B.dtype_name(MODEL_DTYPE),
               prompt_len=prompt_len if phase == "prefill" else B.DECODE_PROMPT)
         try:
             model = B.model_for(models, impl)
             if phase == "prefill":
                 prepare = B.prefill_case(model, B.prompt_ids(vocab, prompt_len), impl)
             else:
-                prepare = B.decode_case(model, B.prompt_ids(vocab, B.DECODE_PROMPT), B.DECODE_TOKENS, impl)
+                make = B.decode_case if method == "step_loop" else B.generate_step_case
+                prepare = make(model, B.prompt_ids(vocab, B.DECODE_PROMPT), B.DECODE_TOKENS, impl)
         except B.NotApplicable as e:
             pytest.skip(str(e))
         except Exception as e:

@@ -43,12 +43,12 @@ class Settings:
         self.min_rounds = 2 if q else 3
         self.op_seq_len = {"decode": 1, "prefill": 8 if q else 512}
         self.op_sample_ms = 1.0 if q else 25.0
-        # Seconds of timed work per model workload (rounds are cut to fit, never
-        # below min_rounds); decode gets more: it is the §8 headline number.
+        # Seconds of timed work per model workload: rounds are cut to fit, never
+        # below min_rounds (keeps the default run under 2 minutes on 2 cores).
         # An explicit --rounds is exact.
         self.model_budget_s = (
             {"prefill": None, "decode": None} if args.rounds
-            else {"prefill": 1.0, "decode": 1.0} if q else {"prefill": 10.0, "decode": 20.0}
+            else {"prefill": 1.0, "decode": 1.0} if q else {"prefill": 8.0, "decode": 12.0}
         )
         self.decode_tokens = args.decode_tokens or (4 if q else B.DECODE_TOKENS)
         self.decode_prompt = args.decode_prompt or (4 if q else B.DECODE_PROMPT)
@@ -65,6 +65,9 @@ class Settings:
             self.models = [("talkie-2l-256", args.prompt_len or 16)]
         else:
             self.models = [(n, args.prompt_len or L) for n, L in DEFAULT_MODELS]
+        self.model_workloads = [
+            w for w in B.MODEL_WORKLOADS if not (args.no_generate_step and w[1] == "generate_step")
+        ]
         self.checkpoint = bool(args.model)
         self.do_ops = args.only in (None, "ops")
         self.do_models = args.only in (None, "models")
@@ -83,6 +86,7 @@ class Settings:
             "model_dtype": self.dtype if not self.checkpoint else "checkpoint",
             "op_dtype": self.op_dtype,
             "models": [{"model": m, "prompt_len": L} for m, L in self.models],
+            "model_workloads": [f"{p}/{m}" for p, m in self.model_workloads],
             "seed": self.seed,
         }
 
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, metavar="N", help="prefill prompt length for every model (default 512, but 128 for talkie-8l-512 so the default run stays under 2 minutes on a 2-core CPU)")
     p.add_argument("--decode-tokens", type=int, metavar="N", help="decode steps timed per sample (default 64)")
     p.add_argument("--decode-prompt", type=int, metavar="N", help="prompt prefilled (untimed) before decoding (default 16)")
+    p.add_argument("--no-generate-step", action="store_true", help="skip the second decode measurement, through mlx_lm's generate_step (async_eval pipelining, as mlx_lm.generate runs it)")
     p.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds, exactly (default 7 per op; per model up to 5, fewer (>= 3) to fit a time budget)")
     p.add_argument("--only", choices=["ops", "models"], help="run only the per-op or only the model benchmarks")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
@@ -150,11 +155,11 @@ def _record(base: dict, impl: str, res, work_tokens: int | None = None) -> dict:
 def _add_speedups(records: list[dict]) -> None:
     groups: dict[tuple, dict] = {}
     for r in records:
-        key = (r["kind"], r["model"], r.get("op"), r["phase"])
+        key = (r["kind"], r["model"], r.get("op"), r["phase"], r.get("method"))
         if r["impl"] == "reference" and r["median_ms"]:
             groups[key] = r
     for r in records:
-        ref = groups.get((r["kind"], r["model"], r.get("op"), r["phase"]))
+        ref = groups.get((r["kind"], r["model"], r.get("op"), r["phase"], r.get("method")))
         ok = ref is not None and r["median_ms"]
         r["speedup_vs_reference"] = ref["median_ms"] / r["median_ms"] if ok else None
 
@@ -208,9 +213,9 @@ def run_models(s: Settings, progress, notes: list[str]) -> list[dict]:
         if isinstance(models["fused"], BaseException):
             f = models["fused"]
             notes.append(f"{label}: fused model unavailable ({type(f).__name__}: {f})")
-        for phase in ("prefill", "decode"):
+        for phase, method in s.model_workloads:
             tokens = prompt_len if phase == "prefill" else s.decode_tokens
-            progress(f"model {label} {phase} ({tokens} tokens)")
+            progress(f"model {label} {phase} {method} ({tokens} tokens)")
             cases = {}
             for impl in B.IMPLS:
                 try:
@@ -219,14 +224,15 @@ def run_models(s: Settings, progress, notes: list[str]) -> list[dict]:
                         cases[impl] = B.prefill_case(model, B.prompt_ids(vocab, prompt_len, s.seed), impl)
                     else:
                         ids = B.prompt_ids(vocab, s.decode_prompt, s.seed)
-                        cases[impl] = B.decode_case(model, ids, s.decode_tokens, impl)
+                        make = B.decode_case if method == "step_loop" else B.generate_step_case
+                        cases[impl] = make(model, ids, s.decode_tokens, impl)
                 except Exception as e:  # n/a or an unavailable fused model: reported, not timed
                     cases[impl] = e
             results = B.interleaved(
                 cases, rounds=s.rounds_models, min_rounds=s.min_rounds, budget_s=s.model_budget_s[phase]
             )
             base = {
-                "kind": "model", "model": label, "phase": phase, "dtype": dtype, "tokens": tokens,
+                "kind": "model", "model": label, "phase": phase, "method": method, "dtype": dtype, "tokens": tokens,
                 "checkpoint": str(Path(name).resolve()) if s.checkpoint else None,
                 "prompt_len": prompt_len if phase == "prefill" else s.decode_prompt,
             }
@@ -245,15 +251,17 @@ def _targets():
     def op(op_, phase, shape):
         return lambda r: r["kind"] == "op" and r["op"] == op_ and r["phase"] == phase and r["shape"] == shape and r["dtype"] == "bfloat16"
 
-    def model(phase):
-        return lambda r: r["kind"] == "model" and r["model"] == "talkie-8l-512" and r["phase"] == phase and r["dtype"] == "float32"
+    def model(phase, method):
+        return lambda r: (r["kind"] == "model" and r["model"] == "talkie-8l-512" and r["phase"] == phase
+                          and r["method"] == method and r["dtype"] == "float32")
 
     return [
         ("rope_qk_norm prefill (1, 40, 512, 128) bf16", op("rope_qk_norm", "prefill", [1, 40, 512, 128]), 10.0, 30.0),
         ("rope_qk_norm decode (1, 40, 1, 128) bf16", op("rope_qk_norm", "decode", [1, 40, 1, 128]), 2.0, 3.0),
         ("residual_norm + skip prefill (1, 512, 5120) bf16", op("residual_norm", "prefill", [1, 512, 5120]), 3.0, 6.0),
-        ("decode tok/s, talkie-8l-512 fp32 vs mlx-lm", model("decode"), 1.2, 1.4),
-        ("prefill tok/s, talkie-8l-512 fp32 vs mlx-lm (not slower)", model("prefill"), 1.0, None),
+        ("decode tok/s, talkie-8l-512 fp32 vs mlx-lm", model("decode", "step_loop"), 1.2, 1.4),
+        ("decode tok/s, same, through mlx_lm's generate_step", model("decode", "generate_step"), 1.2, 1.4),
+        ("prefill tok/s, talkie-8l-512 fp32 vs mlx-lm (not slower)", model("prefill", "forward"), 1.0, None),
     ]
 
 
@@ -299,6 +307,10 @@ def _fmt_x(v):
     return "-" if v is None else f"{v:.2f}×"
 
 
+def _phase_label(r) -> str:
+    return "decode (generate_step)" if r.get("method") == "generate_step" else r["phase"]
+
+
 def _cell(r, footnotes: list[str]) -> str:
     if r["status"] == "ok":
         return _fmt_ms(r["median_ms"])
@@ -334,20 +346,24 @@ def render(console, meta: dict, settings: Settings, records: list[dict], targets
 
     models = [r for r in records if r["kind"] == "model"]
     if models:
-        t = Table(title=f"Models: tokens/s ({models[0]['dtype']} weights; prefill = one prompt with a fresh KV cache, decode = greedy steps)")
+        t = Table(title=(
+            f"Models: tokens/s ({models[0]['dtype']} weights). prefill = one prompt forward with a fresh KV cache; "
+            "decode = greedy steps with mlx-lm's KVCache, mx.eval per token; "
+            "decode (generate_step) = mlx-lm's own pipelined loop (mx.async_eval)"
+        ))
         for col, just in [("model", "left"), ("phase", "left"), ("tokens", "right"), ("impl", "left"),
                           ("median", "right"), ("p20–p80", "right"), ("tok/s", "right"), ("vs reference", "right")]:
             t.add_column(col, justify=just)
         prev = None
         for r in models:
-            key = (r["model"], r["phase"])
+            key = (r["model"], r["phase"], r["method"])
             if prev is not None and key != prev:
                 t.add_section()
             prev = key
             ok = r["status"] == "ok"
             tokens = f"{r['tokens']}" + (f" (+{r['prompt_len']} prompt)" if r["phase"] == "decode" else "")
             t.add_row(
-                r["model"], r["phase"], tokens, r["impl"], _cell(r, footnotes),
+                r["model"], _phase_label(r), tokens, r["impl"], _cell(r, footnotes),
                 _fmt_range(r) if ok else "",
                 f"{r['tokens_per_s']:.1f}" if ok else "",
                 _fmt_x(r["speedup_vs_reference"]) if ok else "",
@@ -415,7 +431,7 @@ def plot(path: str, meta: dict, records: list[dict]) -> None:
         rows = [r for r in records if r["kind"] == kind]
         labels = []
         for r in rows:
-            lab = f"{r['model']} {r['phase']}" if kind == "model" else f"{r['op']} {r['phase']}"
+            lab = f"{r['model']} {_phase_label(r)}" if kind == "model" else f"{r['op']} {r['phase']}"
             if lab not in labels:
                 labels.append(lab)
         if labels:
@@ -434,7 +450,7 @@ def plot(path: str, meta: dict, records: list[dict]) -> None:
         for j, impl in enumerate(("reference_compiled", "fused")):
             for i, lab in enumerate(labels):
                 hit = [r for r in rows if r["impl"] == impl
-                       and (f"{r['model']} {r['phase']}" if kind == "model" else f"{r['op']} {r['phase']}") == lab]
+                       and (f"{r['model']} {_phase_label(r)}" if kind == "model" else f"{r['op']} {r['phase']}") == lab]
                 v = hit[0]["speedup_vs_reference"] if hit else None
                 y = i + (j - 0.5) * height
                 if v:
@@ -492,7 +508,7 @@ def main(argv=None) -> int:
         warnings.simplefilter("always", RuntimeWarning)
         meta = B.metadata()
     notes = [str(w.message) for w in caught]
-    groups = (8 if s.do_ops else 0) + (3 * len(s.models) if s.do_models else 0)
+    groups = (8 if s.do_ops else 0) + ((1 + len(s.model_workloads)) * len(s.models) if s.do_models else 0)
     records: list[dict] = []
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

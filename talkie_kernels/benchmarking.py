@@ -58,6 +58,10 @@ COMPILED_DECODE_NA = (
 #: tokens by default to keep the whole run under two minutes on a 2-core
 #: machine; ``--prompt-len 512`` measures it at 512.
 DEFAULT_MODELS = (("talkie-2l-256", 512), ("talkie-8l-512", 128))
+#: How the model phases are driven: prefill is one forward with a fresh cache;
+#: decode is our synchronous greedy loop (``decode_case``) and mlx-lm's own
+#: pipelined ``generate_step`` (``generate_step_case``).
+MODEL_WORKLOADS = (("prefill", "forward"), ("decode", "step_loop"), ("decode", "generate_step"))
 #: Decode: this many greedy steps per sample, after a prompt of this length.
 DECODE_TOKENS, DECODE_PROMPT = 64, 16
 
@@ -426,6 +430,31 @@ def decode_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callabl
     return prepare
 
 
+def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callable[[], Any]]:
+    """``n_tokens`` tokens from ``mlx_lm.generate.generate_step`` (greedy), as ``mlx_lm.generate`` runs.
+
+    Unlike ``decode_case`` this is mlx-lm's own loop: a generation stream and
+    ``mx.async_eval``, so building step n+1's graph overlaps computing step n.
+    The prompt prefill and the first token are untimed; one pipelined step may
+    overlap each end of the timed region.
+    """
+    if impl == "reference_compiled":
+        raise NotApplicable(COMPILED_DECODE_NA)
+    from mlx_lm.generate import generate_step
+
+    def prepare():
+        tokens = generate_step(prompt.reshape(-1), model, max_tokens=n_tokens + 1)
+        next(tokens)
+
+        def run():
+            for _ in tokens:
+                pass
+
+        return run
+
+    return prepare
+
+
 def model_for(models: dict[str, Any], impl: str):
     """The model object behind an impl (compiled uses the reference model); raises its build error."""
     m = models["fused" if impl == "fused" else "reference"]
@@ -505,9 +534,9 @@ def parse_dtype(name: str):
 
 
 __all__ = [
-    "COMPILED_DECODE_NA", "DECODE_PROMPT", "DECODE_TOKENS", "DEFAULT_MODELS", "IMPLS", "OPS", "PHASES", "NotApplicable", "Stats",
+    "COMPILED_DECODE_NA", "DECODE_PROMPT", "DECODE_TOKENS", "DEFAULT_MODELS", "MODEL_WORKLOADS", "IMPLS", "OPS", "PHASES", "NotApplicable", "Stats",
     "build_fused_model", "build_models", "build_reference_model", "calibrate_inner",
-    "decode_case", "interleaved", "load_models", "logits_agreement", "metadata", "model_dtype",
+    "decode_case", "generate_step_case", "interleaved", "load_models", "logits_agreement", "metadata", "model_dtype",
     "model_for", "op_inputs", "op_shape", "op_step", "op_thunk", "prefill_case",
     "prompt_ids", "random_weights", "require_fused_backend", "sync", "vocab_size",
 ]

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from talkie_kernels import bench, cli
-from talkie_kernels.benchmarking import COMPILED_DECODE_NA, IMPLS, OPS
+from talkie_kernels.benchmarking import COMPILED_DECODE_NA, IMPLS, MODEL_WORKLOADS, OPS
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +56,19 @@ def test_quick_run_writes_json_and_plot(quick_run, capsys):
             assert r["status"] == "ok"
 
     models = [r for r in records if r["kind"] == "model"]
-    assert {(r["phase"], r["impl"]) for r in models} == {
-        (ph, impl) for ph in ("prefill", "decode") for impl in IMPLS
-    }
+    workloads = MODEL_WORKLOADS
+    by = {(r["phase"], r["method"], r["impl"]): r for r in models}
+    assert len(by) == len(models) and set(by) == {(*w, impl) for w in workloads for impl in IMPLS}
     for r in models:
         if r["status"] == "ok":
             assert r["tokens_per_s"] > 0
-    by = {(r["phase"], r["impl"]): r for r in models}
-    assert by["prefill", "reference"]["status"] == "ok"
-    assert by["decode", "reference"]["status"] == "ok"
-    assert by["prefill", "reference_compiled"]["status"] == "ok"
+    for w in workloads:
+        assert by[(*w, "reference")]["status"] == "ok"
+    assert by["prefill", "forward", "reference_compiled"]["status"] == "ok"
     # Compile does not apply to decoding with mlx-lm's KVCache: said so, not faked.
-    assert by["decode", "reference_compiled"]["status"] == "n/a"
-    assert by["decode", "reference_compiled"]["error"] == COMPILED_DECODE_NA
+    for method in ("step_loop", "generate_step"):
+        assert by["decode", method, "reference_compiled"]["status"] == "n/a"
+        assert by["decode", method, "reference_compiled"]["error"] == COMPILED_DECODE_NA
 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -95,7 +95,7 @@ def test_help_through_the_router(capsys):
         cli.main(["bench", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--json", "--plot", "--model", "--quick", "--dtype", "--prompt-len", "--decode-tokens"):
+    for flag in ("--json", "--plot", "--model", "--quick", "--dtype", "--prompt-len", "--decode-tokens", "--no-generate-step"):
         assert flag in out
 
 
@@ -115,5 +115,5 @@ def test_checkpoint_mode(tmp_path, capsys):
         assert r["model"] == "ckpt" and r["dtype"] == "bfloat16"
         assert r["checkpoint"] == str(ckpt.resolve())
     ref = [r for r in records if r["impl"] == "reference"]
-    assert len(ref) == 2 and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in ref)
+    assert len(ref) == 3 and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in ref)
     assert "bfloat16 weights" in capsys.readouterr().out
