@@ -441,6 +441,22 @@ def test_simd_shuffles_and_broadcast():
     np.testing.assert_array_equal(out[:, 3], want_prefix)
 
 
+def test_simd_ballot_and_votes():
+    src = """
+        uint lane = thread_index_in_simdgroup;
+        uint64_t bits = static_cast<uint64_t>(simd_ballot(lane % 3 == 0));
+        out[2 * lane] = uint(bits & 0xFFFFFFFFu);
+        out[2 * lane + 1] = uint(simd_any(lane == 31)) * 2u + uint(simd_all(lane < 31));
+    """
+    kernel = metal_kernel("ballot", [], ["out"], src)
+    (out,) = kernel(inputs=[], grid=(32, 1, 1), threadgroup=(32, 1, 1),
+                    output_shapes=[(64,)], output_dtypes=[mx.uint32])
+    out = np.array(out).reshape(32, 2)
+    want = sum(1 << i for i in range(0, 32, 3))
+    np.testing.assert_array_equal(out[:, 0], want)
+    np.testing.assert_array_equal(out[:, 1], 2)
+
+
 def test_simd_sum_over_exited_lanes():
     # Lanes that returned early do not take part (the active set is the rest).
     src = """

@@ -22,8 +22,9 @@ typedef unsigned int uint;
 typedef unsigned long ulong;
 
 // Address spaces are plain memory here. `threadgroup` variable declarations
-// are rewritten by the generator into per-worker statics (one threadgroup
-// runs at a time on each worker), so only pointer/reference uses reach this.
+// are rewritten by the generator into references to the running
+// threadgroup's arena (tk_rt_threadgroup_alloc), so only pointer and
+// reference uses reach this macro.
 #define device
 #define constant
 #define thread
@@ -717,6 +718,11 @@ template <class T> void res_broadcast_first(tk_lane* const* L) {
   T v = in<T>(L[first]);
   for (int i = 0; i < 32; ++i) if (L[i]) store(L[i], v);
 }
+inline void res_ballot(tk_lane* const* L) {
+  uint64_t bits = 0;
+  for (int i = 0; i < 32; ++i) if (L[i] && in<uint64_t>(L[i]) != 0) bits |= uint64_t(1) << i;
+  for (int i = 0; i < 32; ++i) if (L[i]) store(L[i], bits);
+}
 inline void res_barrier(tk_lane* const*) {}
 inline void res_is_first(tk_lane* const* L) {
   bool first = true;
@@ -771,6 +777,20 @@ inline bool simd_all(bool b, int tk_line = __builtin_LINE()) { return sg::call<b
 inline bool simd_any(bool b, int tk_line = __builtin_LINE()) { return sg::call<bool>(&sg::res_any, b, 0, tk_line); }
 inline bool simd_is_first(int tk_line = __builtin_LINE()) { return sg::call<bool>(&sg::res_is_first, false, 0, tk_line); }
 inline bool simd_is_helper_thread() { return false; }
+struct simd_vote {
+  typedef uint64_t vote_t;
+  vote_t v_;
+  explicit simd_vote(vote_t v = 0) : v_(v) {}
+  explicit operator vote_t() const { return v_; }
+  bool all() const { return v_ == ~vote_t(0); }
+  bool any() const { return v_ != 0; }
+};
+inline simd_vote simd_ballot(bool b, int tk_line = __builtin_LINE()) {
+  return simd_vote(sg::call<uint64_t>(&sg::res_ballot, uint64_t(b), 0, tk_line));
+}
+inline simd_vote simd_active_threads_mask(int tk_line = __builtin_LINE()) {
+  return simd_ballot(true, tk_line);
+}
 inline void simdgroup_barrier(mem_flags, int tk_line = __builtin_LINE()) { sg::call<int>(&sg::res_barrier, 0, 0, tk_line); }
 
 // Atomics (device or threadgroup). Workers run threadgroups on several OS
