@@ -505,6 +505,26 @@ def test_divergent_simd_ops_resolve_per_branch_and_reconverge():
     np.testing.assert_array_equal(out[:, 2], 32.0)
 
 
+def test_fiber_stacks_fit_large_thread_arrays():
+    # 160 KB of thread-space array: the fiber stacks grow to the frame sizes
+    # the compiler reports (-fstack-usage), beyond the 64 KiB default.
+    src = """
+        float big[40000];
+        uint lane = thread_index_in_simdgroup;
+        for (int i = 0; i < 40000; ++i) {
+            big[i] = float(i % 7) + float(lane);
+        }
+        float v = big[39999 - lane * 13];
+        out[lane] = simd_sum(v) + big[int(x[0])];
+    """
+    kernel = metal_kernel("big_stack", ["x"], ["out"], src)
+    (out,) = kernel(inputs=[mx.array([3.0])], grid=(32, 1, 1), threadgroup=(32, 1, 1),
+                    output_shapes=[(32,)], output_dtypes=[mx.float32])
+    lane = np.arange(32)
+    total = np.sum((39999 - lane * 13) % 7 + lane)
+    np.testing.assert_array_equal(np.array(out), total + 3 + lane)
+
+
 def test_init_value_and_uninitialized_poison():
     src = """
         uint i = thread_position_in_grid.x;

@@ -34,6 +34,8 @@ KERNEL_FLAGS = [
     # Metal's unsuffixed floating literals are float.
     "-fsingle-precision-constant",
     "-fno-strict-aliasing", "-Wno-attributes", "-Werror=return-type", "-Werror=vla",
+    # Frame sizes (kernel.su) size the fiber stacks.
+    "-fstack-usage",
 ]
 RUNTIME_FLAGS = ["-std=c++17", "-O2", "-shared", "-fPIC", "-pthread"]
 if os.environ.get("TALKIE_KERNELS_EMULATOR_UCONTEXT"):
@@ -47,7 +49,7 @@ _lock = threading.RLock()
 _compiler_ids: dict[str, str] = {}
 _callgraph_support: dict[str, bool] = {}
 _shim: list[str] = []
-_libraries: dict[str, tuple[ctypes.CDLL, int, bool]] = {}
+_libraries: dict[str, tuple[ctypes.CDLL, int, bool, int]] = {}
 _runtime: list[ctypes.CDLL] = []
 
 
@@ -63,6 +65,7 @@ class Launch(ctypes.Structure):
         ("threadgroup", ctypes.c_uint * 3),
         ("has_sync", ctypes.c_int),
         ("workers", ctypes.c_int),
+        ("stack_bytes", ctypes.c_ulong),
         ("fn", ctypes.c_void_p),
         ("args", ctypes.POINTER(ctypes.c_void_p)),
         ("error", ctypes.c_char_p),
@@ -147,6 +150,13 @@ def _build(source: str, flags: list[str], stem: str, on_error, analyze=None) -> 
         if checker is not None and checker.returncode == 0:
             for graph in Path(tmp).glob("*.ci"):
                 analyze(graph.read_text())
+        frames = sum(
+            int(m.group(1))
+            for su in Path(tmp).glob("*.su")
+            for m in re.finditer(r"\t(\d+)\t", su.read_text())
+        )
+        # Written before the library: a library on disk always has its sidecar.
+        target.with_suffix(".stack").write_text(str(frames))
         os.replace(out, target)
     stats["compiles"] += 1
     return target
@@ -173,8 +183,20 @@ def runtime() -> ctypes.CDLL:
 _SYNC_SYMBOLS = (b"tk_rt_simd", b"tk_rt_barrier")
 
 
-def kernel_library(kernel: str, unit: str, generated: str) -> tuple[ctypes.CDLL, int, bool]:
-    """Compile and load a kernel translation unit: (library, tk_thread address, has_sync)."""
+def _stack_bytes(frames: int) -> int:
+    """Fiber stack for a kernel whose frames sum to `frames` bytes.
+
+    The sum of all frames bounds any call chain (recursion is refused); the
+    margin covers the runtime and libm frames on the fiber.
+    """
+    env = os.environ.get("TALKIE_KERNELS_EMULATOR_STACK_KB")
+    floor = int(env) * 1024 if env else 64 * 1024
+    need = frames + 32 * 1024
+    return max(floor, -(-need // 65536) * 65536)
+
+
+def kernel_library(kernel: str, unit: str, generated: str) -> tuple[ctypes.CDLL, int, bool, int]:
+    """Compile and load a kernel unit: (library, tk_thread address, has_sync, stack bytes)."""
 
     def fail(output):
         raise MetalCompileError(
@@ -198,7 +220,10 @@ def kernel_library(kernel: str, unit: str, generated: str) -> tuple[ctypes.CDLL,
             lib = ctypes.CDLL(str(path))
             image = path.read_bytes()
             has_sync = any(symbol in image for symbol in _SYNC_SYMBOLS)
-            entry = (lib, ctypes.cast(lib.tk_thread, ctypes.c_void_p).value, has_sync)
+            sidecar = path.with_suffix(".stack")
+            frames = int(sidecar.read_text()) if sidecar.exists() else 0
+            entry = (lib, ctypes.cast(lib.tk_thread, ctypes.c_void_p).value, has_sync,
+                     _stack_bytes(frames))
             _libraries[str(path)] = entry
         else:
             stats["memory_hits"] += 1

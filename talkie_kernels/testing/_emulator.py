@@ -142,12 +142,13 @@ def _workers() -> int:
 class _Compiled:
     """A loaded kernel instantiation and what a launch needs from it."""
 
-    __slots__ = ("fn", "has_sync", "lines", "line_array", "library")
+    __slots__ = ("fn", "has_sync", "stack_bytes", "lines", "line_array", "library")
 
-    def __init__(self, library, fn, has_sync, generated):
+    def __init__(self, library, fn, has_sync, stack_bytes, generated):
         self.library = library
         self.fn = fn
         self.has_sync = has_sync
+        self.stack_bytes = stack_bytes
         self.lines = [line.encode() for line in generated.split("\n")]
         self.line_array = (ctypes.c_char_p * len(self.lines))(*self.lines)
 
@@ -280,8 +281,8 @@ class MetalKernel:
             f"  {kernel_name}{targs}(\n      {call_args});\n"
             "}\n"
         )
-        library, fn, has_sync = _build.kernel_library(self.name, unit, generated)
-        compiled = self._compiled[key] = _Compiled(library, fn, has_sync, generated)
+        library, fn, has_sync, stack = _build.kernel_library(self.name, unit, generated)
+        compiled = self._compiled[key] = _Compiled(library, fn, has_sync, stack, generated)
         return compiled
 
     # -- call ----------------------------------------------------------------
@@ -361,6 +362,7 @@ class MetalKernel:
         launch.threadgroup[:] = [min(t, g) for t, g in zip(threadgroup, grid)]
         launch.has_sync = int(compiled.has_sync)
         launch.workers = _workers()
+        launch.stack_bytes = compiled.stack_bytes
         launch.fn = compiled.fn
         launch.args = arg_array
         launch.error = ctypes.cast(error, ctypes.c_char_p)

@@ -28,14 +28,6 @@ namespace {
 constexpr unsigned kSimdWidth = 32;
 constexpr unsigned kMaxThreadsPerGroup = 1024;
 
-size_t stack_bytes() {
-  static const size_t bytes = [] {
-    const char* kb = std::getenv("TALKIE_KERNELS_EMULATOR_STACK_KB");
-    size_t v = kb ? std::strtoul(kb, nullptr, 10) : 0;
-    return (v ? v : 64) * 1024;
-  }();
-  return bytes;
-}
 
 // ---------------------------------------------------------------------------
 // Context switch. x86-64: six callee-saved registers, MXCSR and the x87
@@ -87,7 +79,7 @@ tk_fiber_trampoline:
   .size tk_fiber_trampoline, .-tk_fiber_trampoline
 )");
 
-void* fiber_init(char* top, void (*entry)(tk_lane*), tk_lane* lane) {
+void* fiber_init(char* top, size_t, void (*entry)(tk_lane*), tk_lane* lane) {
   // After the final `ret` of tk_switch, rsp = top - 16 (16-byte aligned), as
   // the trampoline's `call` expects.
   uint64_t* ret_slot = reinterpret_cast<uint64_t*>(top - 24);
@@ -118,10 +110,10 @@ void ucontext_entry(unsigned entry_hi, unsigned entry_lo, unsigned lane_hi, unsi
   auto entry = reinterpret_cast<void (*)(tk_lane*)>(join(entry_hi, entry_lo));
   entry(reinterpret_cast<tk_lane*>(join(lane_hi, lane_lo)));
 }
-void* fiber_init(char* top, void (*entry)(tk_lane*), tk_lane* lane) {
+void* fiber_init(char* top, size_t size, void (*entry)(tk_lane*), tk_lane* lane) {
   Ctx* c = reinterpret_cast<Ctx*>(
       (reinterpret_cast<uintptr_t>(top) - sizeof(Ctx)) & ~uintptr_t(63));
-  char* bottom = top - stack_bytes();
+  char* bottom = top - size;
   getcontext(&c->uc);
   c->uc.uc_stack.ss_sp = bottom;
   c->uc.uc_stack.ss_size = static_cast<size_t>(reinterpret_cast<char*>(c) - bottom);
@@ -146,25 +138,31 @@ inline void fiber_switch(void** save, void* to) {
 // ---------------------------------------------------------------------------
 struct Arena {
   char* base = nullptr;
-  size_t stride = 0;
+  size_t requested = 0;  // pool key
+  size_t usable = 0;     // bytes per fiber stack, page-rounded
+  size_t stride = 0;     // usable + guard page
   char* top(unsigned i) const { return base + (i + 1) * stride; }
 };
 
 std::mutex g_pool_mutex;
 std::vector<Arena> g_pool;
 
-Arena acquire_arena() {
+Arena acquire_arena(size_t stack) {
   {
     std::lock_guard<std::mutex> lock(g_pool_mutex);
-    if (!g_pool.empty()) {
-      Arena a = g_pool.back();
-      g_pool.pop_back();
-      return a;
+    for (size_t i = 0; i < g_pool.size(); ++i) {
+      if (g_pool[i].requested == stack) {
+        Arena a = g_pool[i];
+        g_pool.erase(g_pool.begin() + static_cast<long>(i));
+        return a;
+      }
     }
   }
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   Arena a;
-  a.stride = stack_bytes() + page;
+  a.requested = stack;
+  a.usable = (stack + page - 1) / page * page;
+  a.stride = a.usable + page;
   void* mem = mmap(nullptr, a.stride * kMaxThreadsPerGroup, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) {
@@ -300,7 +298,7 @@ bool run_group_fibers(Worker* w, const unsigned* g) {
   const unsigned n = setup_group(S, g, lanes, w);
   for (unsigned i = 0; i < n; ++i) {
     lanes[i].state = TK_READY;
-    lanes[i].sp = fiber_init(w->arena.top(i), fiber_main, &lanes[i]);
+    lanes[i].sp = fiber_init(w->arena.top(i), w->arena.usable, fiber_main, &lanes[i]);
   }
   const unsigned n_simd = (n + kSimdWidth - 1) / kSimdWidth;
   tk_lane* active[kSimdWidth];
@@ -414,7 +412,7 @@ void worker_loop(Shared* S) {
   std::vector<tk_lane> lanes(kMaxThreadsPerGroup);
   w.lanes = lanes.data();
   const bool sync = S->launch->has_sync != 0;
-  if (sync) w.arena = acquire_arena();
+  if (sync) w.arena = acquire_arena(S->launch->stack_bytes);
   t_worker = &w;
   for (;;) {
     if (S->failed.load(std::memory_order_relaxed)) break;

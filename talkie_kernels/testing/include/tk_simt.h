@@ -53,6 +53,7 @@ typedef struct tk_launch {
   unsigned threadgroup[3];
   int has_sync;   // 0: no barrier/simd op in the source -> plain calls, no fibers
   int workers;    // OS threads sharing the threadgroups
+  unsigned long stack_bytes;  // per fiber
   tk_thread_fn fn;
   void* const* args;
   char* error;    // out: message when tk_run returns nonzero
