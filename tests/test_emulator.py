@@ -774,6 +774,17 @@ def test_bad_arguments():
                output_shapes=[(1,)], output_dtypes=[mx.float32])
 
 
+def test_inside_compile_is_a_clear_error():
+    kernel = metal_kernel("eager", ["x"], ["out"], "out[0] = x[0];")
+
+    def f(x):
+        return kernel(inputs=[x], grid=(1, 1, 1), threadgroup=(1, 1, 1),
+                      output_shapes=[(1,)], output_dtypes=[mx.float32])[0]
+
+    with pytest.raises(testing.EmulatorError, match="mx.compile"):
+        mx.compile(f)(mx.ones((2,)))
+
+
 # ---------------------------------------------------------------------------
 # Caching and plumbing
 
@@ -811,6 +822,16 @@ def test_verbose_prints_mlx_style_source(capsys):
     assert "const device float* x [[buffer(0)]]" in text
     assert "device float* out [[buffer(1)]]" in text
     assert "uint3 thread_position_in_grid [[thread_position_in_grid]]" in text
+
+
+def test_emulate_metal_runs_talkie_kernels_metal():
+    metal = pytest.importorskip("talkie_kernels.metal")
+    from talkie_kernels import reference
+
+    x = mx.random.normal((3, 5, 96), key=mx.random.key(8))
+    with testing.emulate_metal():
+        got = metal.rms_norm(x)
+    np.testing.assert_allclose(np.array(got), np.array(reference.rms_norm(x)), rtol=1e-5, atol=1e-6)
 
 
 def test_emulate_metal_swaps_the_factory():

@@ -26,9 +26,9 @@ source.
 
 Environment: ``TALKIE_KERNELS_EMULATOR_CACHE`` (library cache directory),
 ``TALKIE_KERNELS_EMULATOR_WORKERS`` (OS threads sharing the threadgroups;
-default: CPU count, at most 8), ``TALKIE_KERNELS_EMULATOR_STACK_KB`` (fiber
-stack, default 64), ``CXX`` (compiler; recursion and indirect-call checks
-need GCC >= 10).
+default: CPU count, at most 8), ``TALKIE_KERNELS_EMULATOR_STACK_KB`` (minimum
+fiber stack, default 64; stacks grow to the kernel's frame sizes), ``CXX``
+(compiler; recursion and indirect-call checks need GCC >= 10).
 
 Limits: Linux with GCC (the fiber switch is x86-64 assembly, elsewhere
 ucontext); math is IEEE-accurate (``fast::`` is as precise as ``precise::``,
@@ -36,9 +36,10 @@ so a GPU may be slightly less accurate); lanes of one simdgroup that diverge
 into the same operation on the same source line are treated as converged;
 inactive lanes read by a shuffle give the reader's own value; a kernel that
 spins waiting for another thread without a barrier hangs (threads are
-cooperative); a wild pointer, a fiber stack overflow or an integer division
-by zero crashes the process (Python's faulthandler shows the call) instead
-of giving garbage; no ``simdgroup_matrix`` or textures.
+cooperative); a wild pointer or an integer division by zero crashes the
+process (Python's faulthandler shows the call) instead of giving garbage;
+calls are eager, so not inside ``mx.compile`` or ``mx.vmap``; no
+``simdgroup_matrix`` or textures.
 """
 
 from __future__ import annotations

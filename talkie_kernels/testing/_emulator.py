@@ -318,6 +318,14 @@ class MetalKernel:
         signature = [(x.dtype, x.ndim, x.size) for x in arrays]
         compiled = self._compile(signature, list(output_dtypes), template, verbose)
 
+        try:
+            mx.eval(arrays)
+        except ValueError as e:
+            raise EmulatorError(
+                f"[metal_kernel] `{self.name}`: the emulator runs eagerly on evaluated "
+                "inputs, so it cannot run inside mx.compile or mx.vmap (MLX's Metal "
+                f"kernels can). ({e})"
+            ) from e
         keep = []  # buffers that must outlive the launch
         args = []
         for x, (shape, strides, nd) in zip(arrays, self._shape_infos):
