@@ -88,6 +88,46 @@ def test_half_and_bfloat_round_to_nearest_even():
     assert np.isnan(np.array(nan[0])).all() and np.isnan(f64(nan[1])).all()
 
 
+def test_16_bit_conversions_bit_exact_on_random_patterns():
+    # float -> half/bfloat16 (round to nearest even, subnormals, overflow) on
+    # random bit patterns, and every half/bfloat16 pattern back to float.
+    src = """
+        uint i = thread_position_in_grid.x;
+        h[i] = half(x[i]);
+        b[i] = bfloat16_t(x[i]);
+        hf[i] = float(as_type<half>(ushort(i)));
+        bf[i] = float(as_type<bfloat16_t>(ushort(i)));
+    """
+    kernel = metal_kernel("conversions", ["x"], ["h", "b", "hf", "bf"], src)
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, size=1 << 16, dtype=np.uint64).astype(np.uint32)
+    near_half = rng.integers(0x30000000, 0x48000000, size=1 << 15).astype(np.uint32)
+    bits[: 1 << 15] = near_half | (rng.integers(0, 2, size=1 << 15).astype(np.uint32) << 31)
+    x = bits.view(np.float32)
+    h, b, hf, bf = kernel(
+        inputs=[mx.array(x)], grid=(x.size, 1, 1), threadgroup=(256, 1, 1),
+        output_shapes=[x.shape] * 4,
+        output_dtypes=[mx.float16, mx.bfloat16, mx.float32, mx.float32],
+    )
+
+    def same(got, want):
+        return (got == want) | (np.isnan(got.view(np.float32 if got.itemsize == 4 else np.float16))
+                                & np.isnan(want.view(np.float32 if want.itemsize == 4 else np.float16)))
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        want_h = x.astype(np.float16).view(np.uint16)
+    assert same(np.array(h).view(np.uint16), want_h).all()
+    want_b = np.array(mx.array(x).astype(mx.bfloat16).view(mx.uint16))
+    got_b = np.array(b.view(mx.uint16))
+    nan_b = ((got_b & 0x7FFF) > 0x7F80) & ((want_b & 0x7FFF) > 0x7F80)
+    assert ((got_b == want_b) | nan_b).all()
+    patterns = np.arange(1 << 16, dtype=np.uint32)
+    want_hf = patterns.astype(np.uint16).view(np.float16).astype(np.float32)
+    assert same(np.array(hf).view(np.uint32), want_hf.view(np.uint32)).all()
+    want_bf = (patterns << 16).view(np.float32)
+    assert same(np.array(bf).view(np.uint32), want_bf.view(np.uint32)).all()
+
+
 def test_half_arithmetic_rounds_each_operation():
     # half * half stays half (rounded), half * float is float, as in Metal.
     src = """
