@@ -481,6 +481,27 @@ def test_simd_shuffles_and_broadcast():
     np.testing.assert_array_equal(out[:, 3], want_prefix)
 
 
+def test_quad_operations():
+    src = """
+        uint i = thread_position_in_grid.x;
+        int v = x[i];
+        out[4 * i + 0] = quad_sum(v);
+        out[4 * i + 1] = quad_max(v);
+        out[4 * i + 2] = quad_shuffle_xor(v, 1);
+        out[4 * i + 3] = quad_broadcast(v, 2);
+    """
+    kernel = metal_kernel("quads", ["x"], ["out"], src)
+    x = np.random.default_rng(1).integers(-50, 50, size=64).astype(np.int32)
+    (out,) = kernel(inputs=[mx.array(x)], grid=(64, 1, 1), threadgroup=(64, 1, 1),
+                    output_shapes=[(256,)], output_dtypes=[mx.int32])
+    out = np.array(out).reshape(64, 4)
+    q = x.reshape(16, 4)
+    np.testing.assert_array_equal(out[:, 0], np.repeat(q.sum(1), 4))
+    np.testing.assert_array_equal(out[:, 1], np.repeat(q.max(1), 4))
+    np.testing.assert_array_equal(out[:, 2], x[np.arange(64) ^ 1])
+    np.testing.assert_array_equal(out[:, 3], np.repeat(q[:, 2], 4))
+
+
 def test_simd_ballot_and_votes():
     src = """
         uint lane = thread_index_in_simdgroup;

@@ -699,19 +699,34 @@ TK_SG_SHUFFLE(shuffle_up, static_cast<long>(i) - static_cast<long>(L[i]->arg))
 TK_SG_SHUFFLE(shuffle_rotate_down, static_cast<long>((i + L[i]->arg) & 31u))
 TK_SG_SHUFFLE(shuffle_rotate_up, static_cast<long>((i + 32u - (L[i]->arg & 31u)) & 31u))
 #undef TK_SG_SHUFFLE
-template <class T> void res_quad_sum(tk_lane* const* L) {
+// quad_* operations: the same over groups of four consecutive lanes.
+struct OpAdd { template <class T> T operator()(T a, T b) const { return T(a + b); } };
+struct OpMul { template <class T> T operator()(T a, T b) const { return T(a * b); } };
+struct OpMax { template <class T> T operator()(T a, T b) const { return metal::max(a, b); } };
+struct OpMin { template <class T> T operator()(T a, T b) const { return metal::min(a, b); } };
+template <class T, class Op> void res_quad_fold(tk_lane* const* L) {
   for (int i = 0; i < 32; ++i) if (L[i]) {
-    int q = i & ~3; T acc = zero<T>();
-    for (int j = q; j < q + 4; ++j) if (L[j]) acc = T(acc + in<T>(L[j]));
+    bool first = true; T acc{};
+    for (int j = i & ~3; j < (i & ~3) + 4; ++j) if (L[j]) {
+      acc = first ? in<T>(L[j]) : Op()(acc, in<T>(L[j]));
+      first = false;
+    }
     store(L[i], acc);
   }
 }
-template <class T> void res_quad_shuffle_xor(tk_lane* const* L) {
-  for (int i = 0; i < 32; ++i) if (L[i]) {
-    int s = i ^ static_cast<int>(L[i]->arg & 3u);
-    store(L[i], L[s] ? in<T>(L[s]) : in<T>(L[i]));
+#define TK_QUAD_SHUFFLE(name, src)                                              \
+  template <class T> void res_##name(tk_lane* const* L) {                       \
+    for (int i = 0; i < 32; ++i) if (L[i]) {                                    \
+      int q = i & ~3, k = i & 3, a = static_cast<int>(L[i]->arg);               \
+      int s = (src);                                                            \
+      store(L[i], (s >= 0 && s < 4 && L[q + s]) ? in<T>(L[q + s]) : in<T>(L[i])); \
+    }                                                                           \
   }
-}
+TK_QUAD_SHUFFLE(quad_shuffle, a)
+TK_QUAD_SHUFFLE(quad_shuffle_xor, k ^ (a & 3))
+TK_QUAD_SHUFFLE(quad_shuffle_down, k + a)
+TK_QUAD_SHUFFLE(quad_shuffle_up, k - a)
+#undef TK_QUAD_SHUFFLE
 template <class T> void res_broadcast_first(tk_lane* const* L) {
   int first = 0;
   while (!L[first]) ++first;
@@ -755,8 +770,16 @@ TK_SG_OP(simd_prefix_inclusive_sum, res_prefix_inclusive)
 TK_SG_OP(simd_prefix_exclusive_sum, res_prefix_exclusive)
 TK_SG_OP(simd_prefix_inclusive_product, res_prefix_inclusive_product)
 TK_SG_OP(simd_prefix_exclusive_product, res_prefix_exclusive_product)
-TK_SG_OP(quad_sum, res_quad_sum)
 #undef TK_SG_OP
+#define TK_QUAD_OP(name, op)                                                   \
+  template <class T> inline T name(T v, int tk_line = __builtin_LINE()) {      \
+    return sg::call<T>(&sg::res_quad_fold<T, sg::op>, v, 0, tk_line);          \
+  }
+TK_QUAD_OP(quad_sum, OpAdd)
+TK_QUAD_OP(quad_product, OpMul)
+TK_QUAD_OP(quad_max, OpMax)
+TK_QUAD_OP(quad_min, OpMin)
+#undef TK_QUAD_OP
 #define TK_SG_OP2(name, res)                                                   \
   template <class T> inline T name(T v, ushort a, int tk_line = __builtin_LINE()) { \
     return sg::call<T>(&sg::res<T>, v, a, tk_line);                            \
@@ -768,7 +791,11 @@ TK_SG_OP2(simd_shuffle_down, res_shuffle_down)
 TK_SG_OP2(simd_shuffle_up, res_shuffle_up)
 TK_SG_OP2(simd_shuffle_rotate_down, res_shuffle_rotate_down)
 TK_SG_OP2(simd_shuffle_rotate_up, res_shuffle_rotate_up)
+TK_SG_OP2(quad_shuffle, res_quad_shuffle)
+TK_SG_OP2(quad_broadcast, res_quad_shuffle)
 TK_SG_OP2(quad_shuffle_xor, res_quad_shuffle_xor)
+TK_SG_OP2(quad_shuffle_down, res_quad_shuffle_down)
+TK_SG_OP2(quad_shuffle_up, res_quad_shuffle_up)
 #undef TK_SG_OP2
 template <class T> inline T simd_broadcast_first(T v, int tk_line = __builtin_LINE()) {
   return sg::call<T>(&sg::res_broadcast_first<T>, v, 0, tk_line);
