@@ -58,8 +58,8 @@ struct RopeTableArgs {
 };
 
 // RoPE (and optionally RMSNorm and a per-head gain) on n_in (B, H, L, D)
-// tensors with element strides for B, H, L (D contiguous); row r = (b * H + h) * L + l of the
-// row-contiguous outputs.
+// tensors with element strides for B, H, L (D contiguous), written to
+// row-contiguous (B, H, L, D) outputs. Work items are the B * H * L rows.
 struct RopeArgs {
   Dtype dtype;
   int64_t B, H, L, D;
@@ -78,7 +78,8 @@ struct RopeArgs {
 // Rows normalized together (see inv_rms in kernels.cpp).
 inline constexpr int64_t kRowBlock = 8;
 
-// Scratch the rope loop needs: a block of rotated fp32 rows of q and k.
+// Scratch the rope loop needs per concurrent call: a block of rotated fp32
+// rows of q and k.
 inline int64_t rope_scratch_floats(int64_t D) {
   return kRowBlock * 2 * D;
 }

@@ -294,7 +294,7 @@ void eval_rope(
                 offset = mx::array::unsafe_weak_copy(offset),
                 head_gain = head_gain ? std::optional(mx::array::unsafe_weak_copy(*head_gain)) : std::nullopt,
                 base]() mutable {
-    const int64_t B = args.B, L = args.L, D2 = args.D / 2;
+    const int64_t L = args.L, D2 = args.D / 2;
     for (int t = 0; t < args.n_in; ++t) {
       inputs[t].materialize();
       args.in[t] = inputs[t].ptr;
@@ -332,10 +332,10 @@ void eval_rope(
     args.sin = targs.sin;
 
     // 2. every (b, h, l) row of every input.
-    const int64_t per_chunk = kern::rope_scratch_floats(args.D);
-    std::vector<float> scratch(size_t(max_chunks()) * per_chunk);
-    parallel_for(B * args.H * L, args.n_in * args.D, kMinWorkPerThread, [&](int64_t b, int64_t e, int chunk) {
-      kernels.rope(args, b, e, scratch.data() + chunk * per_chunk);
+    const int64_t per_slot = kern::rope_scratch_floats(args.D);
+    std::vector<float> scratch(size_t(max_chunks()) * per_slot);
+    parallel_for(args.B * args.H * L, args.n_in * args.D, kMinWorkPerThread, [&](int64_t b, int64_t e, int slot) {
+      kernels.rope(args, b, e, scratch.data() + slot * per_slot);
     });
   });
 }

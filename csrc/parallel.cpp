@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <future>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -58,23 +57,44 @@ void parallel_for(
     int64_t min_work,
     const std::function<void(int64_t, int64_t, int)>& fn) {
   int64_t by_work = (n * std::max<int64_t>(work_per_item, 1)) / std::max<int64_t>(min_work, 1);
-  int chunks = int(std::min<int64_t>({num_threads(), n, std::max<int64_t>(by_work, 1)}));
-  if (chunks <= 1) {
+  int threads = int(std::min<int64_t>({num_threads(), n, std::max<int64_t>(by_work, 1)}));
+  if (threads <= 1) {
     if (n > 0) {
       fn(0, n, 0);
     }
     return;
   }
-  auto bound = [&](int c) { return n * c / chunks; };
-  std::vector<std::future<void>> pending;
-  pending.reserve(chunks - 1);
+  // Pieces are handed out dynamically: on a busy machine a worker may wake
+  // late (or be descheduled mid-way), and a static split would leave the
+  // caller waiting for it. The caller takes pieces too and then waits only
+  // for pieces in progress, never for a worker that has not started; such a
+  // worker later finds nothing left (the shared state outlives the call).
+  struct Shared {
+    int64_t n, pieces;
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->n = n;
+  shared->pieces = std::min<int64_t>(n, int64_t(threads) * 8);
+  auto work = [&fn](Shared& s, int slot) {
+    for (;;) {
+      int64_t p = s.next.fetch_add(1);
+      if (p >= s.pieces) {
+        return;
+      }
+      fn(s.n * p / s.pieces, s.n * (p + 1) / s.pieces, slot);
+      if (s.done.fetch_add(1) + 1 == s.pieces) {
+        s.done.notify_all();
+      }
+    }
+  };
   ThreadPool& workers = pool();
-  for (int c = 1; c < chunks; ++c) {
-    pending.push_back(workers.enqueue([&fn, &bound, c] { fn(bound(c), bound(c + 1), c); }));
+  for (int slot = 1; slot < threads; ++slot) {
+    workers.enqueue([shared, work, slot] { work(*shared, slot); });
   }
-  fn(0, bound(1), 0);
-  for (auto& f : pending) {
-    f.get();
+  work(*shared, 0);
+  for (int64_t d = shared->done.load(); d < shared->pieces; d = shared->done.load()) {
+    shared->done.wait(d);
   }
 }
 
