@@ -733,6 +733,24 @@ def test_divergent_barrier_raises(source, needle):
     assert "threadgroup_barrier" in proc.stdout and needle in proc.stdout, proc.stdout
 
 
+@pytest.mark.parametrize("source,needle", [
+    ("out[thread_position_in_grid.x * 1000000000u] = x[0];", "SIGSEGV"),
+    ("out[0] = float(int(x[0]) / int(x[1]));", "SIGFPE"),
+])
+def test_crash_names_kernel_and_thread(source, needle):
+    code = textwrap.dedent(f"""
+        import mlx.core as mx
+        from talkie_kernels.testing import metal_kernel
+        k = metal_kernel("crashing", ["x"], ["out"], {source!r})
+        k(inputs=[mx.array([1.0, 0.0])], grid=(8, 1, 1), threadgroup=(4, 1, 1),
+          output_shapes=[(8,)], output_dtypes=[mx.float32])
+    """)
+    proc = _run_guarded(code)
+    assert proc.returncode != 0
+    assert f"talkie_kernels emulator: {needle}" in proc.stderr, proc.stderr
+    assert "kernel `crashing`" in proc.stderr and "thread_position_in_grid" in proc.stderr
+
+
 @pytest.mark.parametrize("snippet,reason", [
     ("double d = x[0]; out[0] = d;", "double"),
     ("out[0] = std::sqrt(x[0]);", "std::"),

@@ -37,7 +37,8 @@ into the same operation on the same source line are treated as converged;
 inactive lanes read by a shuffle give the reader's own value; a kernel that
 spins waiting for another thread without a barrier hangs (threads are
 cooperative); a wild pointer or an integer division by zero crashes the
-process (Python's faulthandler shows the call) instead of giving garbage;
+process instead of giving garbage (with a report naming the kernel and the
+GPU thread, then the previous handler, e.g. Python's faulthandler);
 calls are eager, so not inside ``mx.compile`` or ``mx.vmap``; no
 ``simdgroup_matrix`` or textures.
 """

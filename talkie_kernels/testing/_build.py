@@ -61,6 +61,7 @@ class Launch(ctypes.Structure):
     """Mirror of `tk_launch` in include/tk_simt.h."""
 
     _fields_ = [
+        ("name", ctypes.c_char_p),
         ("grid", ctypes.c_uint * 3),
         ("threadgroup", ctypes.c_uint * 3),
         ("has_sync", ctypes.c_int),

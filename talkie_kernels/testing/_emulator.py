@@ -365,6 +365,8 @@ class MetalKernel:
         arg_array = (ctypes.c_void_p * max(1, len(args)))(*args)
         error = ctypes.create_string_buffer(8192)
         launch = _build.Launch()
+        name = self.name.encode()
+        launch.name = name
         launch.grid[:] = grid
         # As MLX: the threadgroup is clamped to the grid.
         launch.threadgroup[:] = [min(t, g) for t, g in zip(threadgroup, grid)]

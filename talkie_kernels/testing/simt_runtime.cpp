@@ -5,6 +5,7 @@
 // units resolve tk_rt_* against it.
 #include "tk_simt.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -221,6 +222,51 @@ struct Worker {
 
 thread_local tk_lane* t_current = nullptr;
 thread_local Worker* t_worker = nullptr;
+thread_local const tk_ids* t_direct = nullptr;  // the thread running as a plain call
+
+// ---------------------------------------------------------------------------
+// Crash reports: a fault inside a kernel (wild pointer, integer division by
+// zero) names the kernel and the GPU thread, then the previous handler (e.g.
+// Python's faulthandler) runs as if we were not there.
+// ---------------------------------------------------------------------------
+struct sigaction g_previous[32];
+std::once_flag g_handlers_once;
+
+void crash_handler(int sig, siginfo_t*, void*) {
+  const tk_ids* ids = t_current ? &t_current->ids : t_direct;
+  if (ids && t_worker) {
+    const char* what = sig == SIGFPE ? "SIGFPE (integer division by zero?)"
+        : sig == SIGBUS ? "SIGBUS" : "SIGSEGV (out-of-bounds access?)";
+    char msg[512];
+    int n = std::snprintf(
+        msg, sizeof(msg),
+        "\ntalkie_kernels emulator: %s in kernel `%s`, thread_position_in_grid (%u, %u, %u), "
+        "threadgroup_position_in_grid (%u, %u, %u)\n",
+        what, t_worker->shared->launch->name ? t_worker->shared->launch->name : "?",
+        ids->thread_position_in_grid[0], ids->thread_position_in_grid[1],
+        ids->thread_position_in_grid[2], ids->threadgroup_position_in_grid[0],
+        ids->threadgroup_position_in_grid[1], ids->threadgroup_position_in_grid[2]);
+    if (n > 0) {
+      ssize_t ignored = write(2, msg, static_cast<size_t>(n < 512 ? n : 511));
+      (void)ignored;
+    }
+  }
+  // Returning re-executes the faulting instruction under the previous handler.
+  sigaction(sig, &g_previous[sig], nullptr);
+}
+
+void install_crash_handlers() {
+  std::call_once(g_handlers_once, [] {
+    for (int sig : {SIGSEGV, SIGFPE, SIGBUS}) {
+      struct sigaction sa;
+      std::memset(&sa, 0, sizeof(sa));
+      sa.sa_sigaction = crash_handler;
+      sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+      sigemptyset(&sa.sa_mask);
+      sigaction(sig, &sa, &g_previous[sig]);
+    }
+  });
+}
 
 void fiber_main(tk_lane* lane) {
   Worker* w = static_cast<Worker*>(lane->worker);
@@ -401,8 +447,10 @@ void run_group_direct(Worker* w, const unsigned* g) {
   const unsigned n = setup_group(S, g, w->lanes, w);
   const tk_launch* L = S.launch;
   for (unsigned i = 0; i < n; ++i) {
-    L->fn(L->args, &w->lanes[i].ids);
+    t_direct = &w->lanes[i].ids;
+    L->fn(L->args, t_direct);
   }
+  t_direct = nullptr;
 }
 
 void worker_loop(Shared* S) {
@@ -438,6 +486,7 @@ void worker_loop(Shared* S) {
 extern "C" {
 
 int tk_run(tk_launch* L) {
+  install_crash_handlers();
   Shared S;
   S.launch = L;
   unsigned long long total = 1;

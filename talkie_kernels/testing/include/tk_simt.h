@@ -49,6 +49,7 @@ typedef struct tk_lane {
 typedef void (*tk_thread_fn)(void* const* args, const tk_ids* ids);
 
 typedef struct tk_launch {
+  const char* name;  // kernel name, for crash reports
   unsigned grid[3];
   unsigned threadgroup[3];
   int has_sync;   // 0: no barrier/simd op in the source -> plain calls, no fibers
