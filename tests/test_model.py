@@ -290,3 +290,19 @@ def test_gain_folds_into_quantized_head(ckpt_dir, q4_tk_path, ids):
     scaled, _ = tk.load(bad)
     assert isinstance(scaled.lm_head, nn.QuantizedLinear)
     assert rel_err(scaled(ids), 2.5 * model(ids)) <= 1e-5
+
+
+def test_repo_id_resolves_through_mlx_lm(monkeypatch, fp32_path, ids, fp32):
+    # A Hugging Face repo id goes through mlx-lm's own snapshot helper (offline here).
+    import mlx_lm.utils
+
+    seen = []
+
+    def snapshot_download(repo_id, **kwargs):
+        seen.append(repo_id)
+        return str(fp32_path)
+
+    monkeypatch.setattr(mlx_lm.utils, "snapshot_download", snapshot_download)
+    model, _ = tk.load("someone/talkie-tiny")
+    assert seen and set(seen) == {"someone/talkie-tiny"}
+    assert rel_err(model(ids), fp32[0](ids)) == 0.0
