@@ -459,13 +459,12 @@ def test_precise_and_fast_math():
 
 def test_simd_shuffles_and_broadcast():
     src = """
-        uint lane = thread_index_in_simdgroup;
         uint i = thread_position_in_grid.x;
         int v = x[i];
         out[4 * i + 0] = simd_shuffle_xor(v, 5);
         out[4 * i + 1] = simd_broadcast(v, 7);
         out[4 * i + 2] = simd_shuffle_down(v, 3);
-        out[4 * i + 3] = simd_prefix_exclusive_sum(v) + int(lane) * 0;
+        out[4 * i + 3] = simd_prefix_exclusive_sum(v);
     """
     kernel = metal_kernel("shuffles", ["x"], ["out"], src)
     x = np.arange(64, dtype=np.int32) * 3 + 1
@@ -550,20 +549,22 @@ def test_divergent_simd_ops_resolve_per_branch_and_reconverge():
         for (uint k = 0; k < lane % 4; ++k) {
             loop += simd_sum(1.0f);
         }
-        out[3 * lane] = v;
-        out[3 * lane + 1] = loop;
-        out[3 * lane + 2] = simd_sum(1.0f) + simd_broadcast_first(float(lane)) * 0.0f;
+        out[4 * lane] = v;
+        out[4 * lane + 1] = loop;
+        out[4 * lane + 2] = simd_sum(1.0f);
+        out[4 * lane + 3] = simd_broadcast_first(float(lane) + 5.0f);
     """
     kernel = metal_kernel("diverge", [], ["out"], src)
     (out,) = kernel(inputs=[], grid=(32, 1, 1), threadgroup=(32, 1, 1),
-                    output_shapes=[(96,)], output_dtypes=[mx.float32])
-    out = np.array(out).reshape(32, 3)
+                    output_shapes=[(128,)], output_dtypes=[mx.float32])
+    out = np.array(out).reshape(32, 4)
     lane = np.arange(32)
     np.testing.assert_array_equal(out[:, 0], np.where(lane < 10, 10.0, 2.0 * 22))
     # Iteration k has the lanes with lane % 4 > k: 24, 16, 8 of them.
     want_loop = np.array([sum([24, 16, 8][:m]) for m in lane % 4], dtype=np.float32)
     np.testing.assert_array_equal(out[:, 1], want_loop)
     np.testing.assert_array_equal(out[:, 2], 32.0)
+    np.testing.assert_array_equal(out[:, 3], 5.0)
 
 
 def test_fiber_stacks_fit_large_thread_arrays():
