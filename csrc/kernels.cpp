@@ -49,6 +49,10 @@ inline float load(typename Storage<K>::type v) {
   } else if constexpr (K == Dtype::bf16) {
     return from_bits(uint32_t(v) << 16);
   } else {
+#if defined(__F16C__)
+    // The v3 build has F16C: one vcvtph2ps per vector.
+    return static_cast<float>(__builtin_bit_cast(_Float16, v));
+#else
     // fp16 -> fp32, exact. Normal: shift the fields into place and rebias the
     // exponent by 127 - 15. Subnormal (exponent 0): mantissa * 2^-24, via an
     // integer -> float conversion (no denormal arithmetic). Inf/NaN: all-ones
@@ -60,6 +64,7 @@ inline float load(typename Storage<K>::type v) {
     uint32_t infnan = (em << 13) | 0x7F800000u;
     uint32_t out = em >= 0x7C00u ? infnan : (em < 0x0400u ? sub : normal);
     return from_bits(out | sign);
+#endif
   }
 }
 
@@ -76,6 +81,9 @@ inline typename Storage<K>::type store(float f) {
     u = f != f ? (u | 0x00400000u) & 0xFFFF0000u : u;
     return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
   } else {
+#if defined(__F16C__)
+    return __builtin_bit_cast(uint16_t, static_cast<_Float16>(f));  // vcvtps2ph, RNE
+#else
     // fp32 -> fp16, round to nearest even.
     // Normal range (|f| >= 2^-14): rebias the exponent by 112, round at bit
     // 13, and saturate to Inf (a carry out of the largest binade lands
@@ -92,6 +100,7 @@ inline typename Storage<K>::type store(float f) {
     uint32_t h = a < (113u << 23) ? sub : normal;
     h = a > 0x7F800000u ? 0x7E00u : h;
     return uint16_t(h | sign);
+#endif
   }
 }
 

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <sstream>
 
 #include "kernels.h"
@@ -28,7 +29,7 @@ std::string fmt(const mx::Shape& shape) {
   return os.str();
 }
 
-std::string fmt(mx::Dtype d) {
+std::string fmt(mx::Dtype d) {  // in mx::Dtype::Val order
   static const char* names[] = {
       "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32",
       "int64", "float16", "float32", "float64", "bfloat16", "complex64"};
@@ -137,7 +138,8 @@ kern::Dtype kernel_dtype(mx::Dtype d) {
   return kern::Dtype::f32;
 }
 
-// Reads element i (element stride `stride`) of a floating array as float.
+// Reads element i (counted in elements from the array's data pointer) of a
+// floating array as float: gains are tiny and may come in any float dtype.
 float read_float(const mx::array& a, int64_t i) {
   switch (a.dtype()) {
     case mx::float16:
@@ -195,7 +197,8 @@ struct Input {
       }
     }
     ptr = copy.data();
-    for (int d = int(shape.size()) - 1, st = 1; d >= 0; --d) {
+    int64_t st = 1;
+    for (int d = int(shape.size()) - 1; d >= 0; --d) {
       strides[d] = st;
       st *= shape[d];
     }
@@ -246,6 +249,27 @@ const std::vector<double>& inverse_freqs(double base, int64_t D) {
   }
   return cached;
 }
+
+// Working memory of the rope task (cos/sin table, scratch rows): up to a
+// cap, kept per thread between calls, since a fresh prefill-sized table
+// would cost a zero-fill and page faults on every call; beyond it, owned by
+// the task. `which` names the buffer.
+struct TaskBuffers {
+  static constexpr size_t kKeep = size_t(1) << 20;  // floats kept between calls
+  std::unique_ptr<float[]> owned[2];
+
+  float* get(int which, int64_t floats) {
+    thread_local std::vector<float> kept[2];
+    if (size_t(floats) > kKeep) {
+      owned[which].reset(new float[floats]);
+      return owned[which].get();
+    }
+    if (kept[which].size() < size_t(floats)) {
+      kept[which].resize(floats);
+    }
+    return kept[which].data();
+  }
+};
 
 // Shared by TalkieRoPE and TalkieRoPEQKNorm: n_in (B, H, L, D) inputs, the
 // offset array, outputs row-contiguous.
@@ -322,9 +346,10 @@ void eval_rope(
 
     // 1. cos/sin once per (offset row, position), shared by all heads and q/k.
     const int64_t n_table = n_off * L;
-    std::vector<float> cos_sin(2 * n_table * D2);
+    TaskBuffers buffers;
+    float* cos_sin = buffers.get(0, 2 * n_table * D2);
     kern::RopeTableArgs targs{L, D2, offs.data(), inverse_freqs(base, args.D).data(),
-                              cos_sin.data(), cos_sin.data() + n_table * D2};
+                              cos_sin, cos_sin + n_table * D2};
     parallel_for(n_table, 8 * D2, kMinWorkPerThread, [&](int64_t b, int64_t e, int) {
       kernels.rope_table(targs, b, e);
     });
@@ -333,9 +358,9 @@ void eval_rope(
 
     // 2. every (b, h, l) row of every input.
     const int64_t per_slot = kern::rope_scratch_floats(args.D);
-    std::vector<float> scratch(size_t(max_chunks()) * per_slot);
+    float* scratch = buffers.get(1, max_chunks() * per_slot);
     parallel_for(args.B * args.H * L, args.n_in * args.D, kMinWorkPerThread, [&](int64_t b, int64_t e, int slot) {
-      kernels.rope(args, b, e, scratch.data() + slot * per_slot);
+      kernels.rope(args, b, e, scratch + slot * per_slot);
     });
   });
 }

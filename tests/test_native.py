@@ -134,6 +134,17 @@ def test_broadcast_and_sliced_inputs():
     O.assert_accurate(N.rope(q, offsets), want, mx.float32, baseline=R.rope(q, offsets))
 
 
+def test_long_batched_prefill():
+    # Per-row offsets with long prompts: the cos/sin table (B * L rows) is
+    # bigger than the buffer the extension keeps between calls.
+    B, L = 4, 4100
+    q = rand((B, 1, L, 128))
+    off = mx.array([0, 2000, -3000, 70000])
+    got = N.rope(q, off)
+    O.assert_accurate(got, O.rope(q, off), mx.float32, baseline=R.rope(q, off))
+    assert same(N.rope(q, off), got)  # and again, with the table buffer reused
+
+
 @pytest.mark.parametrize("odtype", [mx.int8, mx.uint16, mx.int32, mx.int64, mx.uint64])
 def test_offset_integer_dtypes(odtype):
     q = rand((2, 2, 3, 64))
