@@ -332,7 +332,12 @@ def render(console, meta: dict, settings: Settings, records: list[dict], targets
         f"device {meta['device']} · backend [bold]{meta['backend']}[/bold] · {meta['machine']}, "
         f"{meta['processor']}, {meta['cpu_count']} cores · Python {meta['python']}"
     )
-    console.print(header)
+    if meta.get("loadavg_start"):
+        header += (
+            f"\nload average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']} "
+            f"on {meta['cpu_count']} cores: other work on the machine skews timings; rounds are interleaved"
+        )
+    console.print(header, highlight=False)
     if not meta["metal_available"]:
         console.print(
             "[bold yellow]Apple-GPU (Metal) speed is unmeasured:[/bold yellow] no Metal device here; "
@@ -533,6 +538,7 @@ def main(argv=None) -> int:
     targets = check_targets(records)
     wall = time.perf_counter() - t0
     meta["wall_time_s"] = round(wall, 1)
+    meta["loadavg_end"] = B.load_average()
     render(console, meta, s, records, targets, notes, wall)
     if args.json:
         write_json(args.json, meta, s, records, targets, notes)

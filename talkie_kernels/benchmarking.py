@@ -509,7 +509,16 @@ def metadata() -> dict[str, Any]:
         "processor": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
+        "loadavg_start": load_average(),
     }
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: other work on the machine skews the timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def _cpu_name() -> str:
