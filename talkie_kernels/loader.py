@@ -82,10 +82,13 @@ def load(
     or weights.
     """
     path = str(path_or_hf_repo)
-    if path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
-        # A local path, not a repo id: say so instead of the hub's repo-id error.
-        raise FileNotFoundError(f"{path}: no such model directory")
-    model_path = _download(str(Path(path).expanduser()) if path.startswith("~") else path, revision=revision)
+    if path.startswith(("/", ".", "~")):
+        # A local path, not a repo id: a missing one is reported as such rather
+        # than as the hub's "repo id must be in the form ..." error.
+        path = str(Path(path).expanduser())
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such model directory")
+    model_path = _download(path, revision=revision)
     model, config = load_model_only(
         model_path,
         lazy=lazy,
