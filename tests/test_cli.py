@@ -81,6 +81,8 @@ def test_server_answers_chat_completion(ckpt):
         [sys.executable, "-m", "talkie_kernels.cli", "server", "--model", str(ckpt),
          "--host", "127.0.0.1", "--port", str(port), "--max-tokens", "8"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
+        # A parent that ignores SIGINT (a background job) would pass that on.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -108,10 +110,11 @@ def test_server_answers_chat_completion(ckpt):
     finally:
         proc.send_signal(signal.SIGINT)  # mlx-lm's server shuts down on KeyboardInterrupt
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+            pytest.fail("server did not shut down on SIGINT")
 
 
 def test_convert_talkie_mixed_recipe(ckpt, tmp_path):
