@@ -124,14 +124,19 @@ def test_strided_last_axis_is_copied(dtype):
 
 
 def test_broadcast_and_sliced_inputs():
-    # Stride-0 rows and an offset array that is itself a strided view.
+    # Stride-0 rows; offset and head_gain arrays that are strided views
+    # (int32 offsets are read in place, not converted).
     row = rand((1, 128))
     x = mx.broadcast_to(row, (4, 128))
     O.assert_accurate(N.rms_norm(x), O.rms_norm(x), mx.float32, baseline=R.rms_norm(x))
     q = rand((3, 2, 4, 64))
-    offsets = mx.array([10, 99, -4, 99, 7000, 99], dtype=mx.int64)[::2]
-    want = O.rope(q, np.array(offsets), 1e6)
-    O.assert_accurate(N.rope(q, offsets), want, mx.float32, baseline=R.rope(q, offsets))
+    offsets = mx.array([10, 99, -4, 99, 7000, 99], dtype=mx.int32)[::2]
+    gains = mx.array([0.5, 9.0, 1.5, 9.0], dtype=mx.float16)[::2]
+    want_q, want_k = O.rope_qk_norm(q, q, gains, np.array(offsets))
+    got_q, got_k = N.rope_qk_norm(q, q, gains, offsets)
+    ref_q, ref_k = R.rope_qk_norm(q, q, gains, offsets)
+    O.assert_accurate(got_q, want_q, mx.float32, baseline=ref_q)
+    O.assert_accurate(got_k, want_k, mx.float32, baseline=ref_k)
 
 
 def test_long_batched_prefill():
