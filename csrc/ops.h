@@ -5,13 +5,21 @@
 // TypeError, messages "[op_name] ..." as in talkie_kernels/_checks.py),
 // builds a fallback from plain MLX ops composed exactly like
 // talkie_kernels/reference.py, and returns arrays backed by a Primitive that
-// uses the fallback for vjp, jvp and vmap (so gradients equal plain MLX's). eval_cpu runs the fused loops of
-// csrc/kernels.cpp; on a GPU stream the op returns the fallback instead.
+// uses the fallback for vjp, jvp and vmap (so gradients equal plain MLX's).
+// eval_cpu runs the fused loops of csrc/kernels.cpp; on a GPU stream the op
+// returns the fallback instead.
+//
+// Numerics of the fused loops: inputs fp32/fp16/bf16, outputs in the input
+// dtype, all arithmetic in fp32 (RoPE angles in double), each output rounded
+// once (round to nearest even).
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
@@ -29,16 +37,30 @@ struct type_error : std::invalid_argument {
 inline constexpr double kFp32Eps = 1.1920928955078125e-07;
 
 // Weightless RMSNorm over the last axis. x (..., D) -> (..., D), x.dtype.
+// 1. ss = sum(x^2) over D, fp32.
+// 2. out = round(x * 1 / sqrt(ss / D + eps)).
 mx::array rms_norm(const mx::array& x, double eps, mx::StreamOrDevice s = {});
 
-// Talkie's inverse-rotation RoPE. x (B, H, L, D); offset integer () or (B,).
+// Talkie's inverse-rotation RoPE (rotate-half layout).
+// x (B, H, L, D), D even; offset integer array () or (B,) -> (B, H, L, D).
+// 1. pos = offset[b] + l; theta_i = pos * base^(-2i/D), i < D/2, in double,
+//    reduced mod pi/2 before fp32 sin/cos (accurate at any position); one
+//    cos/sin row per (offset row, position), shared by heads (and q, k).
+// 2. x1, x2 = x[..., :D/2], x[..., D/2:];
+//    out = round([x1 cos + x2 sin, x2 cos - x1 sin]) in fp32.
 mx::array rope(
     const mx::array& x,
     const mx::array& offset,
     double base,
     mx::StreamOrDevice s = {});
 
-// RoPE -> RMSNorm -> head gain on q (not k). q, k (B, H, L, D); head_gain (H,).
+// RoPE -> RMSNorm -> head gain on q (not k), in one pass, in fp32.
+// q, k (B, H, L, D) (any strides but a contiguous D: transposed views of a
+// (B, L, H, D) projection are read in place); head_gain (H,) -> (q, k),
+// row-contiguous (B, H, L, D).
+// 1. y = rope(x) as above, kept in fp32.
+// 2. y = y / sqrt(mean(y^2) + eps)  (fp32).
+// 3. q: y = y * head_gain[h]; out = round(y), once.
 std::pair<mx::array, mx::array> rope_qk_norm(
     const mx::array& q,
     const mx::array& k,
@@ -48,8 +70,12 @@ std::pair<mx::array, mx::array> rope_qk_norm(
     double eps,
     mx::StreamOrDevice s = {});
 
-// x_new = x + gain*y [+ skip_gain*skip] (rounded once); normed = rms_norm(x_new).
-// gain, skip_gain: floating arrays of shape (1,) or ().
+// Gated residual add and the next weightless RMSNorm.
+// x, y, skip (..., D), one dtype; gain, skip_gain floating arrays of shape
+// (1,) or () -> (x_new, normed), both (..., D) in x.dtype.
+// 1. x_new = round(x + gain*y [+ skip_gain*skip]), summed in fp32.
+// 2. normed = rms_norm(x_new) of the stored (rounded) x_new, as the next
+//    layer of the plain model reads it.
 std::pair<mx::array, mx::array> residual_norm(
     const mx::array& x,
     const mx::array& y,
