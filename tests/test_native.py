@@ -150,6 +150,32 @@ def test_long_batched_prefill():
     assert same(N.rope(q, off), got)  # and again, with the table buffer reused
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op", ["rms_norm", "rope"])
+def test_chained_ops_run_in_place(op, dtype):
+    # An input nothing else references lends its buffer to the output (as
+    # MLX's own ops do): the op adds no memory, and the values are unchanged.
+    # (Not for the two-output ops: MLX never reports their inputs donatable.)
+    shape = (1, 4, 256, 128)
+    q = rand(shape, dtype)
+    size = q.nbytes
+    mx.eval(q)
+    run = {"rms_norm": lambda a: N.rms_norm(a), "rope": lambda a: N.rope(a, 5)}[op]
+    held = q * 2
+    mx.eval(held)
+    want = run(held)  # input referenced from Python: a fresh output
+    mx.eval(want)
+
+    mx.eval(mx.zeros(1))
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    got = run(q * 2)  # a temporary: its buffer becomes the output's
+    mx.eval(got)
+    assert mx.get_peak_memory() - before <= size + (1 << 16)
+    assert same(got, want)
+    assert same(held, q * 2)  # the held input was not written
+
+
 @pytest.mark.parametrize("odtype", [mx.int8, mx.uint16, mx.int32, mx.int64, mx.uint64])
 def test_offset_integer_dtypes(odtype):
     q = rand((2, 2, 3, 64))
