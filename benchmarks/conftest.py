@@ -22,7 +22,7 @@ from talkie_kernels import benchmarking as B
 
 #: Timed rounds per benchmark (after one warm-up round).
 OP_ROUNDS = 7
-MODEL_ROUNDS = {"prefill": 3, "decode": 5}
+MODEL_ROUNDS = {"prefill": 3, "decode": 7}
 #: A sample of chained op calls lasts about this long for the eager reference.
 OP_SAMPLE_MS = 25.0
 OP_DTYPE = mx.bfloat16
@@ -113,7 +113,8 @@ def model_bench(benchmark):
             pytest.skip(str(e))
         except Exception as e:
             pytest.fail(f"{impl} unavailable: {type(e).__name__}: {e}")
-        # setup (untimed) makes a fresh cache and prefills the decode prompt.
+        # setup (untimed): prefills the decode prompt the first time; decode
+        # rounds then continue one sequence.
         benchmark.pedantic(lambda thunk: thunk(), setup=lambda: ((prepare(),), {}),
                            rounds=MODEL_ROUNDS[phase], warmup_rounds=1, iterations=1)
         if benchmark.stats is not None:

@@ -1,8 +1,9 @@
 """Tokens/s of Talkie-shaped random-weight models: mlx-lm's plain model (eager and
 mx.compile'd) vs the fused model, with the same weights.
 
-Prefill: one prompt forward with a fresh mlx-lm KV cache. Decode: 64 greedy
-steps after a 16-token prompt (prefilled untimed), driven two ways: our
+Prefill: one prompt forward with a fresh mlx-lm KV cache. Decode: 32 greedy
+steps per round, continuing one sequence after a 16-token prompt (prefilled
+untimed), driven two ways: our
 synchronous step loop (``mx.eval`` per token) and mlx-lm's own
 ``generate_step`` (``mx.async_eval`` pipelining, as ``mlx_lm.generate`` runs).
 The compiled reference does not apply to decode with mlx-lm's KVCache and is

@@ -39,7 +39,7 @@ class Settings:
         q = args.quick
         self.quick = q
         self.rounds_ops = args.rounds or (2 if q else 7)
-        self.rounds_models = args.rounds or (2 if q else 5)
+        self.rounds_models = args.rounds or (2 if q else 7)
         self.min_rounds = 2 if q else 3
         self.op_seq_len = {"decode": 1, "prefill": 8 if q else 512}
         self.op_sample_ms = 1.0 if q else 25.0
@@ -48,7 +48,7 @@ class Settings:
         # An explicit --rounds is exact.
         self.model_budget_s = (
             {"prefill": None, "decode": None} if args.rounds
-            else {"prefill": 1.0, "decode": 1.0} if q else {"prefill": 8.0, "decode": 12.0}
+            else {"prefill": 1.0, "decode": 1.0} if q else {"prefill": 8.0, "decode": 14.0}
         )
         self.decode_tokens = args.decode_tokens or (4 if q else B.DECODE_TOKENS)
         self.decode_prompt = args.decode_prompt or (4 if q else B.DECODE_PROMPT)
@@ -120,11 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(n for n, _ in DEFAULT_MODELS))
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weight dtype of the random-weight models (default float32)")
     p.add_argument("--op-dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"], help="dtype of the per-op inputs (default bfloat16, as Talkie's weights)")
-    p.add_argument("--prompt-len", type=int, metavar="N", help="prefill prompt length for every model (default 512, but 128 for talkie-8l-512 so the default run stays under 2 minutes on a 2-core CPU)")
-    p.add_argument("--decode-tokens", type=int, metavar="N", help="decode steps timed per sample (default 64)")
+    p.add_argument("--prompt-len", type=int, metavar="N", help="prefill prompt length for every model (default 512, but 64 for talkie-8l-512 so the default run stays under 2 minutes on a 2-core CPU)")
+    p.add_argument("--decode-tokens", type=int, metavar="N", help="decode steps per sample; samples continue one sequence (default 32)")
     p.add_argument("--decode-prompt", type=int, metavar="N", help="prompt prefilled (untimed) before decoding (default 16)")
     p.add_argument("--no-generate-step", action="store_true", help="skip the second decode measurement, through mlx_lm's generate_step (async_eval pipelining, as mlx_lm.generate runs it)")
-    p.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds, exactly (default 7 per op; per model up to 5, fewer (>= 3) to fit a time budget)")
+    p.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds, exactly (default 7 per op; per model up to 7, fewer (>= 3) to fit a time budget)")
     p.add_argument("--only", choices=["ops", "models"], help="run only the per-op or only the model benchmarks")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     p.add_argument("--json", metavar="PATH", help="write the records and metadata as JSON")
@@ -353,7 +353,8 @@ def render(console, meta: dict, settings: Settings, records: list[dict], targets
     if models:
         t = Table(title=(
             f"Models: tokens/s ({models[0]['dtype']} weights). prefill = one prompt forward with a fresh KV cache; "
-            "decode = greedy steps with mlx-lm's KVCache, mx.eval per token; "
+            "decode = greedy steps with mlx-lm's KVCache, mx.eval per token, samples continuing one sequence "
+            "after a short prompt; "
             "decode (generate_step) = mlx-lm's own pipelined loop (mx.async_eval)"
         ))
         for col, just in [("model", "left"), ("phase", "left"), ("tokens", "right"), ("impl", "left"),
@@ -366,7 +367,7 @@ def render(console, meta: dict, settings: Settings, records: list[dict], targets
                 t.add_section()
             prev = key
             ok = r["status"] == "ok"
-            tokens = f"{r['tokens']}" + (f" (+{r['prompt_len']} prompt)" if r["phase"] == "decode" else "")
+            tokens = f"{r['tokens']}" + ("/sample" if r["phase"] == "decode" else "")
             t.add_row(
                 r["model"], _phase_label(r), tokens, r["impl"], _cell(r, footnotes),
                 _fmt_range(r) if ok else "",

@@ -54,16 +54,18 @@ COMPILED_DECODE_NA = (
 #: The default models and their prefill prompt lengths (``talkie-kernels bench``
 #: and ``benchmarks/test_bench_model.py``). The 8-layer model's 512-token
 #: prefill takes ~13 s per forward with the reference BLAS of MLX's Linux CPU
-#: wheel (×3 implementations × warm-up and rounds), so it is measured on 128
+#: wheel (×3 implementations × warm-up and rounds), so it is measured on 64
 #: tokens by default to keep the whole run under two minutes on a 2-core
 #: machine; ``--prompt-len 512`` measures it at 512.
-DEFAULT_MODELS = (("talkie-2l-256", 512), ("talkie-8l-512", 128))
+DEFAULT_MODELS = (("talkie-2l-256", 512), ("talkie-8l-512", 64))
 #: How the model phases are driven: prefill is one forward with a fresh cache;
 #: decode is our synchronous greedy loop (``decode_case``) and mlx-lm's own
 #: pipelined ``generate_step`` (``generate_step_case``).
 MODEL_WORKLOADS = (("prefill", "forward"), ("decode", "step_loop"), ("decode", "generate_step"))
 #: Decode: this many greedy steps per sample, after a prompt of this length.
-DECODE_TOKENS, DECODE_PROMPT = 64, 16
+#: Samples continue the same sequence (see ``decode_case``), so a run decodes
+#: positions 16 to 16 + 32 × (warm-up + rounds).
+DECODE_TOKENS, DECODE_PROMPT = 32, 16
 
 #: Per-op sequence lengths: decode is one token, prefill a 512-token prompt.
 OP_SEQ_LEN = {"decode": 1, "prefill": 512}
@@ -403,53 +405,69 @@ def prefill_case(model, ids, impl: str) -> Callable[[], Callable[[], Any]]:
 
 
 def decode_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callable[[], Any]]:
-    """``n_tokens`` greedy steps after ``prompt`` (prefilled untimed into a fresh KVCache).
+    """Greedy decoding with mlx-lm's KVCache, ``n_tokens`` steps per sample.
 
-    Each step is a whole generation step: forward one token, update the cache,
-    argmax, ``mx.eval`` the token (which needs the cache writes).
+    The first ``prepare()`` prefills ``prompt`` into a fresh cache (untimed);
+    every sample then continues the same sequence, so round r of every
+    implementation decodes the same positions (interleaving stays fair) and no
+    sample pays for a prefill. Each step is a whole generation step: forward
+    one token, update the cache, argmax, ``mx.eval`` the token (which needs the
+    cache writes).
     """
     if impl == "reference_compiled":
         raise NotApplicable(COMPILED_DECODE_NA)
     from mlx_lm.models.cache import make_prompt_cache
 
+    state: dict[str, Any] = {}
+
+    def run():
+        tok, cache = state["tok"], state["cache"]
+        for _ in range(n_tokens):
+            logits = model(tok[:, None], cache=cache)
+            tok = mx.argmax(logits[:, -1, :], axis=-1)
+            mx.eval(tok)
+        state["tok"] = tok
+
     def prepare():
-        cache = make_prompt_cache(model)
-        logits = model(prompt, cache=cache)
-        y = mx.argmax(logits[:, -1, :], axis=-1)
-        sync(y, [(c.keys, c.values) for c in cache])
-
-        def run():
-            tok = y
-            for _ in range(n_tokens):
-                logits = model(tok[:, None], cache=cache)
-                tok = mx.argmax(logits[:, -1, :], axis=-1)
-                mx.eval(tok)
-
+        if not state:
+            cache = make_prompt_cache(model)
+            logits = model(prompt, cache=cache)
+            tok = mx.argmax(logits[:, -1, :], axis=-1)
+            sync(tok, [(c.keys, c.values) for c in cache])
+            state.update(cache=cache, tok=tok)
         return run
 
     return prepare
 
 
 def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callable[[], Any]]:
-    """``n_tokens`` tokens from ``mlx_lm.generate.generate_step`` (greedy), as ``mlx_lm.generate`` runs.
+    """Greedy decoding through ``mlx_lm.generate.generate_step``, ``n_tokens`` tokens per sample.
 
-    Unlike ``decode_case`` this is mlx-lm's own loop: a generation stream and
-    ``mx.async_eval``, so building step n+1's graph overlaps computing step n.
-    The prompt prefill and the first token are untimed; one pipelined step may
-    overlap each end of the timed region.
+    Unlike ``decode_case`` this is mlx-lm's own loop, as ``mlx_lm.generate``
+    runs it: a generation stream and ``mx.async_eval``, so building step n+1's
+    graph overlaps computing step n. One endless generator per implementation:
+    the first ``prepare()`` runs the prompt and the first token (untimed);
+    each sample takes the next ``n_tokens`` tokens, then waits for the step
+    already in flight, whose token opens the next sample -- so each sample
+    computes ``n_tokens`` steps.
     """
     if impl == "reference_compiled":
         raise NotApplicable(COMPILED_DECODE_NA)
-    from mlx_lm.generate import generate_step
+    from mlx_lm.generate import generate_step, generation_stream
+
+    state: dict[str, Any] = {}
+
+    def run():
+        tokens = state["tokens"]
+        for _ in range(n_tokens):
+            next(tokens)
+        mx.synchronize(generation_stream)
 
     def prepare():
-        tokens = generate_step(prompt.reshape(-1), model, max_tokens=n_tokens + 1)
-        next(tokens)
-
-        def run():
-            for _ in tokens:
-                pass
-
+        if not state:
+            state["tokens"] = generate_step(prompt.reshape(-1), model, max_tokens=-1)
+            next(state["tokens"])
+            mx.synchronize(generation_stream)
         return run
 
     return prepare
