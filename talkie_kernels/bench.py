@@ -185,6 +185,7 @@ def run_ops(s: Settings, progress) -> list[dict]:
             base = {
                 "kind": "op", "model": "talkie-13b", "op": op, "phase": phase, "shape": list(shape),
                 "dtype": s.op_dtype, "offset": B.op_offset(phase), "ops_per_sample": inner,
+                "with_skip": True if op == "residual_norm" else None,
             }
             records += [_record(base, impl, results[impl]) for impl in B.IMPLS]
     return records
@@ -283,12 +284,10 @@ def check_targets(records: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- output
 
 
-def _fmt_ms(v, unit=True):
+def _fmt_ms(v):
     if v is None:
         return "-"
-    if v < 0.1:
-        return f"{v * 1e3:.1f}" + (" µs" if unit else "")
-    return _num(v) + (" ms" if unit else "")
+    return f"{v * 1e3:.1f} µs" if v < 0.1 else f"{_num(v)} ms"
 
 
 def _num(v):
