@@ -191,7 +191,7 @@ def run_ops(s: Settings, progress) -> list[dict]:
     return records
 
 
-def run_models(s: Settings, progress, notes: list[str]) -> list[dict]:
+def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> list[dict]:
     import mlx.core as mx
 
     records = []
@@ -214,6 +214,13 @@ def run_models(s: Settings, progress, notes: list[str]) -> list[dict]:
         if isinstance(models["fused"], BaseException):
             f = models["fused"]
             notes.append(f"{label}: fused model unavailable ({type(f).__name__}: {f})")
+        else:
+            nodes = B.decode_nodes(models)
+            graph_nodes[label] = nodes
+            notes.append(
+                f"{label}: graph nodes per decoded token (mx.export_to_dot): mlx-lm {nodes['reference']}, "
+                f"fused {nodes['fused']} ({nodes['fused'] / nodes['reference']:.2f}×)"
+            )
         for phase, method in s.model_workloads:
             tokens = prompt_len if phase == "prefill" else s.decode_tokens
             progress(f"model {label} {phase} {method} ({tokens} tokens)")
@@ -266,7 +273,7 @@ def _targets():
     ]
 
 
-def check_targets(records: list[dict]) -> list[dict]:
+def check_targets(records: list[dict], graph_nodes: dict | None = None) -> list[dict]:
     out = []
     for label, sel, floor, aim in _targets():
         hits = [r for r in records if sel(r) and r["impl"] == "fused"]
@@ -278,6 +285,14 @@ def check_targets(records: list[dict]) -> list[dict]:
         else:
             status = "pass" if ratio >= floor else "FAIL"
         out.append({"target": label, "floor": floor, "aim": aim, "measured": ratio, "status": status})
+    # Graph size: fused / mlx-lm primitives per decoded token, lower is better.
+    g = (graph_nodes or {}).get("talkie-8l-512", {})
+    ratio = g["fused"] / g["reference"] if g.get("fused") and g.get("reference") else None
+    out.append({
+        "target": "graph nodes per decoded token, talkie-8l-512 (fused / mlx-lm, at most)",
+        "floor": 0.35, "aim": 0.25, "measured": ratio,
+        "status": "not measured" if ratio is None else "pass" if ratio <= 0.35 else "FAIL",
+    })
     return out
 
 
@@ -515,6 +530,7 @@ def main(argv=None) -> int:
     notes = [str(w.message) for w in caught]
     groups = (8 if s.do_ops else 0) + ((1 + len(s.model_workloads)) * len(s.models) if s.do_models else 0)
     records: list[dict] = []
+    graph_nodes: dict[str, dict[str, int]] = {}
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=Console(stderr=True), transient=True,
@@ -529,13 +545,14 @@ def main(argv=None) -> int:
             bar.update(task, description=desc)
 
         if s.do_models:
-            records += run_models(s, progress, notes)
+            records += run_models(s, progress, notes, graph_nodes)
         if s.do_ops:
             records += run_ops(s, progress)
         bar.update(task, completed=groups)
 
     _add_speedups(records)
-    targets = check_targets(records)
+    targets = check_targets(records, graph_nodes)
+    meta["graph_nodes_per_decoded_token"] = graph_nodes
     wall = time.perf_counter() - t0
     meta["wall_time_s"] = round(wall, 1)
     meta["loadavg_end"] = B.load_average()

@@ -481,6 +481,13 @@ def model_for(models: dict[str, Any], impl: str):
     return m
 
 
+def decode_nodes(models: dict[str, Any]) -> dict[str, int]:
+    """Primitive nodes of one decode step, reference and fused (``talkie_kernels.graph``)."""
+    from .graph import decode_step_nodes
+
+    return {impl: sum(decode_step_nodes(models[impl]).values()) for impl in ("reference", "fused")}
+
+
 def logits_agreement(models: dict[str, Any], ids) -> float | None:
     """max |fused − reference| / max |reference| of the prompt's logits (None without a fused model)."""
     if isinstance(models.get("fused"), BaseException):
@@ -563,7 +570,7 @@ def parse_dtype(name: str):
 __all__ = [
     "COMPILED_DECODE_NA", "DECODE_PROMPT", "DECODE_TOKENS", "DEFAULT_MODELS", "MODEL_WORKLOADS", "IMPLS", "OPS", "PHASES", "NotApplicable", "Stats",
     "build_fused_model", "build_models", "build_reference_model", "calibrate_inner",
-    "decode_case", "generate_step_case", "interleaved", "load_models", "logits_agreement", "metadata", "model_dtype",
+    "decode_case", "decode_nodes", "generate_step_case", "interleaved", "load_models", "logits_agreement", "metadata", "model_dtype",
     "model_for", "op_inputs", "op_shape", "op_step", "op_thunk", "prefill_case",
     "prompt_ids", "random_weights", "require_fused_backend", "sync", "vocab_size",
 ]

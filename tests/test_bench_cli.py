@@ -34,6 +34,8 @@ def test_quick_run_writes_json_and_plot(quick_run, capsys):
     if doc["metadata"]["backend"] != "reference":
         # With kernels available every fused row has a number.
         assert not errors, errors
+        nodes = doc["metadata"]["graph_nodes_per_decoded_token"]["talkie-2l-256"]
+        assert 0 < nodes["fused"] < nodes["reference"]
 
     meta = doc["metadata"]
     for key in ("date", "mlx", "mlx_lm", "device", "backend", "machine", "cpu_count"):
