@@ -104,7 +104,9 @@ def model_bench(benchmark):
               prompt_len=prompt_len if phase == "prefill" else B.DECODE_PROMPT)
         try:
             model = B.model_for(models, impl)
-            if phase == "prefill":
+            if impl == B.MATMULS_ONLY:
+                prepare = B.matmuls_only_case(model, B.DECODE_TOKENS)
+            elif phase == "prefill":
                 prepare = B.prefill_case(model, B.prompt_ids(vocab, prompt_len), impl)
             else:
                 make = B.decode_case if method == "step_loop" else B.generate_step_case

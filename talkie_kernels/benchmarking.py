@@ -38,6 +38,8 @@ from . import reference
 from .configs import CONFIGS, TALKIE_HEAD_DIM, TALKIE_HEADS, TALKIE_HIDDEN
 
 IMPLS = ("reference", "reference_compiled", "fused")
+#: The extra decode row: the fused model's matmuls alone (``matmuls_only_case``).
+MATMULS_ONLY = "fused_matmuls_only"
 PHASES = ("prefill", "decode")
 OPS = ("rms_norm", "rope", "rope_qk_norm", "residual_norm")
 
@@ -440,6 +442,31 @@ def decode_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callabl
     return prepare
 
 
+def matmuls_only_case(model, n_tokens: int) -> Callable[[], Callable[[], Any]]:
+    """The decode step's matmuls alone: a floor under any decode step of ``model``.
+
+    Applies every ``nn.Linear`` / ``nn.QuantizedLinear`` of ``model`` (same
+    weights, same order, one 1-token activation each) ``n_tokens`` times per
+    sample, ``mx.eval`` per token as ``decode_case`` does. Nothing the fused ops
+    do can make a step cheaper than this, so ``reference step / this`` bounds
+    the decode speedup that fusion alone can reach on this machine.
+    """
+    import mlx.nn as nn
+
+    linears = [m for _, m in model.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
+    dtype = parse_dtype(model_dtype(model).split()[0])  # "bfloat16 4-bit" -> activations in bf16
+    # Input features: quantized weights pack 32 // bits values per uint32.
+    sizes = [lin.weight.shape[1] * (32 // lin.bits if isinstance(lin, nn.QuantizedLinear) else 1) for lin in linears]
+    inputs = {k: mx.random.normal((1, 1, k), key=mx.random.key(k)).astype(dtype) for k in set(sizes)}
+    mx.eval(list(inputs.values()))
+
+    def run():
+        for _ in range(n_tokens):
+            mx.eval([lin(inputs[k]) for lin, k in zip(linears, sizes)])
+
+    return lambda: run
+
+
 def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callable[[], Any]]:
     """Greedy decoding through ``mlx_lm.generate.generate_step``, ``n_tokens`` tokens per sample.
 
@@ -474,8 +501,8 @@ def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], 
 
 
 def model_for(models: dict[str, Any], impl: str):
-    """The model object behind an impl (compiled uses the reference model); raises its build error."""
-    m = models["fused" if impl == "fused" else "reference"]
+    """The model object behind an impl (compiled uses the reference model, matmuls-only the fused one); raises its build error."""
+    m = models["fused" if impl in ("fused", MATMULS_ONLY) else "reference"]
     if isinstance(m, BaseException):
         raise RuntimeError(f"fused model unavailable: {type(m).__name__}: {m}") from m
     return m
@@ -568,7 +595,7 @@ def parse_dtype(name: str):
 
 
 __all__ = [
-    "COMPILED_DECODE_NA", "DECODE_PROMPT", "DECODE_TOKENS", "DEFAULT_MODELS", "MODEL_WORKLOADS", "IMPLS", "OPS", "PHASES", "NotApplicable", "Stats",
+    "COMPILED_DECODE_NA", "DECODE_PROMPT", "MATMULS_ONLY", "DECODE_TOKENS", "DEFAULT_MODELS", "MODEL_WORKLOADS", "IMPLS", "OPS", "PHASES", "NotApplicable", "Stats",
     "build_fused_model", "build_models", "build_reference_model", "calibrate_inner",
     "decode_case", "decode_nodes", "generate_step_case", "interleaved", "load_models", "logits_agreement", "metadata", "model_dtype",
     "model_for", "op_inputs", "op_shape", "op_step", "op_thunk", "prefill_case",

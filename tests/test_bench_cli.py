@@ -11,7 +11,7 @@ import json
 import pytest
 
 from talkie_kernels import bench, cli
-from talkie_kernels.benchmarking import COMPILED_DECODE_NA, IMPLS, MODEL_WORKLOADS, OPS
+from talkie_kernels.benchmarking import COMPILED_DECODE_NA, IMPLS, MATMULS_ONLY, MODEL_WORKLOADS, OPS
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_quick_run_writes_json_and_plot(quick_run, capsys):
     for r in records:
         for key in ("model", "impl", "phase", "median_ms", "device", "backend", "mlx"):
             assert key in r
-        assert r["impl"] in IMPLS and r["phase"] in ("prefill", "decode")
+        assert r["impl"] in IMPLS + (MATMULS_ONLY,) and r["phase"] in ("prefill", "decode")
         if r["status"] == "ok":
             assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
             assert r["speedup_vs_reference"] > 0
@@ -60,7 +60,12 @@ def test_quick_run_writes_json_and_plot(quick_run, capsys):
     models = [r for r in records if r["kind"] == "model"]
     workloads = MODEL_WORKLOADS
     by = {(r["phase"], r["method"], r["impl"]): r for r in models}
-    assert len(by) == len(models) and set(by) == {(*w, impl) for w in workloads for impl in IMPLS}
+    expected = {(*w, impl) for w in workloads for impl in IMPLS} | {("decode", "step_loop", MATMULS_ONLY)}
+    assert len(by) == len(models) and set(by) == expected
+    # The matmul floor is timed in the same rounds as decode and yields the ceiling note.
+    floor = by["decode", "step_loop", MATMULS_ONLY]
+    assert floor["status"] == "ok" and floor["tokens"] == by["decode", "step_loop", "reference"]["tokens"]
+    assert any("fusion alone can make decode at most" in n for n in doc["notes"])
     for r in models:
         if r["status"] == "ok":
             assert r["tokens_per_s"] > 0
