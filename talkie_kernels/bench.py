@@ -500,6 +500,7 @@ def plot(path: str, meta: dict, records: list[dict]) -> None:
     for ax, (kind, title, rows, labels) in zip(axes[:, 0], panels):
         height = 0.38
         vals = []
+        ceiling_labelled = False
         for j, impl in enumerate(("reference_compiled", "fused")):
             for i, lab in enumerate(labels):
                 hit = [r for r in rows if r["impl"] == impl
@@ -513,6 +514,16 @@ def plot(path: str, meta: dict, records: list[dict]) -> None:
                 else:
                     status = hit[0]["status"] if hit else "missing"
                     ax.text(1, y, f" {impl}: {status}", va="center", fontsize=8, color="#b00")
+                if kind == "model" and impl == "fused":
+                    # A decode row's ceiling (its matmuls alone), drawn across the fused bar.
+                    hit = [r for r in rows if r["impl"] == B.MATMULS_ONLY and r["speedup_vs_reference"]
+                           and f"{r['model']} {_phase_label(r)}" == lab]
+                    if hit:
+                        c = hit[0]["speedup_vs_reference"]
+                        ax.plot([c, c], [y - height / 2, y + height / 2], color="#d62728", lw=2,
+                                label=None if ceiling_labelled else "ceiling: matmuls alone")
+                        ceiling_labelled = True
+                        vals.append(c)
         ax.axvline(1.0, color="k", lw=0.8)
         if vals and max(vals) / max(min(vals), 1e-9) > 8:
             ax.set_xscale("log")
