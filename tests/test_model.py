@@ -278,6 +278,17 @@ def test_bad_checkpoint_errors(ckpt_dir, fp32_path, edit, match, request):
     assert str(bad) in str(info.value)
 
 
+def test_fused_parts_quantized_differently_are_refused(ckpt_dir, fp32_path):
+    # mlx_lm.convert with a per-layer recipe: attn_value at 8 bits, the rest at 4.
+    def predicate(path, module):
+        return {"bits": 8, "group_size": 64} if "attn_value" in path else hasattr(module, "to_quantized")
+
+    dst = ckpt_dir / "q-mixed-qkv"
+    importlib.import_module("mlx_lm.convert").convert(str(fp32_path), str(dst), quantize=True, quant_predicate=predicate)
+    with pytest.raises(CheckpointError, match=r"attn_value\.weight.*quantized alike"):
+        tk.load(dst)
+
+
 def test_missing_directory():
     with pytest.raises(FileNotFoundError):
         tk.load("/nonexistent/talkie")

@@ -282,8 +282,15 @@ def _fuse(weights: dict, prefix: str, parts, fused: str, rows: int) -> None:
         arrays = [weights.pop(k) for k in keys]
         for k, a in zip(keys, arrays):
             if a.ndim != 2 or a.shape[0] != rows or a.shape[1:] != arrays[0].shape[1:]:
+                # Weights come first, so their scales are still in `weights` if quantized.
+                quantized = suffix != "weight" or f"{prefix}{parts[0]}.scales" in weights
+                # Same rows, other packed columns: quantized with other bits or group size.
+                hint = (
+                    "; the parts of a fused projection must be quantized alike (same bits and group size)"
+                    if quantized and a.ndim == 2 and a.shape[0] == rows else ""
+                )
                 raise ValueError(
                     f"{k} has shape {tuple(a.shape)}, expected ({rows}, ...) matching "
-                    f"{keys[0]} {tuple(arrays[0].shape)}"
+                    f"{keys[0]} {tuple(arrays[0].shape)}{hint}"
                 )
         weights[f"{prefix}{fused}.{suffix}"] = mx.concatenate(arrays, axis=0)
