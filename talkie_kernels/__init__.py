@@ -24,6 +24,7 @@ __all__ = [
     "rope",
     "rope_qk_norm",
     "residual_norm",
+    "linear",
     "native_available",
     "backend",
     "load",
@@ -88,6 +89,17 @@ def rope_qk_norm(q, k, head_gain, offset=0, *, base=1e6, eps=None):
 def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
     """Fused ``x + gain·y [+ skip_gain·skip]`` then RMSNorm -> (x_new, normed)."""
     return _impl().residual_norm(x, y, gain, skip, skip_gain, eps=eps)
+
+
+def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):
+    """``x @ weight.T``, dense or MLX-quantized, with ``mx.quantized_matmul``'s semantics.
+
+    On the CPU the native kernels (dense fp32/fp16/bf16, affine 4/6/8 bits at
+    group sizes 32/64/128; other modes through MLX's op); on the GPU and as the
+    reference, MLX's own ``matmul`` / ``quantized_matmul``. See ``reference.linear``.
+    """
+    impl = _native_loader.ops if backend() == "native" else reference
+    return impl.linear(x, weight, scales, biases, group_size=group_size, bits=bits, mode=mode)
 
 
 def load(path_or_repo, **kwargs):

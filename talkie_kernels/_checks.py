@@ -129,3 +129,76 @@ def check_residual_norm(op: str, x, y, gain, skip, skip_gain):
             _fail(op, f"skip must have the dtype of x ({x.dtype}), got {skip.dtype}.", TypeError)
         skip_gain = check_gain(op, "skip_gain", skip_gain)
     return gain, skip_gain
+
+
+#: Affine quantization the native kernels run (other modes, bits and group
+#: sizes go to MLX's own ``quantized_matmul``).
+NATIVE_BITS = (4, 6, 8)
+NATIVE_GROUP_SIZES = (32, 64, 128)
+#: ``mx.quantize``'s defaults for affine quantization.
+AFFINE_DEFAULTS = {"group_size": 64, "bits": 4}
+
+
+def check_linear(op: str, x, weight, scales, biases, group_size, bits, mode):
+    """Validates ``linear``'s arguments; returns ``(group_size, bits)`` with MLX's
+    affine defaults filled in (``(None, None)`` for a dense weight).
+
+    Dense: ``weight`` (N, K) float, ``x`` (..., K). Quantized (``scales`` given):
+    ``weight`` (N, K·bits/32) uint32 packed as ``mx.quantize`` packs it,
+    ``scales`` / ``biases`` (N, K/group_size) float. Modes other than affine
+    are checked by MLX's ``quantized_matmul`` itself.
+    """
+    check_array(op, "x", x)
+    if not isinstance(weight, mx.array):
+        _fail(op, f"weight must be an mx.array, got {type(weight).__name__}.", TypeError)
+    if weight.ndim != 2:
+        _fail(op, f"weight must have shape (N, K), got {weight.shape}.")
+    if not isinstance(mode, str):
+        _fail(op, f"mode must be a string, got {type(mode).__name__}.", TypeError)
+    if scales is None:
+        if biases is not None:
+            _fail(op, "biases were given without scales (a quantized weight needs both).")
+        if group_size is not None or bits is not None:
+            _fail(op, "group_size and bits apply to a quantized weight; no scales were given.")
+        check_array(op, "weight", weight, min_ndim=2)
+        if weight.shape[1] != x.shape[-1]:
+            _fail(op, f"x has {x.shape[-1]} features but weight {weight.shape} expects {weight.shape[1]} (K).")
+        return None, None
+    for name, v in (("group_size", group_size), ("bits", bits)):
+        if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, bool)):
+            _fail(op, f"{name} must be an int or None, got {type(v).__name__}.", TypeError)
+    if weight.dtype != mx.uint32:
+        _fail(op, f"a quantized weight must be uint32 (as mx.quantize packs it), got {weight.dtype}.", TypeError)
+    for name, a in (("scales", scales), ("biases", biases)):
+        if a is None:
+            continue
+        if not isinstance(a, mx.array):
+            _fail(op, f"{name} must be an mx.array, got {type(a).__name__}.", TypeError)
+        if mode == "affine" and a.dtype not in FLOAT_DTYPES:
+            _fail(op, f"{name} must be float32, float16 or bfloat16, got {a.dtype}.", TypeError)
+    if mode != "affine":
+        return group_size, bits
+    if biases is None:
+        _fail(op, "affine quantization needs biases (mx.quantize returns weight, scales, biases).")
+    group_size = AFFINE_DEFAULTS["group_size"] if group_size is None else int(group_size)
+    bits = AFFINE_DEFAULTS["bits"] if bits is None else int(bits)
+    if bits not in (2, 3, 4, 5, 6, 8):
+        _fail(op, f"bits must be one of 2, 3, 4, 5, 6, 8 for affine quantization, got {bits}.")
+    if group_size not in (32, 64, 128):
+        _fail(op, f"group_size must be 32, 64 or 128 for affine quantization, got {group_size}.")
+    K = x.shape[-1]
+    N = weight.shape[0]
+    if K % group_size:
+        _fail(op, f"x has {K} features, not a multiple of group_size {group_size}.")
+    if weight.shape[1] * 32 != K * bits:
+        _fail(
+            op,
+            f"weight {weight.shape} does not hold {K} features at {bits} bits "
+            f"(expected ({N}, {K * bits // 32})).",
+        )
+    want = (N, K // group_size)
+    for name, a in (("scales", scales), ("biases", biases)):
+        if a.shape != want:
+            _fail(op, f"{name} must have shape {want} (N, K/group_size), got {a.shape}.")
+    return group_size, bits
+

@@ -89,3 +89,25 @@ def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
     if skip is not None:
         x_new = x_new + skip_gain.astype(x.dtype) * skip
     return x_new, mx.fast.rms_norm(x_new, None, eps)
+
+
+def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):
+    """``x @ weight.T`` for a dense or MLX-quantized weight, in plain MLX.
+
+    Shapes: x (..., K); weight (N, K) float, or (N, K·bits/32) uint32 with
+    scales, biases (N, K/group_size) -> (..., N).
+
+    1. Dense: ``mx.matmul(x, weight.T)``; dtype ``promote(x, weight)``.
+    2. Quantized: ``mx.quantized_matmul(x, weight, scales, biases,
+       transpose=True, ...)``, i.e. ``w = scales·q + biases`` per group;
+       dtype ``promote(x, scales)``.
+    """
+    group_size, bits = C.check_linear("linear", x, weight, scales, biases, group_size, bits, mode)
+    if scales is None:
+        return x @ weight.T
+    try:
+        return mx.quantized_matmul(
+            x, weight, scales, biases, transpose=True, group_size=group_size, bits=bits, mode=mode
+        )
+    except ValueError as e:  # MLX checks the other modes: same type, our prefix
+        raise ValueError(f"[linear] {e}") from None
