@@ -76,3 +76,34 @@ def assert_accurate(got, want, dtype, baseline=None, what=""):
         # inputs; the absolute floor keeps that from failing a correct kernel.
         assert err <= max(SLACK * base_err, 0.25 * tol), msg + f" > {SLACK}× plain MLX"
     assert err <= tol, msg + f" > tolerance {tol:g} for {dtype}"
+
+
+def unpack(weight, bits: int) -> np.ndarray:
+    """MLX's packed affine codes -> (N, K) int64.
+
+    ``mx.quantize`` writes each row as one little-endian bit stream: element k
+    takes bits ``[k·bits, (k+1)·bits)`` (4 and 8 bits fill whole uint32s; 3, 5
+    and 6 bits straddle bytes), which reading the uint32 words as bytes recovers.
+    """
+    words = np.array(weight, dtype=np.uint32)
+    stream = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
+    N = words.shape[0]
+    K = stream.shape[-1] // bits
+    fields = stream[:, : K * bits].reshape(N, K, bits).astype(np.int64)
+    return fields @ (1 << np.arange(bits, dtype=np.int64))
+
+
+def dequantize(weight, scales, biases, group_size: int, bits: int) -> np.ndarray:
+    """Affine dequantization ``w = s·q + b`` per group, in float64: (N, K)."""
+    q = unpack(weight, bits).astype(np.float64)
+    N, K = q.shape
+    s = np.repeat(to64(scales), group_size, axis=-1)
+    b = np.repeat(to64(biases), group_size, axis=-1)
+    assert s.shape == (N, K), (s.shape, (N, K))
+    return s * q + b
+
+
+def linear(x, weight, scales=None, biases=None, group_size=64, bits=4):
+    """``x @ weight.T`` in float64, the weight dequantized in float64 if quantized."""
+    w = to64(weight) if scales is None else dequantize(weight, scales, biases, group_size, bits)
+    return to64(x) @ w.T

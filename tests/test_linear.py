@@ -1,0 +1,381 @@
+"""linear: ``x @ weight.T``, dense or MLX-quantized, against the float64 oracle and MLX's own op.
+
+The accuracy rule for every case: the relative error against the float64 oracle
+(the quantized weight dequantized in float64) is no worse than MLX's own
+``matmul`` / ``quantized_matmul`` on the same inputs (``oracle.SLACK``), and
+within ``oracle.TOL`` of the output dtype wherever MLX's own result is. MLX's
+CPU ``quantized_matmul`` accumulates bf16·bf16 and fp16·fp16 in the input
+dtype, so its own error there can exceed the tolerance; the native kernel
+accumulates in fp32 and is held to the tolerance wherever MLX meets it.
+
+Shape, output dtype (MLX's promotion of x, weight / scales, biases) and the
+``[linear]`` errors are the same on every backend. ``linear`` has no Metal
+kernel (on the GPU it is MLX's own op), so the backends are the reference and
+the native extension; the accuracy sweeps run the native one (the reference is
+MLX's op, the baseline itself).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from impls import DTYPE_IDS, DTYPES, get_impl
+
+import oracle as O
+import talkie_kernels as tk
+
+BACKENDS = ("reference", "native")
+MS = (1, 2, 7, 32, 33, 64)
+BITS = (4, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+DTYPE_PAIRS = [(a, b) for a in DTYPES for b in DTYPES]
+DTYPE_PAIR_IDS = [f"{a}-{b}" for a in DTYPE_IDS for b in DTYPE_IDS]
+
+
+@pytest.fixture(scope="module")
+def native():
+    return get_impl("native")
+
+
+def rand(shape, dtype=mx.float32, seed=0, scale=1.0):
+    return (scale * mx.random.normal(shape, key=mx.random.key(seed))).astype(dtype)
+
+
+def quantized(N, K, dtype, group_size, bits, seed=1, bias_dtype=None):
+    """``mx.quantize`` of a random (N, K) weight held in ``dtype``: (weight, scales, biases)."""
+    w, s, b = mx.quantize(rand((N, K), dtype, seed, K**-0.5), group_size=group_size, bits=bits)
+    if bias_dtype is not None:
+        b = b.astype(bias_dtype)
+    return w, s, b
+
+
+def mlx_linear(x, w, s=None, b=None, group_size=None, bits=None, mode="affine"):
+    """MLX's own op: the baseline."""
+    if s is None:
+        return x @ w.T
+    return mx.quantized_matmul(x, w, s, b, transpose=True, group_size=group_size, bits=bits, mode=mode)
+
+
+def assert_no_worse_than_mlx(got, want, baseline, what):
+    """The accuracy rule (module docstring) for an output of ``got.dtype``."""
+    err, base = O.rel_err(got, want), O.rel_err(baseline, want)
+    tol = O.TOL[got.dtype]
+    msg = f"{what}: rel. error {err:.3g} vs the float64 oracle, MLX's own {base:.3g}"
+    # MLX can beat a correct kernel by luck on tiny inputs: an absolute floor.
+    assert err <= max(O.SLACK * base, 0.25 * tol), msg + f" (> {O.SLACK}× MLX's)"
+    if base <= tol:
+        assert err <= tol, msg + f" (> tolerance {tol:g} for {got.dtype}, which MLX meets)"
+
+
+def check(impl, x, w, s=None, b=None, group_size=None, bits=None, what=""):
+    """One case: shape and dtype as MLX's op, accuracy by the rule."""
+    kw = {} if s is None else dict(group_size=group_size, bits=bits)
+    got = impl.linear(x, w, s, b, **kw)
+    base = mlx_linear(x, w, s, b, **kw)
+    what = f"{impl} linear {what} x{tuple(x.shape)} {x.dtype} w{tuple(w.shape)} {w.dtype}" + (
+        "" if s is None else f" scales {s.dtype} biases {b.dtype} gs={group_size} bits={bits}"
+    )
+    assert got.shape == base.shape == (*x.shape[:-1], w.shape[0]), what
+    assert got.dtype == base.dtype, f"{what}: dtype {got.dtype}, MLX gives {base.dtype}"
+    want = O.linear(x, w, s, b, group_size or 64, bits or 4)
+    assert_no_worse_than_mlx(got, want, base, what)
+    return got
+
+
+# ---- the oracle itself ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", (2, 3, 4, 5, 6, 8))
+def test_oracle_dequantize_matches_mlx(bits):
+    # The float64 oracle unpacks MLX's layout: it agrees with mx.dequantize up
+    # to fp32 rounding (a wrong code would be off by a whole scale step).
+    w, s, b = quantized(7, 256, mx.float32, 64, bits)
+    got = O.dequantize(w, s, b, 64, bits)
+    want = O.to64(mx.dequantize(w, s, b, group_size=64, bits=bits))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+# ---- accuracy sweeps (native) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("M", MS)
+@pytest.mark.parametrize("xd, wd", DTYPE_PAIRS, ids=DTYPE_PAIR_IDS)
+def test_dense(native, xd, wd, M):
+    # Odd K and N: every SIMD-width tail on both axes.
+    for K, N in ((67, 33), (301, 70)):
+        check(native, rand((M, K), xd, M), rand((N, K), wd, K, K**-0.5), what=f"M={M}")
+
+
+@pytest.mark.parametrize("M", MS)
+@pytest.mark.parametrize("group_size", GROUP_SIZES)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_quantized(native, dtype, bits, group_size, M):
+    # x, scales and biases of one dtype; K three groups of 128 (a multiple of
+    # every group size), N odd.
+    w, s, b = quantized(37, 384, dtype, group_size, bits, seed=M)
+    check(native, rand((M, 384), dtype, M + 100), w, s, b, group_size, bits, what=f"M={M}")
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("xd, sd", DTYPE_PAIRS, ids=DTYPE_PAIR_IDS)
+def test_quantized_mixed_dtypes(native, xd, sd, bits):
+    # x and scales of different float dtypes; biases in a third one too.
+    w, s, b = quantized(45, 192, sd, 64, bits)
+    for M in (1, 33):
+        x = rand((M, 192), xd, M)
+        check(native, x, w, s, b, 64, bits, what=f"M={M}")
+        for bd in DTYPES:
+            if bd != sd:
+                check(native, x, w, s, b.astype(bd), 64, bits, what=f"M={M} mixed biases")
+
+
+def x_layouts(M, K, dtype, seed=0):
+    """(id, x) views of M·K values that are not a plain row-major (M, K) array."""
+    return [
+        ("transposed", rand((K, M), dtype, seed).T),
+        ("rows_strided", rand((2 * M, K), dtype, seed)[::2]),
+        ("last_axis_strided", rand((M, 2 * K), dtype, seed)[:, ::2]),
+        ("offset_view", rand((M + 1, K + 5), dtype, seed)[1:, 5:]),
+        ("broadcast_row", mx.broadcast_to(rand((1, K), dtype, seed), (M, K))),
+        ("leading_dims", rand((2, 3, M, K), dtype, seed)),
+        ("leading_dims_transposed", rand((M, 3, 2, K), dtype, seed).transpose(2, 1, 0, 3)),
+        ("vector", rand((K,), dtype, seed)),
+    ]
+
+
+LAYOUT_IDS = [name for name, _ in x_layouts(1, 2, mx.float32)]
+WEIGHTS = {
+    "dense_fp32": (mx.float32, None),
+    "dense_bf16": (mx.bfloat16, None),
+    "q4_bf16": (mx.bfloat16, 4),
+    "q6_fp16": (mx.float16, 6),
+    "q8_fp32": (mx.float32, 8),
+}
+
+
+@pytest.mark.parametrize("M", (1, 7, 33))
+@pytest.mark.parametrize("layout", LAYOUT_IDS)
+@pytest.mark.parametrize("kind", WEIGHTS)
+def test_non_contiguous_x(native, kind, layout, M):
+    dtype, bits = WEIGHTS[kind]
+    K, N = 128, 21
+    x = dict(x_layouts(M, K, dtype, seed=M))[layout]
+    if bits is None:
+        check(native, x, rand((N, K), dtype, 3, K**-0.5), what=layout)
+    else:
+        w, s, b = quantized(N, K, dtype, 64, bits)
+        check(native, x, w, s, b, 64, bits, what=layout)
+
+
+@pytest.mark.parametrize("kind", WEIGHTS)
+def test_non_contiguous_weight(native, kind):
+    # Views of the weight (and of scales and biases): read as MLX reads them.
+    dtype, bits = WEIGHTS[kind]
+    x = rand((5, 128), dtype)
+    if bits is None:
+        check(native, x, rand((128, 30), dtype, 1).T, what="transposed weight")
+        check(native, x, rand((60, 128), dtype, 2)[::2], what="row-strided weight")
+    else:
+        w, s, b = quantized(31, 128, dtype, 64, bits)
+        check(native, x, w[1:], s[1:], b[1:], 64, bits, what="row-offset views")
+        check(native, x, w[::2], s[::2], b[::2], 64, bits, what="row-strided views")
+        st_, bt = mx.contiguous(s.T).T, mx.contiguous(b.T).T
+        check(native, x, w, st_, bt, 64, bits, what="column-major scales and biases")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_empty_x(native, dtype):
+    # Dense only: MLX 0.32.4's CPU quantized_matmul dies of SIGFPE on an empty
+    # x, so there is no MLX result to match for a quantized weight.
+    x, w = mx.zeros((0, 128), dtype), rand((9, 128), dtype)
+    got, want = native.linear(x, w), mlx_linear(x, w)
+    mx.eval(got)
+    assert got.shape == want.shape == (0, 9) and got.dtype == want.dtype
+
+
+def test_defaults_are_mlx_affine_defaults(native):
+    # group_size=None, bits=None mean mx.quantize's affine defaults (64, 4).
+    w, s, b = quantized(19, 256, mx.float32, 64, 4)
+    x = rand((3, 256))
+    for impl in (native, get_impl("reference")):
+        got = impl.linear(x, w, s, b)
+        np.testing.assert_allclose(O.to64(got), O.to64(impl.linear(x, w, s, b, group_size=64, bits=4)), rtol=0, atol=0)
+    check(native, x, w, s, b, None, None, what="defaults")
+
+
+# ---- modes and bits the native kernels do not run: MLX's op, its exact result --------
+
+
+def _mode_case(mode, bits, xd):
+    K, N = 128, 23
+    w = rand((N, K), mx.float32, 5, K**-0.5)
+    x = rand((4, K), xd, 6)
+    if mode == "affine":
+        packed = mx.quantize(w.astype(xd), group_size=32, bits=bits)
+        return x, packed, dict(group_size=32, bits=bits, mode=mode)
+    packed = mx.quantize(w, mode=mode)
+    return x, (*packed, None)[:3], dict(mode=mode)
+
+
+OTHER = [("affine", 2), ("affine", 3), ("affine", 5), ("mxfp4", None), ("mxfp8", None), ("nvfp4", None)]
+
+
+@pytest.mark.parametrize("xd", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("mode, bits", OTHER, ids=[f"{m}{b or ''}" for m, b in OTHER])
+@pytest.mark.parametrize("which", BACKENDS + ("public",))
+def test_other_modes_and_bits_are_mlx_op(which, mode, bits, xd):
+    impl = tk if which == "public" else get_impl(which)
+    x, (w, s, b), kw = _mode_case(mode, bits, xd)
+    got = impl.linear(x, w, s, b, **kw)
+    want = mx.quantized_matmul(x, w, s, b, transpose=True, **kw)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert mx.array_equal(got, want).item(), f"{which} {mode} bits={bits}: differs from mx.quantized_matmul"
+
+
+def test_public_linear_is_native_on_the_cpu(native):
+    assert mx.default_device() == mx.cpu and tk.backend() == "native"
+    x = rand((3, 128), mx.bfloat16)
+    w, s, b = quantized(17, 128, mx.bfloat16, 32, 6)
+    assert mx.array_equal(tk.linear(x, w, s, b, group_size=32, bits=6),
+                          native.linear(x, w, s, b, group_size=32, bits=6)).item()
+    wd = rand((17, 128), mx.float16)
+    assert mx.array_equal(tk.linear(x, wd), native.linear(x, wd)).item()
+
+
+# ---- gradients: through MLX's op (the fallback) -------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("which", BACKENDS)
+def test_dense_gradients(which, dtype):
+    impl = get_impl(which)
+    x, w = rand((2, 5, 96), dtype, 1), rand((37, 96), dtype, 2, 0.1)
+    cot = rand((2, 5, 37), dtype, 3)
+    _, got = mx.vjp(lambda x, w: impl.linear(x, w), [x, w], [cot])
+    _, base = mx.vjp(lambda x, w: x @ w.T, [x, w], [cot])
+    want = (O.to64(cot) @ O.to64(w), np.einsum("bln,blk->nk", O.to64(cot), O.to64(x)))
+    for name, g, gb, gw in zip(("dx", "dw"), got, base, want):
+        assert g.dtype == gb.dtype and g.shape == gb.shape, name
+        assert_no_worse_than_mlx(g, gw, gb, f"{which} {name}")
+    # mx.grad of a scalar loss, both arguments: d/dx sum(x @ w.T) is the column sums of w.
+    def loss(f):
+        return lambda x, w: f(x, w).astype(mx.float32).sum()
+
+    got = mx.grad(loss(impl.linear), argnums=(0, 1))(x, w)
+    base = mx.grad(loss(lambda x, w: x @ w.T), argnums=(0, 1))(x, w)
+    want = (np.broadcast_to(O.to64(w).sum(0), x.shape), np.broadcast_to(O.to64(x).sum((0, 1)), w.shape))
+    for name, g, gb, gw in zip(("grad x", "grad w"), got, base, want):
+        assert_no_worse_than_mlx(g, gw, gb, f"{which} {name}")
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("which", BACKENDS)
+def test_quantized_gradient_wrt_x(which, dtype, bits):
+    impl = get_impl(which)
+    w, s, b = quantized(37, 128, dtype, 32, bits)
+    x, cot = rand((3, 4, 128), dtype, 1), rand((3, 4, 37), dtype, 2)
+    f = lambda x: impl.linear(x, w, s, b, group_size=32, bits=bits)  # noqa: E731
+    _, (got,) = mx.vjp(f, [x], [cot])
+    _, (base,) = mx.vjp(lambda x: mlx_linear(x, w, s, b, 32, bits), [x], [cot])
+    assert got.dtype == base.dtype and got.shape == base.shape == x.shape
+    assert_no_worse_than_mlx(got, O.to64(cot) @ O.dequantize(w, s, b, 32, bits), base, f"{which} dx")
+    # And mx.grad with the weight held fixed.
+    g = mx.grad(lambda x: f(x).astype(mx.float32).sum())(x)
+    gb = mx.grad(lambda x: mlx_linear(x, w, s, b, 32, bits).astype(mx.float32).sum())(x)
+    assert_no_worse_than_mlx(g, np.broadcast_to(O.dequantize(w, s, b, 32, bits).sum(0), x.shape), gb, f"{which} grad")
+
+
+# ---- bad input: one table, every backend ---------------------------------------------
+
+
+def _q(N=8, K=128, gs=64, bits=4, dtype=mx.float32):
+    return quantized(N, K, dtype, gs, bits)
+
+
+X = lambda K=128, dtype=mx.float32: mx.zeros((2, K), dtype)  # noqa: E731
+WQ, SQ, BQ = _q()
+W8, S8, B8 = _q(bits=8)
+
+BAD = [
+    # (id, args, kwargs, exception, words in the message after "[linear] ")
+    ("x not an array", ([[1.0] * 128], mx.zeros((8, 128))), {}, TypeError, "x must be an mx.array"),
+    ("x integer", (mx.zeros((2, 128), mx.int32), mx.zeros((8, 128))), {}, TypeError, "x must be float"),
+    ("x scalar", (mx.array(1.0), mx.zeros((8, 1))), {}, ValueError, "dimension"),
+    ("weight not an array", (X(), [[0.0] * 128]), {}, TypeError, "weight must be an mx.array"),
+    ("weight 1-D", (X(), mx.zeros((128,))), {}, ValueError, "weight must have shape"),
+    ("weight 3-D", (X(), mx.zeros((1, 8, 128))), {}, ValueError, "weight must have shape"),
+    ("dense weight integer", (X(), mx.zeros((8, 128), mx.int32)), {}, TypeError, "weight must be float"),
+    ("dense K mismatch", (X(127), mx.zeros((8, 128))), {}, ValueError, "127 features"),
+    ("biases without scales", (X(), mx.zeros((8, 128)), None, BQ), {}, ValueError, "biases were given without scales"),
+    ("group_size on dense", (X(), mx.zeros((8, 128))), dict(group_size=64), ValueError, "group_size and bits"),
+    ("bits on dense", (X(), mx.zeros((8, 128))), dict(bits=4), ValueError, "group_size and bits"),
+    ("mode not a string", (X(), WQ, SQ, BQ), dict(mode=4), TypeError, "mode must be a string"),
+    ("float quantized weight", (X(), mx.zeros((8, 16)), SQ, BQ), {}, TypeError, "must be uint32"),
+    ("scales not an array", (X(), WQ, SQ.tolist(), BQ), {}, TypeError, "scales must be an mx.array"),
+    ("biases not an array", (X(), WQ, SQ, 0.0), {}, TypeError, "biases must be an mx.array"),
+    ("scales integer", (X(), WQ, SQ.astype(mx.int32), BQ), {}, TypeError, "scales must be float"),
+    ("biases integer", (X(), WQ, SQ, BQ.astype(mx.uint8)), {}, TypeError, "biases must be float"),
+    ("affine without biases", (X(), WQ, SQ, None), {}, ValueError, "needs biases"),
+    ("bits 7", (X(), WQ, SQ, BQ), dict(bits=7), ValueError, "bits must be one of"),
+    ("bits 16", (X(), WQ, SQ, BQ), dict(bits=16), ValueError, "bits must be one of"),
+    ("group_size 48", (X(), WQ, SQ, BQ), dict(group_size=48), ValueError, "group_size must be"),
+    ("group_size 16", (X(), WQ, SQ, BQ), dict(group_size=16), ValueError, "group_size must be"),
+    ("group_size float", (X(), WQ, SQ, BQ), dict(group_size=64.0), TypeError, "group_size must be an int"),
+    ("bits bool", (X(), WQ, SQ, BQ), dict(bits=True), TypeError, "bits must be an int"),
+    ("K not a multiple of group_size", (X(96), WQ[:, :12], SQ[:, :1], BQ[:, :1]), {}, ValueError, "not a multiple of group_size"),
+    ("packed width vs bits", (X(), W8, S8, B8), dict(bits=4), ValueError, "does not hold 128 features at 4 bits"),
+    ("packed width vs K", (X(256), WQ, SQ, BQ), {}, ValueError, "does not hold 256 features"),
+    ("scales shape", (X(), WQ, SQ[:, :1], BQ), {}, ValueError, "scales must have shape"),
+    ("biases shape", (X(), WQ, SQ, BQ[:4]), {}, ValueError, "biases must have shape"),
+    ("scales rows", (X(), WQ, SQ[:5], BQ[:5]), {}, ValueError, "scales must have shape"),
+    ("unknown mode", (X(), WQ, SQ, BQ), dict(mode="bogus"), ValueError, "mode"),
+    ("mxfp4 with biases", (X(), *mx.quantize(mx.zeros((8, 128)), mode="mxfp4"), mx.zeros((8, 4))),
+     dict(mode="mxfp4"), ValueError, "[Bb]iases"),
+    ("mxfp4 K mismatch", (X(96), *mx.quantize(mx.zeros((8, 128)), mode="mxfp4")), dict(mode="mxfp4"), ValueError, ""),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+@pytest.mark.parametrize("which", BACKENDS)
+def test_bad_input(which, case):
+    _, args, kwargs, exc, words = case
+    with pytest.raises(exc, match=rf"^\[linear\] .*{words}") as info:
+        mx.eval(get_impl(which).linear(*args, **kwargs))
+    assert type(info.value) is exc
+
+
+# ---- randomized -----------------------------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    M=st.integers(1, 70),
+    N=st.integers(1, 70),
+    xd=st.sampled_from(DTYPES),
+    wd=st.sampled_from(DTYPES),
+    quant=st.sampled_from([None, *BITS]),
+)
+def test_randomized(data, M, N, xd, wd, quant):
+    native = get_impl("native")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    scale = data.draw(st.sampled_from([1e-2, 1.0, 50.0]), label="x scale")
+    lead = data.draw(st.sampled_from([(), (2,), (1, 3)]), label="leading dims")
+    x_shape = (*lead, M)
+    if quant is None:
+        K = data.draw(st.integers(1, 384), label="K")
+        x = rand((*x_shape, K), xd, seed, scale)
+        check(native, x, rand((N, K), wd, seed + 1, K**-0.5), what="randomized")
+    else:
+        gs = data.draw(st.sampled_from(GROUP_SIZES), label="group_size")
+        K = gs * data.draw(st.integers(1, 384 // gs), label="groups")
+        x = rand((*x_shape, K), xd, seed, scale)
+        if data.draw(st.booleans(), label="transposed x"):
+            x = mx.swapaxes(rand((*x_shape[:-1], K, M), xd, seed, scale), -1, -2)
+        w, s, b = quantized(N, K, wd, gs, quant, seed + 1)
+        check(native, x, w, s, b, gs, quant, what="randomized")
