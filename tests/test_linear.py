@@ -187,14 +187,20 @@ def test_non_contiguous_weight(native, kind):
         check(native, x, w, st_, bt, 64, bits, what="column-major scales and biases")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_empty_x(native, dtype):
-    # Dense only: MLX 0.32.4's CPU quantized_matmul dies of SIGFPE on an empty
-    # x, so there is no MLX result to match for a quantized weight.
-    x, w = mx.zeros((0, 128), dtype), rand((9, 128), dtype)
-    got, want = native.linear(x, w), mlx_linear(x, w)
+@pytest.mark.parametrize("kind", WEIGHTS)
+def test_empty_x(native, kind):
+    dtype, bits = WEIGHTS[kind]
+    if bits is None:
+        w, extra, kw = rand((9, 128), dtype), (), {}
+    else:
+        w, s, b = quantized(9, 128, dtype, 64, bits)
+        extra, kw = (s, b), dict(group_size=64, bits=bits)
+    got = native.linear(mx.zeros((0, 128), dtype), w, *extra, **kw)
     mx.eval(got)
-    assert got.shape == want.shape == (0, 9) and got.dtype == want.dtype
+    # MLX 0.32.4's CPU quantized_matmul dies of SIGFPE on an empty x: its
+    # output dtype comes from a one-row x instead.
+    want = mlx_linear(mx.zeros((1, 128), dtype), w, *extra, **kw)
+    assert got.shape == (0, 9) and got.dtype == want.dtype
 
 
 def test_defaults_are_mlx_affine_defaults(native):

@@ -1,8 +1,9 @@
 """The fused Talkie model against mlx-lm's plain one, on tiny random checkpoints.
 
 Checkpoints (tests/checkpoints.py) are written once per session: fp32, bf16,
-4-bit by ``mlx_lm.convert`` and 4-bit by ``talkie_kernels.convert`` (lm_head
-quantized too), all from the ``talkie-2l-256`` config.
+4- and 8-bit by ``mlx_lm.convert`` from each (fp32 or bf16 scales), and 4-bit
+by ``talkie_kernels.convert`` (lm_head quantized too), all from the
+``talkie-2l-256`` config.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import mlx.nn as nn
 import mlx_lm
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.generate import batch_generate, generate_step
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -57,10 +58,24 @@ def bf16_path(ckpt_dir):
 
 
 @pytest.fixture(scope="session")
-def q4_mlx_path(ckpt_dir, fp32_path):
-    dst = ckpt_dir / "q4-mlx"
-    importlib.import_module("mlx_lm.convert").convert(str(fp32_path), str(dst), quantize=True)
-    return dst
+def q4_mlx_path(mlx_quantized):
+    return mlx_quantized("float32", 4)
+
+
+@pytest.fixture(scope="session")
+def mlx_quantized(ckpt_dir, fp32_path, bf16_path):
+    """``mlx_lm.convert -q`` outputs by (source dtype, bits), made on first use."""
+    made = {}
+
+    def get(dtype: str, bits: int):
+        if (dtype, bits) not in made:
+            dst = ckpt_dir / f"q{bits}-mlx-{dtype}"
+            src = fp32_path if dtype == "float32" else bf16_path
+            importlib.import_module("mlx_lm.convert").convert(str(src), str(dst), quantize=True, q_bits=bits)
+            made[dtype, bits] = dst
+        return made[dtype, bits]
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -237,8 +252,184 @@ def test_fused_layers_quantize_group_64(hidden):
     block = model.layers[0]
     for m in (block.attn.attn_qkv, block.attn.attn_resid, block.mlp.mlp_gate_linear,
               block.mlp.mlp_resid, model.lm_head):
-        assert isinstance(m, nn.QuantizedLinear), m
+        assert isinstance(m, talkie.QuantizedLinear), m
     assert qcfg["quantization"]["group_size"] == 64
+
+
+# Every projection through talkie_kernels.linear (the native kernels on the CPU).
+
+
+def projections(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
+
+
+@pytest.fixture
+def linear_calls(monkeypatch):
+    """The weights ``tk.linear`` is called with, in call order."""
+    calls = []
+    real = tk.linear
+
+    def spy(x, weight, *args, **kwargs):
+        calls.append(weight)
+        return real(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(tk, "linear", spy)
+    return calls
+
+
+CHECKPOINTS = {
+    "fp32": lambda r: r.getfixturevalue("fp32_path"),
+    "bf16": lambda r: r.getfixturevalue("bf16_path"),
+    "q4-mlx-fp32": lambda r: r.getfixturevalue("mlx_quantized")("float32", 4),
+    "q8-mlx-bf16": lambda r: r.getfixturevalue("mlx_quantized")("bfloat16", 8),
+    "q4-tk": lambda r: r.getfixturevalue("q4_tk_path"),
+}
+
+
+@pytest.mark.parametrize("ckpt", CHECKPOINTS)
+def test_every_projection_goes_through_tk_linear(request, ckpt, ids, linear_calls):
+    model, _ = tk.load(CHECKPOINTS[ckpt](request))
+    layers = projections(model)
+    assert len(layers) == 4 * CONFIG["num_hidden_layers"] + 1  # qkv, resid, gate+linear, down; lm_head
+    for name, m in layers:
+        assert type(m) in (talkie.Linear, talkie.QuantizedLinear), (name, type(m))
+    linear_calls.clear()
+    mx.eval(model(ids))
+    assert sorted(map(id, linear_calls)) == sorted(id(m.weight) for _, m in layers)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_decode_runs_natively(mlx_quantized, bits):
+    # On the native backend no projection is left to MLX's quantized_matmul.
+    if tk.backend() != "native":
+        pytest.skip("the native CPU backend only")
+    model, _ = tk.load(mlx_quantized("bfloat16", bits))
+    nodes = decode_step_nodes(model, prompt_len=5)
+    assert "QuantizedMatmul" not in nodes, nodes
+
+
+def dequantized_fp32(model):
+    """``model`` with every quantized layer dequantized and every parameter fp32, in place."""
+
+    def dense(m):
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            w = mx.dequantize(m.weight, m.scales.astype(mx.float32), m.biases.astype(mx.float32),
+                              group_size=m.group_size, bits=m.bits)
+            layer = nn.Linear(w.shape[1], w.shape[0], bias=False) if isinstance(m, nn.QuantizedLinear) \
+                else nn.Embedding(*w.shape)
+            layer.weight = w
+            return layer
+        return m
+
+    model.update_modules(tree_map(dense, model.leaf_modules(), is_leaf=nn.Module.is_module))
+    model.update(tree_map(lambda p: p.astype(mx.float32), model.parameters()))
+    return model
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_quantized_logits_no_further_from_exact_than_mlx_lm(mlx_quantized, ids, dtype, bits):
+    # The exact result: the same quantized weights, dequantized, run in fp32.
+    # MLX's CPU quantized_matmul accumulates bf16 in bf16, so mlx-lm's own
+    # bf16-scaled model is itself far from it; the fused one may not be further.
+    path = mlx_quantized(dtype, bits)
+    model, _ = tk.load(path)
+    plain, _ = mlx_lm.load(str(path))
+    assert isinstance(model.layers[0].attn.attn_qkv, talkie.QuantizedLinear)
+    assert model.layers[0].attn.attn_qkv.scales.dtype == getattr(mx, dtype)
+    exact = dequantized_fp32(mlx_lm.load(str(path))[0])(ids)
+    err, plain_err = rel_err(model(ids), exact), rel_err(plain(ids), exact)
+    print(f"q{bits} {dtype} scales: logits rel err vs exact: fused {err:.2e}, mlx-lm {plain_err:.2e}")
+    floor = 1e-4 if dtype == "float32" else 1.6e-2
+    assert err <= max(plain_err, floor)
+
+
+def test_nn_quantize_fused_model(fp32_path, ids):
+    # nn.quantize with mlx's defaults: every projection becomes this model's
+    # QuantizedLinear, and the result is the quantized weights' exact one.
+    model, _ = tk.load(fp32_path)
+    nn.quantize(model, group_size=32, bits=6)
+    for name, m in projections(model):
+        assert type(m) is talkie.QuantizedLinear and (m.group_size, m.bits) == (32, 6), name
+    got = model(ids)
+    assert rel_err(got, dequantized_fp32(model)(ids)) <= 1e-4
+
+
+@pytest.mark.parametrize("mode", ["affine", "mxfp4", "mxfp8"])
+def test_to_quantized_modes(mode):
+    # Other modes reach mx.quantized_matmul through tk.linear: MLX's own layer's result.
+    lin = talkie.Linear(128, 24, bias=False)
+    q = lin.to_quantized(mode=mode)
+    want = nn.QuantizedLinear.from_linear(lin, mode=mode)
+    assert type(q) is talkie.QuantizedLinear and q.mode == mode
+    assert all(mx.array_equal(q[k], want[k]).item() for k in want if k in q)
+    x = mx.random.normal((3, 128), key=mx.random.key(0))
+    if mode == "affine":
+        assert rel_err(q(x), want(x)) <= 1e-5
+    else:
+        assert mx.array_equal(q(x), want(x)).item()
+    # Quantized activations have no tk.linear path: mlx's own layer.
+    assert type(lin.to_quantized(mode="nvfp4", quantize_input=True)) is nn.QQLinear
+
+
+def lora_grads(model, ids):
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    mx.random.seed(0)  # the same lora_a on every call
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 10.0, "dropout": 0.0})
+    # A nonzero lora_b so that both LoRA factors get a gradient.
+    for _, m in model.named_modules():
+        if hasattr(m, "lora_b"):
+            m.lora_b = 0.01 * mx.random.normal(m.lora_b.shape, key=mx.random.key(m.lora_b.shape[1]))
+
+    def loss(model):
+        logits = model(ids[:, :-1]).astype(mx.float32)
+        return nn.losses.cross_entropy(logits, ids[:, 1:]).mean()
+
+    value, grads = nn.value_and_grad(model, loss)(model)
+    return value, dict(tree_flatten(grads))
+
+
+@pytest.mark.parametrize("ckpt", ["fp32", "q4-mlx-fp32"])
+def test_lora_forward_and_gradients(request, ckpt, ids, monkeypatch):
+    # LoRA layers wrap this model's layers (the base through tk.linear); their
+    # gradients equal those of the same model with MLX's own matmuls.
+    path = CHECKPOINTS[ckpt](request)
+    model, _ = tk.load(path)
+    value, grads = lora_grads(model, ids)
+    from mlx_lm.tuner.lora import LoRALinear
+
+    for block in model.layers:
+        assert isinstance(block.attn.attn_qkv, LoRALinear)
+        assert type(block.attn.attn_qkv.linear) in (talkie.Linear, talkie.QuantizedLinear)
+    assert grads and all(k.endswith(("lora_a", "lora_b")) for k in grads)
+    assert all(float(mx.abs(g).max()) > 0 for g in grads.values())
+
+    monkeypatch.setattr(tk, "linear", tk.reference.linear)
+    ref_model, _ = tk.load(path)
+    ref_value, ref_grads = lora_grads(ref_model, ids)
+    assert abs(value.item() - ref_value.item()) <= 1e-4 * abs(ref_value.item())
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        assert rel_err(grads[k], ref_grads[k]) <= 1e-3, k
+
+
+def test_dora_and_fuse(fp32_path, ids):
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, _ = tk.load(fp32_path)
+    model.freeze()
+    linear_to_lora_layers(model, 1, {"rank": 4, "scale": 10.0, "dropout": 0.0}, use_dora=True)
+    before = model(ids)
+    loss = lambda m: m(ids).astype(mx.float32).square().mean()  # noqa: E731
+    _, grads = nn.value_and_grad(model, loss)(model)
+    assert any(k.endswith(".m") for k, _ in tree_flatten(grads))
+    # Fusing the adapters back into plain layers leaves the outputs as they were.
+    model.update_modules(
+        tree_unflatten([(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "fuse")])
+    )
+    assert rel_err(model(ids), before) <= 1e-4
 
 
 def test_decode_graph_nodes(fp32):

@@ -1,6 +1,6 @@
 """Talkie composed from the fused ops: a drop-in for mlx-lm's ``models/talkie.py``.
 
-Same math as the plain model (DESIGN §1), fewer graph nodes per token. Per block:
+Same math as mlx-lm's plain model, fewer graph nodes per token. Per block:
 
 1. ``qkv = normed @ W_qkvᵀ`` — one projection (attn_query/key/value rows
    concatenated at ``sanitize``), viewed as (B, 3H, L, D) and split into q, k, v
@@ -17,6 +17,10 @@ Same math as the plain model (DESIGN §1), fewer graph nodes per token. Per bloc
 ``h = rms_norm(embed[ids])``, ``e_x = h``; ``logits = lm_head(normed)`` with
 ``lm_head_gain`` folded into ``lm_head.weight`` at ``sanitize``, so ``lm_head``
 is an ``nn.Linear`` that ``mlx_lm.convert -q`` quantizes like any other.
+
+Every projection, ``lm_head`` included, is a ``Linear`` / ``QuantizedLinear``
+below: mlx's layers whose forward is ``talkie_kernels.linear`` (the native
+kernels on the CPU, MLX's own matmuls elsewhere).
 
 Attribute names are checkpoint keys; the fused ones are ``attn.attn_qkv`` and
 ``mlp.mlp_gate_linear``, which a saved fused model reloads as is.
@@ -60,6 +64,47 @@ def swiglu(gate: mx.array, x: mx.array) -> mx.array:
     return nn.silu(gate) * x
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` whose product is ``tk.linear``: the native kernel on the CPU.
+
+    A subclass, so mlx-lm's LoRA/DoRA layers and ``isinstance`` checks treat it
+    as the plain layer; same parameters, so checkpoints load unchanged.
+    """
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = tk.linear(x, self["weight"])
+        return y + self["bias"] if "bias" in self else y
+
+    def to_quantized(self, group_size=None, bits=None, mode="affine", quantize_input=False):
+        # nn.quantize (mlx-lm's load_model and quantize_model) calls this: the
+        # quantized layer keeps going through tk.linear. Quantized activations
+        # (nn.QQLinear) have no tk.linear counterpart: mlx's own layer.
+        if quantize_input:
+            return super().to_quantized(group_size, bits, mode, quantize_input)
+        return QuantizedLinear.from_linear(self, group_size, bits, mode)
+
+
+class QuantizedLinear(nn.QuantizedLinear):
+    """``nn.QuantizedLinear`` whose product is ``tk.linear``.
+
+    ``from_linear`` (inherited) builds this class. Affine 4/6/8 bits run natively
+    on the CPU; other modes and bits reach ``mx.quantized_matmul`` through
+    ``tk.linear`` all the same.
+    """
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = tk.linear(
+            x,
+            self["weight"],
+            self["scales"],
+            self.get("biases"),
+            group_size=self.group_size,
+            bits=self.bits,
+            mode=self.mode,
+        )
+        return y + self["bias"] if "bias" in self else y
+
+
 class HeadGain(nn.Module):
     def __init__(self, n_head: int):
         super().__init__()
@@ -84,8 +129,8 @@ class Attention(nn.Module):
         self.eps = args.rms_norm_eps
         self.rope_theta = args.rope_theta
         proj_dim = self.n_heads * self.head_dim
-        self.attn_qkv = nn.Linear(dim, 3 * proj_dim, bias=False)
-        self.attn_resid = nn.Linear(proj_dim, dim, bias=False)
+        self.attn_qkv = Linear(dim, 3 * proj_dim, bias=False)
+        self.attn_resid = Linear(proj_dim, dim, bias=False)
         self.head_gain = HeadGain(self.n_heads)
 
     def __call__(self, x: mx.array, B: int, L: int, mask=None, cache=None) -> mx.array:
@@ -119,8 +164,8 @@ class MLP(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim, hidden_dim = args.hidden_size, args.intermediate_size
-        self.mlp_gate_linear = nn.Linear(dim, 2 * hidden_dim, bias=False)
-        self.mlp_resid = nn.Linear(hidden_dim, dim, bias=False)
+        self.mlp_gate_linear = Linear(dim, 2 * hidden_dim, bias=False)
+        self.mlp_resid = Linear(hidden_dim, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, lin = mx.split(self.mlp_gate_linear(x), 2, axis=-1)
@@ -192,7 +237,7 @@ class Model(nn.Module):
         self.model_type = args.model_type
         self.model = TalkieModel(args)
         # lm_head_gain is folded into this weight by sanitize.
-        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(self, inputs, cache=None, input_embeddings=None) -> mx.array:
         logits = self.lm_head(self.model.hidden(inputs, cache, input_embeddings))
