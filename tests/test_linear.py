@@ -123,14 +123,24 @@ def test_quantized(native, dtype, bits, group_size, M):
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("xd, sd", DTYPE_PAIRS, ids=DTYPE_PAIR_IDS)
 def test_quantized_mixed_dtypes(native, xd, sd, bits):
-    # x and scales of different float dtypes; biases in a third one too.
+    # x and scales (and biases) of different float dtypes.
     w, s, b = quantized(45, 192, sd, 64, bits)
     for M in (1, 33):
-        x = rand((M, 192), xd, M)
-        check(native, x, w, s, b, 64, bits, what=f"M={M}")
-        for bd in DTYPES:
-            if bd != sd:
-                check(native, x, w, s, b.astype(bd), 64, bits, what=f"M={M} mixed biases")
+        check(native, rand((M, 192), xd, M), w, s, b, 64, bits, what=f"M={M}")
+
+
+MIXED_BIASES = [(s, b) for s in DTYPES for b in DTYPES if s != b]
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("sd, bd", MIXED_BIASES, ids=[f"scales_{s}-biases_{b}" for s in DTYPE_IDS for b in DTYPE_IDS if s != b])
+@pytest.mark.parametrize("xd", DTYPES, ids=DTYPE_IDS)
+def test_quantized_biases_dtype_differs_from_scales(native, xd, sd, bd, bits):
+    # MLX accepts biases in another float dtype than scales (and promotes the
+    # output with them too: fp16 x, fp16 scales, fp32 biases give fp32).
+    w, s, b = quantized(45, 192, sd, 64, bits, bias_dtype=bd)
+    for M in (1, 33):
+        check(native, rand((M, 192), xd, M), w, s, b, 64, bits, what=f"M={M}")
 
 
 def x_layouts(M, K, dtype, seed=0):
@@ -169,6 +179,33 @@ def test_non_contiguous_x(native, kind, layout, M):
     else:
         w, s, b = quantized(N, K, dtype, 64, bits)
         check(native, x, w, s, b, 64, bits, what=layout)
+
+
+@pytest.mark.parametrize("M", (1, 40))
+@pytest.mark.parametrize("kind", WEIGHTS)
+def test_many_output_rows(native, kind, M):
+    # Enough output rows to be split across threads (odd, so the split is uneven).
+    dtype, bits = WEIGHTS[kind]
+    x = rand((M, 256), dtype, M)
+    if bits is None:
+        check(native, x, rand((1031, 256), dtype, 1, 256**-0.5), what="N=1031")
+    else:
+        w, s, b = quantized(1031, 256, dtype, 64, bits)
+        check(native, x, w, s, b, 64, bits, what="N=1031")
+
+
+@pytest.mark.parametrize("M", (1, 33))
+@pytest.mark.parametrize("kind", WEIGHTS)
+def test_long_rows(native, kind, M):
+    # Talkie 13B's widest input (intermediate 13696): fp32 accumulation over long rows.
+    dtype, bits = WEIGHTS[kind]
+    x = rand((M, 13696), dtype, M)
+    if bits is None:
+        check(native, x, rand((9, 13696), dtype, 1, 13696**-0.5), what="K=13696")
+    else:
+        for group_size in (64, 128):
+            w, s, b = quantized(9, 13696, dtype, group_size, bits)
+            check(native, x, w, s, b, group_size, bits, what="K=13696")
 
 
 @pytest.mark.parametrize("kind", WEIGHTS)

@@ -215,6 +215,18 @@ def test_q4_mlx_convert_matches_plain(q4_mlx_path, ids):
     assert greedy(model, ids[0], 12) == greedy(plain, ids[0], 12)
 
 
+def test_q4_batch_generate_equals_plain(q4_mlx_path, fp32):
+    # Batched decode rows (M = 3) through the quantized kernels: fp32 scales, so
+    # mlx-lm's own quantized matmul is exact and the tokens must agree.
+    tokenizer = fp32[2]
+    model, _ = tk.load(q4_mlx_path)
+    plain, _ = mlx_lm.load(str(q4_mlx_path))
+    prompts = [tokenizer.encode(p) for p in ("Hello", PROMPT, "Steam engines, railways")]
+    out = batch_generate(model, tokenizer, prompts, max_tokens=10, return_token_ids=True)
+    want = batch_generate(plain, tokenizer, prompts, max_tokens=10, return_token_ids=True)
+    assert out.token_ids == want.token_ids
+
+
 def test_q4_tk_convert_quantizes_lm_head(q4_tk_path, q4_mlx_path, fp32_path, ids):
     model, _, config = tk.load(q4_tk_path, return_config=True)
     head = model.lm_head
