@@ -143,6 +143,22 @@ def test_quantized_biases_dtype_differs_from_scales(native, xd, sd, bd, bits):
         check(native, rand((M, 192), xd, M), w, s, b, 64, bits, what=f"M={M}")
 
 
+@pytest.mark.parametrize("M", (1, 33))
+@pytest.mark.parametrize("bits", (None, *BITS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_outlier_features(native, dtype, bits, M):
+    # LLM activations have a few features ~100× the rest: a kernel that
+    # quantizes x per group (int8) loses the small ones next to them.
+    K = 256
+    boost = mx.where(mx.arange(K) % 61 == 5, 100.0, 1.0)
+    x = (rand((M, K), mx.float32, M) * boost).astype(dtype)
+    if bits is None:
+        check(native, x, rand((19, K), dtype, 2, K**-0.5), what="outliers")
+    else:
+        w, s, b = quantized(19, K, dtype, 64, bits)
+        check(native, x, w, s, b, 64, bits, what="outliers")
+
+
 def x_layouts(M, K, dtype, seed=0):
     """(id, x) views of M·K values that are not a plain row-major (M, K) array."""
     return [
@@ -248,6 +264,48 @@ def test_defaults_are_mlx_affine_defaults(native):
         got = impl.linear(x, w, s, b)
         np.testing.assert_allclose(O.to64(got), O.to64(impl.linear(x, w, s, b, group_size=64, bits=4)), rtol=0, atol=0)
     check(native, x, w, s, b, None, None, what="defaults")
+
+
+# ---- every instruction set and thread count ------------------------------------------
+
+ISA_KINDS = {**WEIGHTS, "dense_fp16": (mx.float16, None), "q4_fp32": (mx.float32, 4), "q8_bf16": (mx.bfloat16, 8)}
+
+
+@pytest.fixture(params=tk.native.ops.available_isas() if tk.native_available() else ["unbuilt"])
+def isa(request, native):
+    """Runs a test with each instruction set's kernels this CPU supports, then restores the default."""
+    N = tk.native.ops
+    before = N.isa()
+    N.use_isa(request.param)
+    yield request.param
+    N.use_isa(before)
+
+
+@pytest.fixture
+def restore_threads(native):
+    n = tk.native.ops.num_threads()
+    yield
+    tk.native.ops.set_num_threads(n)
+
+
+@pytest.mark.parametrize("kind", ISA_KINDS)
+def test_isa_and_threads(native, isa, restore_threads, kind):
+    # Each ISA's kernels by the accuracy rule (decode and prefill rows, odd N,
+    # a split-sized N); one thread and two give the same bits (split by rows).
+    dtype, bits = ISA_KINDS[kind]
+    N = tk.native.ops
+    for M in (1, 7, 33, 64):
+        for n_out in (37, 515):
+            x = rand((M, 192), dtype, M)
+            if bits is None:
+                args, kw = (rand((n_out, 192), dtype, n_out, 192**-0.5),), {}
+            else:
+                args, kw = quantized(n_out, 192, dtype, 64, bits, seed=n_out), dict(group_size=64, bits=bits)
+            N.set_num_threads(2)
+            two = check(native, x, *args, **kw, what=f"isa={isa} M={M}")
+            N.set_num_threads(1)
+            one = native.linear(x, *args, **kw)
+            assert mx.array_equal(one, two).item(), f"isa={isa} M={M} N={n_out}: 1 thread != 2 threads"
 
 
 # ---- modes and bits the native kernels do not run: MLX's op, its exact result --------
