@@ -391,6 +391,26 @@ def test_quantized_gradient_wrt_x(which, dtype, bits):
     assert_no_worse_than_mlx(g, np.broadcast_to(O.dequantize(w, s, b, 32, bits).sum(0), x.shape), gb, f"{which} grad")
 
 
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("which", BACKENDS)
+def test_quantized_gradients_wrt_scales_and_biases(which, dtype, bits):
+    # What DWQ trains: d/ds and d/db of w = s·q + b, per group.
+    impl = get_impl(which)
+    gs = 32
+    w, s, b = quantized(37, 128, dtype, gs, bits)
+    x, cot = rand((2, 3, 128), dtype, 1), rand((2, 3, 37), dtype, 2)
+    _, got = mx.vjp(lambda s, b: impl.linear(x, w, s, b, group_size=gs, bits=bits), [s, b], [cot])
+    _, base = mx.vjp(lambda s, b: mlx_linear(x, w, s, b, gs, bits), [s, b], [cot])
+    q = O.unpack(w, bits).astype(np.float64).reshape(37, -1, gs)  # (N, groups, gs)
+    xg = O.to64(x).reshape(6, -1, gs)  # (M, groups, gs)
+    c = O.to64(cot).reshape(6, 37)
+    want = (np.einsum("mn,mgk,ngk->ng", c, xg, q), np.einsum("mn,mgk->ng", c, xg))
+    for name, g, gb, gw in zip(("d scales", "d biases"), got, base, want):
+        assert g.dtype == gb.dtype and g.shape == gb.shape, name
+        assert_no_worse_than_mlx(g, gw, gb, f"{which} {name}")
+
+
 # ---- bad input: one table, every backend ---------------------------------------------
 
 

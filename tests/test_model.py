@@ -427,6 +427,25 @@ def test_lora_forward_and_gradients(request, ckpt, ids, monkeypatch):
         assert rel_err(grads[k], ref_grads[k]) <= 1e-3, k
 
 
+def test_quantized_scales_and_biases_gradients(q4_mlx_path, ids, monkeypatch):
+    # DWQ trains the scales and biases of the quantized layers: their gradients
+    # through tk.linear equal those through MLX's own quantized_matmul.
+    def grads():
+        model, _ = tk.load(q4_mlx_path)
+        model.freeze()
+        model.unfreeze(keys=["scales", "biases"], strict=False)
+        loss = lambda m: nn.losses.cross_entropy(m(ids[:, :-1]), ids[:, 1:]).mean()  # noqa: E731
+        return dict(tree_flatten(nn.value_and_grad(model, loss)(model)[1]))
+
+    got = grads()
+    monkeypatch.setattr(tk, "linear", tk.reference.linear)
+    want = grads()
+    qkv = "model.blocks.0.attn.attn_qkv."
+    assert {qkv + "scales", qkv + "biases"} <= got.keys() and got.keys() == want.keys()
+    for k in got:
+        assert rel_err(got[k], want[k]) <= 1e-3, k
+
+
 def test_dora_and_fuse(fp32_path, ids):
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
