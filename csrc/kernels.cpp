@@ -4,7 +4,8 @@
 // namespace tk::kern::TK_ISA. To keep the copies from leaking into each other
 // through the linker (an AVX2 copy of an inline function replacing the
 // baseline one), everything here has internal linkage and the file includes
-// no header whose inline functions it calls: only builtins and plain loops.
+// no header whose inline functions it calls (storage.inc is included inside
+// the anonymous namespace): only builtins and plain loops.
 //
 // The loops are written for the auto-vectorizer (-O3): inner loops over
 // contiguous rows, branch-free element conversions, fp32 reductions with
@@ -18,91 +19,7 @@
 namespace tk::kern::TK_ISA {
 namespace {
 
-// ---- storage types and the one rounding per output --------------------------
-
-template <Dtype K>
-struct Storage;
-template <>
-struct Storage<Dtype::f32> {
-  using type = float;
-};
-template <>
-struct Storage<Dtype::f16> {
-  using type = uint16_t;
-};
-template <>
-struct Storage<Dtype::bf16> {
-  using type = uint16_t;
-};
-
-inline uint32_t bits(float f) {
-  return __builtin_bit_cast(uint32_t, f);
-}
-inline float from_bits(uint32_t u) {
-  return __builtin_bit_cast(float, u);
-}
-
-template <Dtype K>
-inline float load(typename Storage<K>::type v) {
-  if constexpr (K == Dtype::f32) {
-    return v;
-  } else if constexpr (K == Dtype::bf16) {
-    return from_bits(uint32_t(v) << 16);
-  } else {
-#if defined(__F16C__)
-    // The v3 build has F16C: one vcvtph2ps per vector.
-    return static_cast<float>(__builtin_bit_cast(_Float16, v));
-#else
-    // fp16 -> fp32, exact. Normal: shift the fields into place and rebias the
-    // exponent by 127 - 15. Subnormal (exponent 0): mantissa * 2^-24, via an
-    // integer -> float conversion (no denormal arithmetic). Inf/NaN: all-ones
-    // exponent, payload kept.
-    uint32_t sign = (uint32_t(v) & 0x8000u) << 16;
-    uint32_t em = uint32_t(v) & 0x7FFFu;
-    uint32_t normal = (em << 13) + (112u << 23);
-    uint32_t sub = bits(float(int32_t(em)) * 0x1p-24f);
-    uint32_t infnan = (em << 13) | 0x7F800000u;
-    uint32_t out = em >= 0x7C00u ? infnan : (em < 0x0400u ? sub : normal);
-    return from_bits(out | sign);
-#endif
-  }
-}
-
-template <Dtype K>
-inline typename Storage<K>::type store(float f) {
-  if constexpr (K == Dtype::f32) {
-    return f;
-  } else if constexpr (K == Dtype::bf16) {
-    // Round to nearest even on the upper 16 bits. A NaN first gets its quiet
-    // bit set and its low half cleared, so the rounding add cannot carry its
-    // payload into Inf; selecting before the add (in 32 bits) keeps the
-    // vectorized loop to one narrowing.
-    uint32_t u = bits(f);
-    u = f != f ? (u | 0x00400000u) & 0xFFFF0000u : u;
-    return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  } else {
-#if defined(__F16C__)
-    return __builtin_bit_cast(uint16_t, static_cast<_Float16>(f));  // vcvtps2ph, RNE
-#else
-    // fp32 -> fp16, round to nearest even.
-    // Normal range (|f| >= 2^-14): rebias the exponent by 112, round at bit
-    // 13, and saturate to Inf (a carry out of the largest binade lands
-    // exactly on Inf = 0x7C00).
-    // Subnormal range: |f| * 2^24 rounded to an integer is the half's bit
-    // pattern; adding 2^23 makes the FPU do that rounding (exact scaling).
-    uint32_t u = bits(f);
-    uint32_t sign = (u >> 16) & 0x8000u;
-    uint32_t a = u & 0x7FFFFFFFu;
-    uint32_t r = a - (112u << 23);
-    r = (r + 0xFFFu + ((r >> 13) & 1u)) >> 13;
-    uint32_t normal = r < 0x7C00u ? r : 0x7C00u;
-    uint32_t sub = bits(from_bits(a) * 0x1p24f + 0x1p23f) - bits(0x1p23f);
-    uint32_t h = a < (113u << 23) ? sub : normal;
-    h = a > 0x7F800000u ? 0x7E00u : h;
-    return uint16_t(h | sign);
-#endif
-  }
-}
+#include "storage.inc"
 
 template <class T>
 inline T* at(const void* p, int64_t elems) {
@@ -452,6 +369,9 @@ extern const Table table = {
     residual_norm,
     rope_table_impl,
     rope,
+    linear_prepare_x,
+    linear,
+    read_sum,
 };
 
 } // namespace tk::kern::TK_ISA

@@ -84,6 +84,45 @@ inline int64_t rope_scratch_floats(int64_t D) {
   return kRowBlock * 2 * D;
 }
 
+// ---- linear: out = x @ w.T ------------------------------------------------
+
+// The weight's element format: dense storage, or MLX's affine quantization
+// (q4/q8: whole elements per byte, element j of a row at bit j*bits of the
+// row's bytes; q6: the same little-endian bit stream, 4 elements per 3 bytes).
+enum class WeightKind : int { f32 = 0, f16 = 1, bf16 = 2, q4 = 3, q6 = 4, q8 = 5 };
+
+// The loops take K in blocks of 32 columns. Within a block the kernels read
+// a quantized weight's values in the order its packing yields them without
+// shuffles (q4: the 16 even columns, then the 16 odd ones; q6: columns 4i+j
+// ordered by j then i), so x is stored in that same order (linear_prepare_x).
+inline constexpr int64_t kLinearBlock = 32;
+
+// x as the op received it: (M, K) with element strides, any float storage.
+struct LinearX {
+  const void* ptr;
+  Dtype dtype;
+  int64_t M, K, row_stride, col_stride;
+};
+
+struct LinearArgs {
+  WeightKind kind;
+  Dtype scale_dtype;  // scales and biases (quantized kinds)
+  Dtype out_dtype;
+  int64_t M, N, K;
+  int64_t Kp;  // K rounded up to kLinearBlock: the row stride of x
+  int64_t group_size;  // quantized kinds: a multiple of kLinearBlock
+  const float* x;  // (M, Kp) fp32 from linear_prepare_x: block-permuted, zero padded
+  const float* xsum;  // quantized kinds: (M, K/group_size) sums of x over each group
+  // Quantized kinds, few rows: compute s·(q·x) + b·Σx instead of (s·q + b)·x.
+  // Faster, but s·(q·x) and b·Σx may nearly cancel, so it is only used for
+  // fp16/bf16 x, whose own rounding is far larger than that loss.
+  bool factored;
+  const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
+  const void* scales;  // (N, K/group_size), row-contiguous
+  const void* biases;
+  void* out;  // (M, N) row-contiguous, out_dtype
+};
+
 struct Table {
   const char* isa;
   void (*rms_norm)(const RmsNormArgs&, int64_t begin, int64_t end);
@@ -92,6 +131,13 @@ struct Table {
   // scratch: rope_scratch_floats(D) floats owned by the caller, one buffer
   // per concurrent call.
   void (*rope)(const RopeArgs&, int64_t begin, int64_t end, float* scratch);
+  // Rows [begin, end) of x (M, K) -> dst (M, Kp) fp32 in `kind`'s block order.
+  void (*linear_prepare_x)(const LinearX&, WeightKind kind, float* dst, int64_t begin, int64_t end);
+  // Output columns [begin, end) (rows of w) for all M rows of x; scratch is
+  // per thread, inside the loop.
+  void (*linear)(const LinearArgs&, int64_t begin, int64_t end);
+  // Sum of n 64-bit words (a streaming read, for the bandwidth probe).
+  uint64_t (*read_sum)(const uint64_t* p, int64_t n);
 };
 
 namespace base {
@@ -100,6 +146,26 @@ extern const Table table;
 namespace v3 {
 extern const Table table;
 }
+namespace v4 {
+extern const Table table;
+}
+
+// Defined in csrc/linear_kernels.cpp, compiled per instruction set like
+// kernels.cpp (the ISA's namespace keeps the copies apart).
+#define TK_LINEAR_DECLS                                                                            \
+  void linear_prepare_x(const LinearX&, WeightKind, float*, int64_t, int64_t);                    \
+  void linear(const LinearArgs&, int64_t, int64_t);                                                 \
+  uint64_t read_sum(const uint64_t*, int64_t);
+namespace base {
+TK_LINEAR_DECLS
+}
+namespace v3 {
+TK_LINEAR_DECLS
+}
+namespace v4 {
+TK_LINEAR_DECLS
+}
+#undef TK_LINEAR_DECLS
 
 // The table in use: the best one for the running CPU (v3 when it has AVX2,
 // FMA and F16C) unless tk::use_isa() (ops.h) picked another.

@@ -3,12 +3,13 @@
 #include "ops.h"
 
 #include <atomic>
-#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <sstream>
 
+#include "cpu_eval.h"
+#include "errors.h"
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "parallel.h"
@@ -16,43 +17,6 @@
 namespace tk {
 
 namespace {
-
-// ---- messages (formatted like talkie_kernels/_checks.py) --------------------
-
-std::string fmt(const mx::Shape& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    os << (i ? ", " : "") << shape[i];
-  }
-  os << (shape.size() == 1 ? ",)" : ")");
-  return os.str();
-}
-
-std::string fmt(mx::Dtype d) {  // in mx::Dtype::Val order
-  static const char* names[] = {
-      "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32",
-      "int64", "float16", "float32", "float64", "bfloat16", "complex64"};
-  auto v = static_cast<size_t>(d.val());
-  return std::string("mlx.core.") + (v < std::size(names) ? names[v] : "unknown");
-}
-
-std::string fmt(double v) {  // shortest round trip, like Python's repr(float)
-  char buf[64];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
-  std::string s(buf, end);
-  if (s.find_first_of(".ena") == std::string::npos) {
-    s += ".0";
-  }
-  return s;
-}
-
-[[noreturn]] void fail(const char* op, const std::string& msg) {
-  throw std::invalid_argument(std::string("[") + op + "] " + msg);
-}
-[[noreturn]] void fail_type(const char* op, const std::string& msg) {
-  throw type_error(std::string("[") + op + "] " + msg);
-}
 
 bool is_supported_float(mx::Dtype d) {
   return d == mx::float32 || d == mx::float16 || d == mx::bfloat16;
@@ -111,9 +75,6 @@ void check_gain(const char* op, const char* name, const mx::array& g) {
   }
 }
 
-bool use_fallback(mx::Stream s) {
-  return s.device != mx::Device::cpu;
-}
 
 // ---- plain-MLX fallbacks, composed as in talkie_kernels/reference.py ---------
 
@@ -128,15 +89,6 @@ mx::array reference_rope(const mx::array& x, const mx::array& offset, double bas
 
 // ---- eval_cpu helpers --------------------------------------------------------
 
-kern::Dtype kernel_dtype(mx::Dtype d) {
-  if (d == mx::float16) {
-    return kern::Dtype::f16;
-  }
-  if (d == mx::bfloat16) {
-    return kern::Dtype::bf16;
-  }
-  return kern::Dtype::f32;
-}
 
 // Reads element i (counted in elements from the array's data pointer) of a
 // floating array as float: gains are tiny and may come in any float dtype.
@@ -722,13 +674,26 @@ namespace tk::kern {
 
 namespace {
 
-const Table* best() {
+// The tables this CPU can run, baseline first, best last.
+std::vector<const Table*> supported() {
+  std::vector<const Table*> out = {&base::table};
 #if defined(TK_HAVE_V3)
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    return &v3::table;
+    out.push_back(&v3::table);
+#if defined(TK_HAVE_V4)
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512cd")) {
+      out.push_back(&v4::table);
+    }
+#endif
   }
 #endif
-  return &base::table;
+  return out;
+}
+
+const Table* best() {
+  return supported().back();
 }
 
 std::atomic<const Table*> g_table{nullptr};
@@ -753,15 +718,15 @@ int64_t contiguous_copies() {
 }
 
 std::vector<std::string> available_isas() {
-  std::vector<std::string> out = {kern::base::table.isa};
-  if (kern::best() != &kern::base::table) {
-    out.push_back(kern::best()->isa);
+  std::vector<std::string> out;
+  for (const kern::Table* t : kern::supported()) {
+    out.push_back(t->isa);
   }
   return out;
 }
 
 void use_isa(const std::string& name) {
-  for (const kern::Table* t : {&kern::base::table, kern::best()}) {
+  for (const kern::Table* t : kern::supported()) {
     if (name == t->isa) {
       kern::g_table.store(t, std::memory_order_relaxed);
       return;

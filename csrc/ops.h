@@ -85,6 +85,30 @@ std::pair<mx::array, mx::array> residual_norm(
     double eps,
     mx::StreamOrDevice s = {});
 
+// x @ w.T for a dense or MLX-affine-quantized weight (mx.quantized_matmul's
+// semantics, transpose=True). x (..., K) float; w (N, K) float, or (N,
+// K*bits/32) uint32 with scales, biases (N, K/group_size) -> (..., N) in
+// promote(x, w) (dense) or promote(x, scales) (quantized).
+// 1. xf = x in fp32 (M = prod(leading dims) rows of K).
+// 2. per output (m, n): acc = sum_k xf[m,k] * w[n,k], where a quantized
+//    w[n,k] = scale[n,g] * q[n,k] + bias[n,g] (g = k / group_size), all fp32.
+// 3. out = round(acc), once.
+// Native kernels: dense fp32/fp16/bf16 and affine bits 4/6/8 at group sizes
+// 32/64/128; anything else (other modes or bits) returns MLX's own op.
+mx::array linear(
+    const mx::array& x,
+    const mx::array& w,
+    const std::optional<mx::array>& scales,
+    const std::optional<mx::array>& biases,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    mx::StreamOrDevice s = {});
+
+// GB/s of a streaming read of an `nbytes` buffer with the kernels' threads
+// (the median of `repeats` reads): the machine's read bandwidth, for the bench.
+double memory_read_gbps(int64_t nbytes, int repeats);
+
 // How many inputs eval_cpu has gathered into a contiguous buffer because
 // their last axis was strided (transposed (B, L, H, D) views are read in
 // place and do not count).
@@ -193,6 +217,24 @@ class TalkieResidualNorm : public FallbackPrimitive {
  private:
   bool has_skip_;
   float eps_;
+};
+
+// Inputs: {x (M, K), w} or {x, w, scales, biases}. Outputs: {(M, N)}.
+class TalkieLinear : public FallbackPrimitive {
+ public:
+  TalkieLinear(mx::Stream s, Fallback fallback, int kind, int group_size)
+      : FallbackPrimitive(s, std::move(fallback)), kind_(kind), group_size_(group_size) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  DEFINE_NAME(TalkieLinear)
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    return {{in[0].shape(0), in[1].shape(0)}};
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  int kind_;  // kern::WeightKind
+  int group_size_;
 };
 
 } // namespace tk

@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -18,7 +20,26 @@ int hardware_threads() {
   return n;
 }
 
-std::atomic<int> g_threads{0};  // 0: not set, use hardware_threads()
+// TALKIE_KERNELS_NUM_THREADS caps the threads from the start (e.g. 1 in each
+// of two processes sharing two cores); set_num_threads overrides it.
+int env_threads() {
+  static const int n = [] {
+    const char* v = std::getenv("TALKIE_KERNELS_NUM_THREADS");
+    if (v == nullptr || *v == '\0') {
+      return 0;
+    }
+    char* end = nullptr;
+    long t = std::strtol(v, &end, 10);
+    if (*end != '\0' || t < 1) {
+      std::fprintf(stderr, "talkie_kernels: ignoring TALKIE_KERNELS_NUM_THREADS=%s (not a positive integer)\n", v);
+      return 0;
+    }
+    return std::clamp<int>(int(std::min<long>(t, 1 << 20)), 1, hardware_threads());
+  }();
+  return n;
+}
+
+std::atomic<int> g_threads{0};  // 0: not set, use env_threads() or hardware_threads()
 
 // The worker pool (hardware_threads() - 1 threads; the caller is the last
 // one). Created on first use and deliberately never destroyed: joining at
@@ -40,7 +61,10 @@ ThreadPool& pool() {
 
 int num_threads() {
   int n = g_threads.load(std::memory_order_relaxed);
-  return n > 0 ? n : hardware_threads();
+  if (n > 0) {
+    return n;
+  }
+  return env_threads() > 0 ? env_threads() : hardware_threads();
 }
 
 void set_num_threads(int n) {

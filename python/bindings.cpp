@@ -110,6 +110,23 @@ mx::array as_gain(const char* op, const char* name, nb::handle g) {
   return *a;
 }
 
+// None or a Python int (not bool), range-checked into int.
+std::optional<int> as_optional_int(const char* op, const char* name, nb::handle v) {
+  if (v.is_none()) {
+    return std::nullopt;
+  }
+  if (PyBool_Check(v.ptr()) || !PyLong_Check(v.ptr())) {
+    type_fail(op, std::string(name) + " must be an int or None, got " + py_type_name(v) + ".");
+  }
+  int overflow = 0;
+  long long n = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+  if (overflow || n < INT32_MIN || n > INT32_MAX) {
+    throw std::invalid_argument("[" + std::string(op) + "] " + name + " is out of range, got " +
+                                nb::cast<std::string>(nb::str(v)) + ".");
+  }
+  return int(n);
+}
+
 } // namespace
 
 NB_MODULE(_native, m) {
@@ -200,6 +217,44 @@ NB_MODULE(_native, m) {
       "eps"_a.none() = nb::none(),
       "Fused x_new = x + gain*y [+ skip_gain*skip] (rounded once), normed = rms_norm(x_new).");
 
+  m.def(
+      "linear",
+      [](nb::handle x, nb::handle weight, nb::handle scales, nb::handle biases, nb::handle group_size,
+         nb::handle bits, nb::handle mode) {
+        constexpr const char* op = "linear";
+        const auto& xa = as_array(op, "x", x);
+        const auto& wa = as_array(op, "weight", weight);
+        std::optional<mx::array> s, b;
+        if (!scales.is_none()) {
+          s = as_array(op, "scales", scales);
+        }
+        if (!biases.is_none()) {
+          b = as_array(op, "biases", biases);
+        }
+        if (!nb::isinstance<nb::str>(mode)) {
+          type_fail(op, "mode must be a string, got " + py_type_name(mode) + ".");
+        }
+        return tk::linear(
+            xa, wa, s, b, as_optional_int(op, "group_size", group_size), as_optional_int(op, "bits", bits),
+            nb::cast<std::string>(mode));
+      },
+      "x"_a.none(),
+      "weight"_a.none(),
+      "scales"_a.none() = nb::none(),
+      "biases"_a.none() = nb::none(),
+      nb::kw_only(),
+      "group_size"_a.none() = nb::none(),
+      "bits"_a.none() = nb::none(),
+      "mode"_a.none() = "affine",
+      "x @ weight.T, dense or MLX-quantized (mx.quantized_matmul's semantics, transpose=True).");
+
+  m.def(
+      "memory_read_gbps",
+      &tk::memory_read_gbps,
+      "nbytes"_a = int64_t(1) << 29,
+      "repeats"_a = 5,
+      "GB/s of a streaming read of an nbytes buffer with the kernels' threads (median of repeats).");
+
   m.def("num_threads", &tk::num_threads, "Threads the kernels use for large inputs.");
   m.def(
       "set_num_threads",
@@ -209,7 +264,7 @@ NB_MODULE(_native, m) {
   m.def(
       "isa",
       [] { return std::string(tk::kern::select().isa); },
-      "The instruction set of the kernels in use ('base' or 'v3').");
+      "The instruction set of the kernels in use ('base', 'v3' or 'v4').");
   m.def(
       "contiguous_copies",
       &tk::contiguous_copies,

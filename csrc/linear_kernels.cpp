@@ -1,0 +1,579 @@
+// The CPU loops of `linear` (out = x @ w.T): see kernels.h for the interface.
+//
+// Compiled once per instruction set, like kernels.cpp, into namespace
+// tk::kern::TK_ISA; everything but the three entry points has internal
+// linkage. The loops use GCC/Clang vector extensions: one source that the
+// compiler lowers to AVX-512 (v4), AVX2 (v3), SSE2 (base) or NEON.
+//
+// Why this shape. A decode step reads every weight byte once and does two
+// flops per weight, so it is bound by memory bandwidth: the loops stream each
+// weight row once for all rows of x, dequantize in registers
+// (w = scale·q + bias, one FMA per vector) and never write a dequantized copy.
+// Prefill (many rows of x) is bound by arithmetic instead: weights are
+// dequantized into a small per-thread panel (L1-sized) that a register-blocked
+// micro-kernel (MR rows of x × NR rows of w of vector accumulators) reuses for
+// every row of x. All arithmetic is fp32; each output is rounded once.
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>  // always-inline intrinsics only: safe in every ISA's copy
+#endif
+
+#include "kernels.h"
+
+#ifndef TK_ISA
+#error "compile with -DTK_ISA=<namespace>"
+#endif
+
+namespace tk::kern::TK_ISA {
+namespace {
+
+#include "storage.inc"
+
+#if defined(__AVX512F__)
+#define TK_VW 16
+#elif defined(__AVX2__)
+#define TK_VW 8
+#else
+#define TK_VW 4
+#endif
+constexpr int VW = TK_VW;  // floats per vector
+constexpr int BV = kLinearBlock / VW;  // vectors per 32-column block
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+typedef uint16_t vh __attribute__((vector_size(VW * 2)));
+typedef uint8_t vb __attribute__((vector_size(VW)));
+
+template <class V>
+inline V loadu(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+// VW bytes from p, zero-extended to 32-bit lanes. (GCC 12 lowers
+// __builtin_convertvector from bytes to a scalar loop; the intrinsics are
+// one vpmovzxbd.)
+inline vu widen_bytes(const uint8_t* p) {
+#if TK_VW == 16
+  return __builtin_bit_cast(vu, _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif TK_VW == 8
+  return __builtin_bit_cast(vu, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+  return __builtin_convertvector(loadu<vb>(p), vu);
+#endif
+}
+
+// VW 16-bit values from p, zero-extended to 32-bit lanes.
+inline vu widen_halves(const uint16_t* p) {
+#if TK_VW == 16
+  return __builtin_bit_cast(vu, _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif TK_VW == 8
+  return __builtin_bit_cast(vu, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  return __builtin_convertvector(loadu<vh>(p), vu);
+#endif
+}
+
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < VW; ++i) {
+    s += v[i];
+  }
+  return s;
+}
+
+// ---- one 32-column block of a weight row, as VW-wide fp32 vectors -----------
+
+constexpr bool quantized(WeightKind W) {
+  return W == WeightKind::q4 || W == WeightKind::q6 || W == WeightKind::q8;
+}
+
+constexpr int bits_of(WeightKind W) {
+  return W == WeightKind::q4 ? 4 : W == WeightKind::q6 ? 6 : W == WeightKind::q8 ? 8 : 0;
+}
+
+// Bytes of one weight row holding K columns.
+template <WeightKind W>
+constexpr int64_t row_bytes(int64_t K) {
+  if constexpr (quantized(W)) {
+    return K * bits_of(W) / 8;
+  } else {
+    return K * (W == WeightKind::f32 ? 4 : 2);
+  }
+}
+
+inline vf half_to_float(vh h) {
+#if defined(__F16C__) || defined(__ARM_NEON)
+  typedef _Float16 vhf __attribute__((vector_size(VW * 2)));
+  return __builtin_convertvector(__builtin_bit_cast(vhf, h), vf);
+#else
+  // Exact fp16 -> fp32 in integer lanes, as storage.inc's scalar load.
+  vu v = __builtin_convertvector(h, vu);
+  vu sign = (v & 0x8000u) << 16;
+  vu em = v & 0x7FFFu;
+  vu normal = (em << 13) + (112u << 23);
+  vu sub = __builtin_bit_cast(vu, __builtin_convertvector(__builtin_bit_cast(vi, em), vf) * 0x1p-24f);
+  vu infnan = (em << 13) | 0x7F800000u;
+  vu out = em >= 0x7C00u ? infnan : (em < 0x0400u ? sub : normal);
+  return __builtin_bit_cast(vf, out | sign);
+#endif
+}
+
+// Block `kb` of a row (`row` points at the row's first byte) -> w[BV], in the
+// block order of kernels.h; quantized kinds give the integer codes q (the
+// caller applies scale and bias).
+template <WeightKind W>
+inline void load_block(const uint8_t* row, int64_t kb, vf* w) {
+  if constexpr (W == WeightKind::f32) {
+    const float* p = reinterpret_cast<const float*>(row) + kb * kLinearBlock;
+    for (int j = 0; j < BV; ++j) {
+      w[j] = loadu<vf>(p + j * VW);
+    }
+  } else if constexpr (W == WeightKind::bf16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + kb * kLinearBlock;
+    for (int j = 0; j < BV; ++j) {
+      w[j] = __builtin_bit_cast(vf, widen_halves(p + j * VW) << 16);
+    }
+  } else if constexpr (W == WeightKind::f16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + kb * kLinearBlock;
+    for (int j = 0; j < BV; ++j) {
+      w[j] = half_to_float(loadu<vh>(p + j * VW));
+    }
+  } else if constexpr (W == WeightKind::q8) {
+    const uint8_t* p = row + kb * kLinearBlock;
+    for (int j = 0; j < BV; ++j) {
+      w[j] = __builtin_convertvector(widen_bytes(p + j * VW), vf);
+    }
+  } else if constexpr (W == WeightKind::q4) {
+    // 16 bytes; byte i holds columns 2i (low nibble) and 2i+1 (high nibble).
+    const uint8_t* p = row + kb * 16;
+    constexpr int chunks = 16 / VW;
+    for (int c = 0; c < chunks; ++c) {
+      vu u = widen_bytes(p + c * VW);
+      w[c] = __builtin_convertvector(u & 15u, vf);
+      w[chunks + c] = __builtin_convertvector(u >> 4, vf);
+    }
+  } else {  // q6
+    // 24 bytes = 8 little-endian 24-bit words t_i, each holding columns
+    // 4i..4i+3 at bits 0, 6, 12, 18; lane i of t gets t_i.
+    const uint8_t* p = row + kb * 24;
+#if TK_VW >= 8
+    // Bytes 0-15 and 8-23 (no read past the block) in the two 128-bit lanes;
+    // one in-lane byte shuffle puts each word in its 32-bit lane.
+    const __m256i raw = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)), 1);
+    const __m256i spread = _mm256_setr_epi8(
+        0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,
+        4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
+    const __m256i t = _mm256_shuffle_epi8(raw, spread);
+#if TK_VW == 16
+    const __m512i tt = _mm512_broadcast_i64x4(t);  // t in both halves
+    const __m512i lo = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 6, 6, 6, 6, 6, 6, 6, 6);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(12));
+    const __m512i mask = _mm512_set1_epi32(63);
+    w[0] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(tt, lo), mask));
+    w[1] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(tt, hi), mask));
+#else
+    const vu tv = __builtin_bit_cast(vu, t);
+    for (int j = 0; j < 4; ++j) {
+      w[j] = __builtin_convertvector((tv >> (6u * j)) & 63u, vf);
+    }
+#endif
+#else
+    uint32_t t[8];
+    for (int i = 0; i < 8; ++i) {
+      t[i] = uint32_t(p[3 * i]) | uint32_t(p[3 * i + 1]) << 8 | uint32_t(p[3 * i + 2]) << 16;
+    }
+    for (int v = 0; v < BV; ++v) {  // position v*VW + l: column 4i + j, j = pos / 8, i = pos % 8
+      for (int l = 0; l < VW; ++l) {
+        const int pos = v * VW + l;
+        w[v][l] = float((t[pos % 8] >> (6 * (pos / 8))) & 63u);
+      }
+    }
+#endif
+  }
+}
+
+// Column of x stored at position p of a block (the inverse of load_block's order).
+inline int64_t block_column(WeightKind kind, int64_t p) {
+  if (kind == WeightKind::q4) {
+    return p < 16 ? 2 * p : 2 * (p - 16) + 1;
+  }
+  if (kind == WeightKind::q6) {
+    return 4 * (p % 8) + p / 8;
+  }
+  return p;
+}
+
+template <Dtype D>
+inline float load_at(const void* p, int64_t i) {
+  return load<D>(static_cast<const typename Storage<D>::type*>(p)[i]);
+}
+
+inline float load_any(Dtype d, const void* p, int64_t i) {
+  switch (d) {
+    case Dtype::f16:
+      return load_at<Dtype::f16>(p, i);
+    case Dtype::bf16:
+      return load_at<Dtype::bf16>(p, i);
+    default:
+      return load_at<Dtype::f32>(p, i);
+  }
+}
+
+inline void store_any(Dtype d, void* p, int64_t i, float v) {
+  switch (d) {
+    case Dtype::f16:
+      static_cast<uint16_t*>(p)[i] = store<Dtype::f16>(v);
+      return;
+    case Dtype::bf16:
+      static_cast<uint16_t*>(p)[i] = store<Dtype::bf16>(v);
+      return;
+    default:
+      static_cast<float*>(p)[i] = v;
+  }
+}
+
+// The weights of NR consecutive rows starting at n0, as the loops walk them.
+template <WeightKind W, Dtype S, int NR>
+struct RowBlock {
+  const uint8_t* row[NR];
+  const typename Storage<S>::type* scale[NR];
+  const typename Storage<S>::type* bias[NR];
+
+  RowBlock(const LinearArgs& a, int64_t n0) {
+    const int64_t rb = row_bytes<W>(a.K), groups = quantized(W) ? a.K / a.group_size : 0;
+    for (int r = 0; r < NR; ++r) {
+      row[r] = static_cast<const uint8_t*>(a.w) + (n0 + r) * rb;
+      if constexpr (quantized(W)) {
+        scale[r] = static_cast<const typename Storage<S>::type*>(a.scales) + (n0 + r) * groups;
+        bias[r] = static_cast<const typename Storage<S>::type*>(a.biases) + (n0 + r) * groups;
+      }
+    }
+  }
+
+  // Scale and bias of group g of row r (dense: 1 and 0, unused).
+  inline void group(int r, int64_t g, float& s, float& b) const {
+    if constexpr (quantized(W)) {
+      s = load<S>(scale[r][g]);
+      b = load<S>(bias[r][g]);
+    }
+  }
+
+  // Block kb of row r, dequantized with its group's s, b: w = s·q + b (fp32, one FMA).
+  inline void block(int r, int64_t kb, float s, float b, vf* w) const {
+    load_block<W>(row[r], kb, w);
+    if constexpr (quantized(W)) {
+      for (int j = 0; j < BV; ++j) {
+        w[j] = w[j] * s + b;
+      }
+    }
+  }
+
+  // Dense kinds: column k (k >= the last whole block) of row r.
+  inline float tail(int r, int64_t k) const {
+    if constexpr (W == WeightKind::f32) {
+      return reinterpret_cast<const float*>(row[r])[k];
+    } else if constexpr (W == WeightKind::f16) {
+      return load<Dtype::f16>(reinterpret_cast<const uint16_t*>(row[r])[k]);
+    } else {
+      return load<Dtype::bf16>(reinterpret_cast<const uint16_t*>(row[r])[k]);
+    }
+  }
+};
+
+// ---- decode: MR (<= 4) rows of x, NR rows of w, weights straight from memory
+
+// The widest row block that keeps MR x NR accumulators plus NR dequantized
+// blocks in registers (32 vector registers with AVX-512, 16 otherwise).
+constexpr int kDecodeNR = VW == 16 ? 4 : 2;
+constexpr int kDecodeMR = 4;
+
+template <WeightKind W, Dtype S, int MR, int NR>
+void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
+  const RowBlock<W, S, NR> rows(a, n0);
+  const int64_t whole = a.K / kLinearBlock;
+  // Dense weights are one group of every whole block.
+  const int64_t bpg = quantized(W) ? a.group_size / kLinearBlock : whole;
+  const int64_t groups = quantized(W) ? a.K / a.group_size : 1;
+  vf acc[MR][NR] = {};
+  float bias_acc[MR][NR] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    float s[NR] = {}, b[NR] = {};
+    for (int r = 0; r < NR; ++r) {
+      rows.group(r, g, s[r], b[r]);
+    }
+    if (quantized(W) && MR <= 2 && a.factored) {
+      // Few rows of x: y += s·(q·x_g) + b·Σx_g, so the codes meet x without
+      // a dequantizing FMA per vector; one FMA per group scales the sum.
+      vf qx[MR][NR] = {};
+      for (int64_t kb = g * bpg; kb < (g + 1) * bpg; ++kb) {
+        vf q[NR][BV];
+        for (int r = 0; r < NR; ++r) {
+          load_block<W>(rows.row[r], kb, q[r]);
+        }
+        for (int m = 0; m < MR; ++m) {
+          const float* xr = a.x + (m0 + m) * a.Kp + kb * kLinearBlock;
+          for (int j = 0; j < BV; ++j) {
+            const vf xv = loadu<vf>(xr + j * VW);
+            for (int r = 0; r < NR; ++r) {
+              qx[m][r] += q[r][j] * xv;
+            }
+          }
+        }
+      }
+      for (int m = 0; m < MR; ++m) {
+        const float xs = a.xsum[(m0 + m) * groups + g];
+        for (int r = 0; r < NR; ++r) {
+          acc[m][r] += qx[m][r] * s[r];
+          bias_acc[m][r] += b[r] * xs;
+        }
+      }
+      continue;
+    }
+    for (int64_t kb = g * bpg; kb < (g + 1) * bpg; ++kb) {
+      vf w[NR][BV];
+      for (int r = 0; r < NR; ++r) {
+        rows.block(r, kb, s[r], b[r], w[r]);
+      }
+      for (int m = 0; m < MR; ++m) {
+        const float* xr = a.x + (m0 + m) * a.Kp + kb * kLinearBlock;
+        for (int j = 0; j < BV; ++j) {
+          const vf xv = loadu<vf>(xr + j * VW);
+          for (int r = 0; r < NR; ++r) {
+            acc[m][r] += w[r][j] * xv;
+          }
+        }
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    const float* xr = a.x + (m0 + m) * a.Kp;
+    for (int r = 0; r < NR; ++r) {
+      float v = hsum(acc[m][r]) + bias_acc[m][r];
+      if constexpr (!quantized(W)) {  // dense K need not be a multiple of 32
+        for (int64_t k = whole * kLinearBlock; k < a.K; ++k) {
+          v += rows.tail(r, k) * xr[k];
+        }
+      }
+      store_any(a.out_dtype, a.out, (m0 + m) * a.N + n0 + r, v);
+    }
+  }
+}
+
+template <WeightKind W, Dtype S, int NR>
+void decode_rows(const LinearArgs& a, int64_t n0) {
+  for (int64_t m0 = 0; m0 < a.M; m0 += kDecodeMR) {
+    switch (a.M - m0 < kDecodeMR ? a.M - m0 : kDecodeMR) {
+      case 1:
+        decode_tile<W, S, 1, NR>(a, n0, m0);
+        break;
+      case 2:
+        decode_tile<W, S, 2, NR>(a, n0, m0);
+        break;
+      case 3:
+        decode_tile<W, S, 3, NR>(a, n0, m0);
+        break;
+      default:
+        decode_tile<W, S, 4, NR>(a, n0, m0);
+    }
+  }
+}
+
+template <WeightKind W, Dtype S>
+void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
+  int64_t n = begin;
+  for (; n + kDecodeNR <= end; n += kDecodeNR) {
+    decode_rows<W, S, kDecodeNR>(a, n);
+  }
+  for (; n < end; ++n) {
+    decode_rows<W, S, 1>(a, n);
+  }
+}
+
+// ---- prefill: dequantized panels and a register-blocked micro-kernel --------
+
+constexpr int kPanelNR = VW == 16 ? 4 : 2;  // rows of w per panel
+constexpr int kPanelMR = 4;  // rows of x per micro-kernel call
+constexpr int64_t kPanelKC = 512;  // columns per panel: NR x 512 fp32 <= 8 KB (L1)
+constexpr int64_t kPanelMB = 64;  // rows of x per pass: 64 x 512 fp32 = 128 KB (L2)
+
+// c[m * NR + r] += sum over kc columns of x[m][k] * panel[r][k].
+template <int MR, int NR>
+inline void micro(const float* x, int64_t x_stride, const float* panel, int64_t kc, float* c) {
+  vf acc[MR][NR] = {};
+  for (int64_t k = 0; k < kc; k += VW) {
+    vf wv[NR];
+    for (int r = 0; r < NR; ++r) {
+      wv[r] = loadu<vf>(panel + r * kPanelKC + k);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const vf xv = loadu<vf>(x + m * x_stride + k);
+      for (int r = 0; r < NR; ++r) {
+        acc[m][r] += xv * wv[r];
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int r = 0; r < NR; ++r) {
+      c[m * NR + r] += hsum(acc[m][r]);
+    }
+  }
+}
+
+template <int NR>
+void micro_rows(const float* x, int64_t x_stride, int64_t mb, const float* panel, int64_t kc, float* c) {
+  int64_t m = 0;
+  for (; m + kPanelMR <= mb; m += kPanelMR) {
+    micro<kPanelMR, NR>(x + m * x_stride, x_stride, panel, kc, c + m * NR);
+  }
+  for (; m < mb; ++m) {
+    micro<1, NR>(x + m * x_stride, x_stride, panel, kc, c + m * NR);
+  }
+}
+
+template <WeightKind W, Dtype S, int NR>
+void panel_rows(const LinearArgs& a, int64_t n0, int64_t m0, int64_t mb, float* panel, float* c) {
+  const RowBlock<W, S, NR> rows(a, n0);
+  const int64_t whole = a.K / kLinearBlock;
+  const int64_t bpg = quantized(W) ? a.group_size / kLinearBlock : 1;  // (a panel holds whole groups)
+  std::memset(c, 0, sizeof(float) * mb * NR);
+  for (int64_t k0 = 0; k0 < a.Kp; k0 += kPanelKC) {
+    const int64_t kc = a.Kp - k0 < kPanelKC ? a.Kp - k0 : kPanelKC;
+    // 1. Dequantize NR rows x kc columns (block order, zero past K).
+    for (int r = 0; r < NR; ++r) {
+      float* pr = panel + r * kPanelKC;
+      for (int64_t kb = k0 / kLinearBlock; kb < (k0 + kc) / kLinearBlock; ++kb) {
+        float* dst = pr + kb * kLinearBlock - k0;
+        if (kb < whole) {
+          vf w[BV];
+          float sc = 1.0f, bi = 0.0f;
+          rows.group(r, kb / bpg, sc, bi);
+          rows.block(r, kb, sc, bi, w);
+          std::memcpy(dst, w, sizeof(w));
+        } else {  // the dense tail block
+          for (int64_t p = 0; p < kLinearBlock; ++p) {
+            const int64_t k = kb * kLinearBlock + p;
+            dst[p] = k < a.K ? rows.tail(r, k) : 0.0f;
+          }
+        }
+      }
+    }
+    // 2. Every row of x against the panel.
+    micro_rows<NR>(a.x + m0 * a.Kp + k0, a.Kp, mb, panel, kc, c);
+  }
+  for (int64_t m = 0; m < mb; ++m) {
+    for (int r = 0; r < NR; ++r) {
+      store_any(a.out_dtype, a.out, (m0 + m) * a.N + n0 + r, c[m * NR + r]);
+    }
+  }
+}
+
+template <WeightKind W, Dtype S>
+void linear_panel(const LinearArgs& a, int64_t begin, int64_t end) {
+  thread_local std::vector<float> scratch;
+  scratch.resize(kPanelNR * kPanelKC + kPanelMB * kPanelNR + VW);
+  float* panel = scratch.data();
+  float* c = panel + kPanelNR * kPanelKC;
+  for (int64_t m0 = 0; m0 < a.M; m0 += kPanelMB) {
+    const int64_t mb = a.M - m0 < kPanelMB ? a.M - m0 : kPanelMB;
+    int64_t n = begin;
+    for (; n + kPanelNR <= end; n += kPanelNR) {
+      panel_rows<W, S, kPanelNR>(a, n, m0, mb, panel, c);
+    }
+    for (; n < end; ++n) {
+      panel_rows<W, S, 1>(a, n, m0, mb, panel, c);
+    }
+  }
+}
+
+// Rows of x from which the panel kernel is faster than streaming weights
+// straight from memory once per 4 rows (measured on Zen 4: see the bench).
+constexpr int64_t kPanelMinM = 8;
+
+template <WeightKind W, Dtype S>
+void linear_kind(const LinearArgs& a, int64_t begin, int64_t end) {
+  if (a.M >= kPanelMinM) {
+    linear_panel<W, S>(a, begin, end);
+  } else {
+    linear_decode<W, S>(a, begin, end);
+  }
+}
+
+template <WeightKind W>
+void linear_scales(const LinearArgs& a, int64_t begin, int64_t end) {
+  switch (a.scale_dtype) {
+    case Dtype::f16:
+      return linear_kind<W, Dtype::f16>(a, begin, end);
+    case Dtype::bf16:
+      return linear_kind<W, Dtype::bf16>(a, begin, end);
+    default:
+      return linear_kind<W, Dtype::f32>(a, begin, end);
+  }
+}
+
+} // namespace
+
+void linear_prepare_x(const LinearX& x, WeightKind kind, float* dst, int64_t begin, int64_t end) {
+  const int64_t Kp = (x.K + kLinearBlock - 1) / kLinearBlock * kLinearBlock;
+  int64_t col[kLinearBlock];
+  for (int64_t p = 0; p < kLinearBlock; ++p) {
+    col[p] = block_column(kind, p);
+  }
+  for (int64_t m = begin; m < end; ++m) {
+    float* d = dst + m * Kp;
+    const int64_t row = m * x.row_stride;
+    for (int64_t k0 = 0; k0 < Kp; k0 += kLinearBlock) {
+      for (int64_t p = 0; p < kLinearBlock; ++p) {
+        const int64_t k = k0 + col[p];
+        d[k0 + p] = k < x.K ? load_any(x.dtype, x.ptr, row + k * x.col_stride) : 0.0f;
+      }
+    }
+  }
+}
+
+void linear(const LinearArgs& a, int64_t begin, int64_t end) {
+  switch (a.kind) {
+    case WeightKind::f32:
+      return linear_kind<WeightKind::f32, Dtype::f32>(a, begin, end);
+    case WeightKind::f16:
+      return linear_kind<WeightKind::f16, Dtype::f32>(a, begin, end);
+    case WeightKind::bf16:
+      return linear_kind<WeightKind::bf16, Dtype::f32>(a, begin, end);
+    case WeightKind::q4:
+      return linear_scales<WeightKind::q4>(a, begin, end);
+    case WeightKind::q6:
+      return linear_scales<WeightKind::q6>(a, begin, end);
+    case WeightKind::q8:
+      return linear_scales<WeightKind::q8>(a, begin, end);
+  }
+}
+
+uint64_t read_sum(const uint64_t* p, int64_t n) {
+  constexpr int L = VW / 2;  // 64-bit lanes per vector
+  typedef uint64_t vq __attribute__((vector_size(L * 8)));
+  vq acc[4] = {};
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    for (int j = 0; j < 4; ++j) {
+      acc[j] += loadu<vq>(p + i + L * j);
+    }
+  }
+  uint64_t s = 0;
+  for (; i < n; ++i) {
+    s += p[i];
+  }
+  for (int j = 0; j < 4; ++j) {
+    for (int l = 0; l < L; ++l) {
+      s += acc[j][l];
+    }
+  }
+  return s;
+}
+
+} // namespace tk::kern::TK_ISA
