@@ -16,7 +16,7 @@ mlx-lm itself, convert with ``mlx_lm.convert`` (which leaves the head
 unquantized); ``talkie_kernels.load`` reads that one too.
 
 mlx-lm's ``--quant-predicate`` recipes look for ``down_proj`` / ``v_proj``
-names that Talkie does not have (DESIGN §9); ``--quant-predicate talkie_mixed``
+names that Talkie does not have; ``--quant-predicate talkie_mixed``
 is the recipe that works for Talkie: ``lm_head`` 8-bit, the embedding left
 unquantized, blocks 14, 37 and 38 (of 40; proportionally for other depths)
 8-bit, everything else at ``--q-bits`` (default 4).
@@ -38,7 +38,11 @@ RECIPES = ("talkie_mixed",)
 
 
 def talkie_mixed_predicate(num_layers: int, group_size: int | None = None, bits: int | None = None):
-    """The ``talkie_mixed`` quant predicate for mlx-lm's ``quantize_model`` (DESIGN §9)."""
+    """The ``talkie_mixed`` quant predicate for mlx-lm's ``quantize_model``.
+
+    Bare 4-bit quantization is weak on Talkie; keeping lm_head and three
+    sensitive blocks at 8 bits and the embedding unquantized recovers quality.
+    """
     group_size = group_size or 64
     low = {"group_size": group_size, "bits": bits or 4, "mode": "affine"}
     high = {"group_size": group_size, "bits": 8, "mode": "affine"}
@@ -78,7 +82,10 @@ def main(argv=None) -> int:
     for action in parser._actions:
         if action.dest == "quant_predicate":
             action.choices = [*action.choices, *RECIPES]
-            action.help = "Mixed-bit quantization recipe (talkie_mixed: DESIGN §9)."
+            action.help = (
+                "Mixed-bit quantization recipe (talkie_mixed: lm_head and blocks 14, 37, 38 "
+                "of 40 at 8 bits, embedding unquantized, the rest at --q-bits)."
+            )
     args = parser.parse_args(argv)
     if args.hf_path is None:
         parser.error("--hf-path is required")

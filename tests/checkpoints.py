@@ -1,4 +1,4 @@
-"""Tiny random-weight Talkie checkpoints in the Hugging Face layout (DESIGN §1).
+"""Tiny random-weight Talkie checkpoints in the Hugging Face layout (as mlx-lm loads them).
 
 Tests and benchmarks build their models here: no model downloads exist on the
 machines this project runs on. A checkpoint is a directory with

@@ -462,11 +462,12 @@ BAD = [
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-@pytest.mark.parametrize("which", BACKENDS)
+@pytest.mark.parametrize("which", BACKENDS + ("public",))
 def test_bad_input(which, case):
     _, args, kwargs, exc, words = case
+    impl = tk if which == "public" else get_impl(which)
     with pytest.raises(exc, match=rf"^\[linear\] .*{words}") as info:
-        mx.eval(get_impl(which).linear(*args, **kwargs))
+        mx.eval(impl.linear(*args, **kwargs))
     assert type(info.value) is exc
 
 
