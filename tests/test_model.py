@@ -67,13 +67,15 @@ def mlx_quantized(ckpt_dir, fp32_path, bf16_path):
     """``mlx_lm.convert -q`` outputs by (source dtype, bits), made on first use."""
     made = {}
 
-    def get(dtype: str, bits: int):
-        if (dtype, bits) not in made:
-            dst = ckpt_dir / f"q{bits}-mlx-{dtype}"
+    def get(dtype: str, bits: int, mode: str = "affine"):
+        if (dtype, bits, mode) not in made:
+            dst = ckpt_dir / f"q{bits}-{mode}-mlx-{dtype}"
             src = fp32_path if dtype == "float32" else bf16_path
-            importlib.import_module("mlx_lm.convert").convert(str(src), str(dst), quantize=True, q_bits=bits)
-            made[dtype, bits] = dst
-        return made[dtype, bits]
+            importlib.import_module("mlx_lm.convert").convert(
+                str(src), str(dst), quantize=True, q_bits=bits, q_mode=mode
+            )
+            made[dtype, bits, mode] = dst
+        return made[dtype, bits, mode]
 
     return get
 
@@ -295,6 +297,7 @@ CHECKPOINTS = {
     "q4-mlx-fp32": lambda r: r.getfixturevalue("mlx_quantized")("float32", 4),
     "q8-mlx-bf16": lambda r: r.getfixturevalue("mlx_quantized")("bfloat16", 8),
     "q4-tk": lambda r: r.getfixturevalue("q4_tk_path"),
+    "mxfp4-mlx-fp32": lambda r: r.getfixturevalue("mlx_quantized")("float32", 4, "mxfp4"),
 }
 
 
@@ -320,13 +323,30 @@ def test_quantized_decode_runs_natively(mlx_quantized, bits):
     assert "QuantizedMatmul" not in nodes, nodes
 
 
+def test_mxfp4_checkpoint_no_further_from_exact_than_mlx_lm(mlx_quantized, ids):
+    # Modes the native kernels do not run reach MLX's op through tk.linear.
+    # The mxfp4 embedding dequantizes to bf16, so activations are bf16 in both.
+    path = mlx_quantized("float32", 4, "mxfp4")
+    model, _ = tk.load(path)
+    plain, _ = mlx_lm.load(str(path))
+    assert model.layers[0].attn.attn_qkv.mode == "mxfp4"
+    exact = dequantized_fp32(mlx_lm.load(str(path))[0])(ids)
+    err, plain_err = rel_err(model(ids), exact), rel_err(plain(ids), exact)
+    print(f"mxfp4: logits rel err vs exact: fused {err:.2e}, mlx-lm {plain_err:.2e}")
+    # Both errors are mostly the bf16 activations' (as in test_bf16_close_to_plain).
+    assert err <= max(1.5 * plain_err, 1e-2)
+
+
 def dequantized_fp32(model):
     """``model`` with every quantized layer dequantized and every parameter fp32, in place."""
 
     def dense(m):
         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            w = mx.dequantize(m.weight, m.scales.astype(mx.float32), m.biases.astype(mx.float32),
-                              group_size=m.group_size, bits=m.bits)
+            affine = m.mode == "affine"  # float scales and biases; the fp modes have neither
+            scales = m.scales.astype(mx.float32) if affine else m.scales
+            biases = m.biases.astype(mx.float32) if affine else None
+            w = mx.dequantize(m.weight, scales, biases, group_size=m.group_size, bits=m.bits,
+                              mode=m.mode).astype(mx.float32)
             layer = nn.Linear(w.shape[1], w.shape[0], bias=False) if isinstance(m, nn.QuantizedLinear) \
                 else nn.Embedding(*w.shape)
             layer.weight = w
