@@ -146,17 +146,23 @@ def test_quantized_biases_dtype_differs_from_scales(native, xd, sd, bd, bits):
 @pytest.mark.parametrize("M", (1, 33))
 @pytest.mark.parametrize("bits", (None, *BITS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_outlier_features(native, dtype, bits, M):
-    # LLM activations have a few features ~100× the rest: a kernel that
-    # quantizes x per group (int8) loses the small ones next to them.
+@pytest.mark.parametrize("activations", ["outliers", "offset"])
+def test_hard_activations(native, activations, dtype, bits, M):
+    # outliers: a few features ~100× the rest (as in LLM activations), which a
+    # kernel quantizing x per group (int8) loses the small ones next to;
+    # offset: mean 100 ≫ spread, where s·Σq·x and b·Σx nearly cancel.
     K = 256
-    boost = mx.where(mx.arange(K) % 61 == 5, 100.0, 1.0)
-    x = (rand((M, K), mx.float32, M) * boost).astype(dtype)
+    x = rand((M, K), mx.float32, M)
+    if activations == "outliers":
+        x = x * mx.where(mx.arange(K) % 61 == 5, 100.0, 1.0)
+    else:
+        x = x + 100.0
+    x = x.astype(dtype)
     if bits is None:
-        check(native, x, rand((19, K), dtype, 2, K**-0.5), what="outliers")
+        check(native, x, rand((19, K), dtype, 2, K**-0.5), what=activations)
     else:
         w, s, b = quantized(19, K, dtype, 64, bits)
-        check(native, x, w, s, b, 64, bits, what="outliers")
+        check(native, x, w, s, b, 64, bits, what=activations)
 
 
 def x_layouts(M, K, dtype, seed=0):
