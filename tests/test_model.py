@@ -1,9 +1,14 @@
 """The fused Talkie model against mlx-lm's plain one, on tiny random checkpoints.
 
-Checkpoints (tests/checkpoints.py) are written once per session: fp32, bf16,
-4- and 8-bit by ``mlx_lm.convert`` from each (fp32 or bf16 scales), and 4-bit
-by ``talkie_kernels.convert`` (lm_head quantized too), all from the
+Checkpoints (tests/checkpoints.py) are written once per session, on first use:
+fp32, bf16, 4- and 8-bit affine by ``mlx_lm.convert`` from each (fp32 or bf16
+scales), mxfp4 by ``mlx_lm.convert`` from fp32, and 4-bit by
+``talkie_kernels.convert`` (lm_head quantized too), all from the
 ``talkie-2l-256`` config.
+
+On the CPU every projection of the fused model, lm_head included, goes through
+``talkie_kernels.linear`` (the native kernels); the tests below check that it
+does, and that mlx-lm's quantization, LoRA/DoRA and training still work on it.
 """
 
 from __future__ import annotations
