@@ -117,6 +117,9 @@ struct LinearArgs {
   // Faster, but s·(q·x) and b·Σx may nearly cancel, so it is only used for
   // fp16/bf16 x, whose own rounding is far larger than that loss.
   bool factored;
+  // q4 with bf16 x, M <= 2, K % 64 == 0, on an AVX512-BF16 CPU (v4 table):
+  // x as bf16, (M, K) in 64-column chunks of even then odd columns; else null.
+  const uint16_t* xbf;
   const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
   const void* scales;  // (N, K/group_size), row-contiguous
   const void* biases;

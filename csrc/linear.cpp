@@ -69,6 +69,15 @@ const void* row_major(const mx::array& a, std::vector<char>& keep) {
   return keep.data();
 }
 
+bool cpu_has_avx512bf16() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
 // Output rows of w are handed to threads in blocks of this many (a multiple
 // of every kernel's row block), so each thread streams whole rows.
 constexpr int64_t kRowsPerItem = 16;
@@ -231,7 +240,7 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       kernels.linear_prepare_x(xv, args.kind, xbuf.data(), b, e);
     });
     args.x = xbuf.data();
-    // Σx per group, once for all output columns (the bias term b·Σx_g).
+    // 2. Σx per group, once for all output columns (the bias term b·Σx_g).
     std::vector<float> xsum;
     if (args.kind >= kern::WeightKind::q4) {
       const int64_t groups = args.K / args.group_size;
@@ -245,7 +254,21 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       args.xsum = xsum.data();
       args.factored = xv.dtype != kern::Dtype::f32;
     }
-    // 2. Output columns in blocks of whole weight rows, across threads.
+    // 3. q4 against bf16 x with vdpbf16ps, where the CPU has it (see q4_bf16_tile).
+    std::vector<uint16_t> xbf;
+    if (args.kind == kern::WeightKind::q4 && xv.dtype == kern::Dtype::bf16 && args.M <= 2 && args.K % 64 == 0 &&
+        std::strcmp(kernels.isa, "v4") == 0 && cpu_has_avx512bf16()) {
+      xbf.resize(args.M * args.K);
+      const auto* src = static_cast<const uint16_t*>(xv.ptr);
+      for (int64_t m = 0; m < args.M; ++m) {
+        for (int64_t k = 0; k < args.K; ++k) {  // chunk c: column 64c + 2j -> j, 64c + 2j + 1 -> 32 + j
+          const int64_t c = k / 64, j = (k % 64) / 2, odd = k % 2;
+          xbf[m * args.K + c * 64 + odd * 32 + j] = src[m * xv.row_stride + k * xv.col_stride];
+        }
+      }
+      args.xbf = xbf.data();
+    }
+    // 4. Output columns in blocks of whole weight rows, across threads.
     const int64_t items = (args.N + kRowsPerItem - 1) / kRowsPerItem;
     const int64_t work = kRowsPerItem * args.K * std::max<int64_t>(1, args.M / 4);
     parallel_for(items, work, kLinearMinWork, [&](int64_t b, int64_t e, int) {
