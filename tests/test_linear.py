@@ -275,6 +275,9 @@ def test_defaults_are_mlx_affine_defaults(native):
 # ---- every instruction set and thread count ------------------------------------------
 
 ISA_KINDS = {**WEIGHTS, "dense_fp16": (mx.float16, None), "q4_fp32": (mx.float32, 4), "q8_bf16": (mx.bfloat16, 8)}
+#: x in another dtype than the weight / scales (fp32 output): (weight dtype, bits, x dtype).
+ISA_MIXED = {"q4_fp32_bf16x": (mx.float32, 4, mx.bfloat16), "q8_fp16_bf16x": (mx.float16, 8, mx.bfloat16),
+             "q6_bf16_fp16x": (mx.bfloat16, 6, mx.float16), "dense_fp32_bf16x": (mx.float32, None, mx.bfloat16)}
 
 
 @pytest.fixture(params=tk.native.ops.available_isas() if tk.native_available() else ["unbuilt"])
@@ -294,15 +297,15 @@ def restore_threads(native):
     tk.native.ops.set_num_threads(n)
 
 
-@pytest.mark.parametrize("kind", ISA_KINDS)
+@pytest.mark.parametrize("kind", [*ISA_KINDS, *ISA_MIXED])
 def test_isa_and_threads(native, isa, restore_threads, kind):
     # Each ISA's kernels by the accuracy rule (decode and prefill rows, odd N,
     # a split-sized N); one thread and two give the same bits (split by rows).
-    dtype, bits = ISA_KINDS[kind]
+    dtype, bits, xdtype = ISA_MIXED[kind] if kind in ISA_MIXED else (*ISA_KINDS[kind], ISA_KINDS[kind][0])
     N = tk.native.ops
-    for M in (1, 7, 33, 64):
+    for M in (1, 2, 7, 33, 64):
         for n_out in (37, 515):
-            x = rand((M, 192), dtype, M)
+            x = rand((M, 192), xdtype, M)
             if bits is None:
                 args, kw = (rand((n_out, 192), dtype, n_out, 192**-0.5),), {}
             else:
