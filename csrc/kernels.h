@@ -106,7 +106,7 @@ struct LinearX {
 
 struct LinearArgs {
   WeightKind kind;
-  Dtype scale_dtype;  // scales and biases (quantized kinds)
+  Dtype scale_dtype, bias_dtype;  // quantized kinds
   Dtype out_dtype;
   int64_t M, N, K;
   int64_t Kp;  // K rounded up to kLinearBlock: the row stride of x
@@ -115,7 +115,7 @@ struct LinearArgs {
   const float* xsum;  // quantized kinds: (M, K/group_size) sums of x over each group
   // Quantized kinds, few rows: compute s·(q·x) + b·Σx instead of (s·q + b)·x.
   // Faster, but s·(q·x) and b·Σx may nearly cancel, so it is only used for
-  // fp16/bf16 x, whose own rounding is far larger than that loss.
+  // fp16/bf16 outputs, whose own rounding is far larger than that loss.
   bool factored;
   // q4 with bf16 x, M <= 2, K % 64 == 0, on an AVX512-BF16 CPU (v4 table):
   // x as bf16, (M, K) in 64-column chunks of even then odd columns; else null.

@@ -185,7 +185,8 @@ mx::array linear(
 #endif
   mx::array out = native
       ? mx::array({M, N},
-                  mx::promote_types(x.dtype(), quantized ? scales->dtype() : w.dtype()),
+                  quantized ? mx::promote_types(mx::promote_types(x.dtype(), scales->dtype()), biases->dtype())
+                            : mx::promote_types(x.dtype(), w.dtype()),
                   std::make_shared<TalkieLinear>(s, fallback, kind, group_size),
                   inputs)
       : fallback(inputs)[0];
@@ -207,6 +208,7 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
   kern::LinearArgs args{};
   args.kind = kern::WeightKind(kind_);
   args.scale_dtype = in.size() > 2 ? kernel_dtype(in[2].dtype()) : kern::Dtype::f32;
+  args.bias_dtype = in.size() > 3 ? kernel_dtype(in[3].dtype()) : kern::Dtype::f32;
   args.out_dtype = kernel_dtype(out.dtype());
   args.M = x.shape(0);
   args.N = in[1].shape(0);
@@ -252,11 +254,12 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
         }
       }
       args.xsum = xsum.data();
-      args.factored = xv.dtype != kern::Dtype::f32;
+      args.factored = args.out_dtype != kern::Dtype::f32;
     }
     // 3. q4 against bf16 x with vdpbf16ps, where the CPU has it (see q4_bf16_tile).
     std::vector<uint16_t> xbf;
-    if (args.kind == kern::WeightKind::q4 && xv.dtype == kern::Dtype::bf16 && args.M <= 2 && args.K % 64 == 0 &&
+    if (args.kind == kern::WeightKind::q4 && args.factored && xv.dtype == kern::Dtype::bf16 && args.M <= 2 &&
+        args.K % 64 == 0 &&
         std::strcmp(kernels.isa, "v4") == 0 && cpu_has_avx512bf16()) {
       xbf.resize(args.M * args.K);
       const auto* src = static_cast<const uint16_t*>(xv.ptr);

@@ -258,6 +258,27 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// n elements of a float array from element `at` on, as fp32 (one dtype
+// switch, then a loop the compiler vectorizes).
+inline void to_float(Dtype d, const void* p, int64_t at, int64_t n, float* out) {
+  switch (d) {
+    case Dtype::f16:
+      for (int64_t i = 0; i < n; ++i) {
+        out[i] = load_at<Dtype::f16>(p, at + i);
+      }
+      return;
+    case Dtype::bf16:
+      for (int64_t i = 0; i < n; ++i) {
+        out[i] = load_at<Dtype::bf16>(p, at + i);
+      }
+      return;
+    default:
+      for (int64_t i = 0; i < n; ++i) {
+        out[i] = load_at<Dtype::f32>(p, at + i);
+      }
+  }
+}
+
 // Per-thread fp32 working memory that grows to the largest request and stays.
 inline float* thread_scratch(int which, int64_t floats) {
   thread_local std::vector<float> kept[2];
@@ -270,7 +291,7 @@ inline float* thread_scratch(int which, int64_t floats) {
 // The weights of NR consecutive rows starting at n0, as the loops walk them.
 // Quantized rows' scales and biases are converted to fp32 once per row block
 // (vectorized), so the group loop reads each with one broadcast.
-template <WeightKind W, Dtype S, int NR>
+template <WeightKind W, int NR>
 struct RowBlock {
   const uint8_t* row[NR];
   const float* scale[NR];
@@ -283,18 +304,13 @@ struct RowBlock {
       row[r] = static_cast<const uint8_t*>(a.w) + (n0 + r) * rb;
     }
     if constexpr (quantized(W)) {
-      using St = typename Storage<S>::type;
       groups = a.K / a.group_size;
       float* buf = thread_scratch(1, 2 * NR * groups);
       for (int r = 0; r < NR; ++r) {
         float* sc = buf + 2 * r * groups;
         float* bi = sc + groups;
-        const St* sp = static_cast<const St*>(a.scales) + (n0 + r) * groups;
-        const St* bp = static_cast<const St*>(a.biases) + (n0 + r) * groups;
-        for (int64_t g = 0; g < groups; ++g) {
-          sc[g] = load<S>(sp[g]);
-          bi[g] = load<S>(bp[g]);
-        }
+        to_float(a.scale_dtype, a.scales, (n0 + r) * groups, groups, sc);
+        to_float(a.bias_dtype, a.biases, (n0 + r) * groups, groups, bi);
         scale[r] = sc;
         bias[r] = bi;
       }
@@ -353,9 +369,9 @@ constexpr int kDecodeMR = 4;
 // 64-column chunks, even columns then odd ones (linear_x_bf16), matching the
 // codes' nibble order.
 // One 64-column chunk c of NR rows of codes and MR rows of x: D[m*NR + r] += (128 + code)·x.
-template <Dtype S, int MR, int NR>
+template <int MR, int NR>
 __attribute__((target("avx512bf16"), always_inline)) inline void q4_bf16_chunk(
-    const LinearArgs& a, const RowBlock<WeightKind::q4, S, NR>& rows, int64_t m0, int64_t c, __m512* D) {
+    const LinearArgs& a, const RowBlock<WeightKind::q4, NR>& rows, int64_t m0, int64_t c, __m512* D) {
   const __m512i low4 = _mm512_set1_epi16(0x000F), magic = _mm512_set1_epi16(0x4300);
   __m512i lo[NR], hi[NR];
   for (int r = 0; r < NR; ++r) {
@@ -373,9 +389,9 @@ __attribute__((target("avx512bf16"), always_inline)) inline void q4_bf16_chunk(
   }
 }
 
-template <Dtype S, int MR, int NR>
+template <int MR, int NR>
 __attribute__((target("avx512bf16"))) void q4_bf16_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
-  const RowBlock<WeightKind::q4, S, NR> rows(a, n0);
+  const RowBlock<WeightKind::q4, NR> rows(a, n0);
   const int64_t gs = a.group_size, groups = a.K / gs;
   __m512 acc[MR][NR];
   for (int m = 0; m < MR; ++m) {
@@ -389,7 +405,7 @@ __attribute__((target("avx512bf16"))) void q4_bf16_tile(const LinearArgs& a, int
       d = _mm512_setzero_ps();
     }
     for (int64_t c = g0 * gs / 64; c < (g0 * gs + (gs == 32 ? 64 : gs)) / 64; ++c) {
-      q4_bf16_chunk<S, MR, NR>(a, rows, m0, c, D);
+      q4_bf16_chunk<MR, NR>(a, rows, m0, c, D);
     }
     // Group 32: a chunk's fp32 lanes 0-7 are group g0, lanes 8-15 group g0 + 1.
     const int span = gs == 32 ? 2 : 1;
@@ -412,16 +428,16 @@ __attribute__((target("avx512bf16"))) void q4_bf16_tile(const LinearArgs& a, int
 }
 #endif
 
-template <WeightKind W, Dtype S, int MR, int NR>
+template <WeightKind W, int MR, int NR>
 void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
 #if TK_VW == 16
   if constexpr (W == WeightKind::q4 && MR <= 2) {
     if (a.xbf != nullptr) {
-      return q4_bf16_tile<S, MR, NR>(a, n0, m0);
+      return q4_bf16_tile<MR, NR>(a, n0, m0);
     }
   }
 #endif
-  const RowBlock<W, S, NR> rows(a, n0);
+  const RowBlock<W, NR> rows(a, n0);
   const int64_t whole = a.K / kLinearBlock;
   // Dense weights are one group of every whole block.
   const int64_t bpg = quantized(W) ? a.group_size / kLinearBlock : whole;
@@ -491,33 +507,33 @@ void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
   }
 }
 
-template <WeightKind W, Dtype S, int NR>
+template <WeightKind W, int NR>
 void decode_rows(const LinearArgs& a, int64_t n0) {
   for (int64_t m0 = 0; m0 < a.M; m0 += kDecodeMR) {
     switch (a.M - m0 < kDecodeMR ? a.M - m0 : kDecodeMR) {
       case 1:
-        decode_tile<W, S, 1, NR>(a, n0, m0);
+        decode_tile<W, 1, NR>(a, n0, m0);
         break;
       case 2:
-        decode_tile<W, S, 2, NR>(a, n0, m0);
+        decode_tile<W, 2, NR>(a, n0, m0);
         break;
       case 3:
-        decode_tile<W, S, 3, NR>(a, n0, m0);
+        decode_tile<W, 3, NR>(a, n0, m0);
         break;
       default:
-        decode_tile<W, S, 4, NR>(a, n0, m0);
+        decode_tile<W, 4, NR>(a, n0, m0);
     }
   }
 }
 
-template <WeightKind W, Dtype S>
+template <WeightKind W>
 void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
   int64_t n = begin;
   for (; n + kDecodeNR <= end; n += kDecodeNR) {
-    decode_rows<W, S, kDecodeNR>(a, n);
+    decode_rows<W, kDecodeNR>(a, n);
   }
   for (; n < end; ++n) {
-    decode_rows<W, S, 1>(a, n);
+    decode_rows<W, 1>(a, n);
   }
 }
 
@@ -562,9 +578,9 @@ void micro_rows(const float* x, int64_t x_stride, int64_t mb, const float* panel
   }
 }
 
-template <WeightKind W, Dtype S, int NR>
+template <WeightKind W, int NR>
 void panel_rows(const LinearArgs& a, int64_t n0, int64_t m0, int64_t mb, float* panel, float* c) {
-  const RowBlock<W, S, NR> rows(a, n0);
+  const RowBlock<W, NR> rows(a, n0);
   const int64_t whole = a.K / kLinearBlock;
   const int64_t bpg = quantized(W) ? a.group_size / kLinearBlock : 1;  // (a panel holds whole groups)
   std::memset(c, 0, sizeof(float) * mb * NR);
@@ -599,7 +615,7 @@ void panel_rows(const LinearArgs& a, int64_t n0, int64_t m0, int64_t mb, float* 
   }
 }
 
-template <WeightKind W, Dtype S>
+template <WeightKind W>
 void linear_panel(const LinearArgs& a, int64_t begin, int64_t end) {
   float* panel = thread_scratch(0, kPanelNR * kPanelKC + kPanelMB * kPanelNR);
   float* c = panel + kPanelNR * kPanelKC;
@@ -607,10 +623,10 @@ void linear_panel(const LinearArgs& a, int64_t begin, int64_t end) {
     const int64_t mb = a.M - m0 < kPanelMB ? a.M - m0 : kPanelMB;
     int64_t n = begin;
     for (; n + kPanelNR <= end; n += kPanelNR) {
-      panel_rows<W, S, kPanelNR>(a, n, m0, mb, panel, c);
+      panel_rows<W, kPanelNR>(a, n, m0, mb, panel, c);
     }
     for (; n < end; ++n) {
-      panel_rows<W, S, 1>(a, n, m0, mb, panel, c);
+      panel_rows<W, 1>(a, n, m0, mb, panel, c);
     }
   }
 }
@@ -619,24 +635,12 @@ void linear_panel(const LinearArgs& a, int64_t begin, int64_t end) {
 // straight from memory once per 4 rows (measured on Zen 4: see the bench).
 constexpr int64_t kPanelMinM = 8;
 
-template <WeightKind W, Dtype S>
+template <WeightKind W>
 void linear_kind(const LinearArgs& a, int64_t begin, int64_t end) {
   if (a.M >= kPanelMinM) {
-    linear_panel<W, S>(a, begin, end);
+    linear_panel<W>(a, begin, end);
   } else {
-    linear_decode<W, S>(a, begin, end);
-  }
-}
-
-template <WeightKind W>
-void linear_scales(const LinearArgs& a, int64_t begin, int64_t end) {
-  switch (a.scale_dtype) {
-    case Dtype::f16:
-      return linear_kind<W, Dtype::f16>(a, begin, end);
-    case Dtype::bf16:
-      return linear_kind<W, Dtype::bf16>(a, begin, end);
-    default:
-      return linear_kind<W, Dtype::f32>(a, begin, end);
+    linear_decode<W>(a, begin, end);
   }
 }
 
@@ -663,17 +667,17 @@ void linear_prepare_x(const LinearX& x, WeightKind kind, float* dst, int64_t beg
 void linear(const LinearArgs& a, int64_t begin, int64_t end) {
   switch (a.kind) {
     case WeightKind::f32:
-      return linear_kind<WeightKind::f32, Dtype::f32>(a, begin, end);
+      return linear_kind<WeightKind::f32>(a, begin, end);
     case WeightKind::f16:
-      return linear_kind<WeightKind::f16, Dtype::f32>(a, begin, end);
+      return linear_kind<WeightKind::f16>(a, begin, end);
     case WeightKind::bf16:
-      return linear_kind<WeightKind::bf16, Dtype::f32>(a, begin, end);
+      return linear_kind<WeightKind::bf16>(a, begin, end);
     case WeightKind::q4:
-      return linear_scales<WeightKind::q4>(a, begin, end);
+      return linear_kind<WeightKind::q4>(a, begin, end);
     case WeightKind::q6:
-      return linear_scales<WeightKind::q6>(a, begin, end);
+      return linear_kind<WeightKind::q6>(a, begin, end);
     case WeightKind::q8:
-      return linear_scales<WeightKind::q8>(a, begin, end);
+      return linear_kind<WeightKind::q8>(a, begin, end);
   }
 }
 

@@ -88,7 +88,7 @@ std::pair<mx::array, mx::array> residual_norm(
 // x @ w.T for a dense or MLX-affine-quantized weight (mx.quantized_matmul's
 // semantics, transpose=True). x (..., K) float; w (N, K) float, or (N,
 // K*bits/32) uint32 with scales, biases (N, K/group_size) -> (..., N) in
-// promote(x, w) (dense) or promote(x, scales) (quantized).
+// promote(x, w) (dense) or promote(x, scales, biases) (quantized).
 // 1. xf = x in fp32 (M = prod(leading dims) rows of K).
 // 2. per output (m, n): acc = sum_k xf[m,k] * w[n,k], where a quantized
 //    w[n,k] = scale[n,g] * q[n,k] + bias[n,g] (g = k / group_size), all fp32.

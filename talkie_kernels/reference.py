@@ -100,7 +100,7 @@ def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, m
     1. Dense: ``mx.matmul(x, weight.T)``; dtype ``promote(x, weight)``.
     2. Quantized: ``mx.quantized_matmul(x, weight, scales, biases,
        transpose=True, ...)``, i.e. ``w = scales·q + biases`` per group;
-       dtype ``promote(x, scales)``.
+       dtype ``promote(x, scales, biases)``.
     """
     group_size, bits = C.check_linear("linear", x, weight, scales, biases, group_size, bits, mode)
     if scales is None:
