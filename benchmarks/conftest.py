@@ -18,13 +18,17 @@ import numpy as np
 import pytest
 
 import talkie_kernels as tk
+from talkie_kernels import bench_linear as BL
 from talkie_kernels import benchmarking as B
 
 #: Timed rounds per benchmark (after one warm-up round).
 OP_ROUNDS = 7
 MODEL_ROUNDS = {"prefill": 3, "decode": 7}
+LINEAR_ROUNDS = 5
 #: A sample of chained op calls lasts about this long for the eager reference.
 OP_SAMPLE_MS = 25.0
+#: A round of linear calls lasts about this long (each implementation calibrated on itself).
+LINEAR_SAMPLE_MS = 25.0
 OP_DTYPE = mx.bfloat16
 MODEL_DTYPE = mx.float32
 
@@ -36,6 +40,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 _op_setups: dict = {}
 _models: dict = {}
+_linear_setups: dict = {}
 
 
 def _op_setup(op, phase):
@@ -54,6 +59,17 @@ def _models_for(config):
         mx.clear_cache()
         _models[config] = B.build_models(config, MODEL_DTYPE)
     return _models[config]
+
+
+def _linear_setup(M, K, N, fmt):
+    """x, the weight's rotation copies, linear's kwargs and the weight bytes; one weight in memory at a time."""
+    key = (M, K, N, fmt)
+    if key not in _linear_setups:
+        _linear_setups.clear()
+        mx.clear_cache()
+        _, arrays, kwargs = next(BL.weights(K, N, [fmt]))
+        _linear_setups[key] = (BL.activation(M, K), BL.rotation(arrays), kwargs, BL.nbytes(arrays))
+    return _linear_setups[key]
 
 
 def _info(benchmark, **kw):
@@ -104,9 +120,7 @@ def model_bench(benchmark):
               prompt_len=prompt_len if phase == "prefill" else B.DECODE_PROMPT)
         try:
             model = B.model_for(models, impl)
-            if impl == B.MATMULS_ONLY:
-                prepare = B.matmuls_only_case(model, B.DECODE_TOKENS)
-            elif phase == "prefill":
+            if phase == "prefill":
                 prepare = B.prefill_case(model, B.prompt_ids(vocab, prompt_len), impl)
             else:
                 make = B.decode_case if method == "step_loop" else B.generate_step_case
@@ -122,5 +136,33 @@ def model_bench(benchmark):
         if benchmark.stats is not None:
             benchmark.extra_info.update(_percentiles(benchmark))
             benchmark.extra_info["tokens_per_s"] = tokens / benchmark.stats.stats.median
+
+    return run
+
+
+@pytest.fixture
+def linear_bench(benchmark):
+    """``linear_bench(phase, M, K, N, fmt, impl)``: time ``x (M, K) @ W.T`` for W (N, K) in ``fmt``.
+
+    ``fmt``: a float dtype or ``q4``/``q8`` (affine, group 64, bf16 scales). Calls
+    cycle through copies of the weight that together overflow the last-level
+    cache (``bench_linear.rotation``), as a decode step reads its weights.
+    """
+
+    def run(phase, M, K, N, fmt, impl):
+        x, copies, kwargs, nbytes = _linear_setup(M, K, N, fmt)
+        benchmark.group = f"linear {phase} ({M}, {K}) @ ({N}, {K}).T {fmt}"
+        _info(benchmark, op="linear", impl=impl, phase=phase, shape=[M, K, N], dtype=fmt, weight_bytes=nbytes)
+        try:
+            calls = BL.calls_per_sample(impl, x, copies, kwargs, LINEAR_SAMPLE_MS)
+        except Exception as e:
+            pytest.fail(f"{impl} linear unavailable: {type(e).__name__}: {e}")
+        benchmark.extra_info["calls_per_round"] = calls
+        benchmark.pedantic(BL.thunk(impl, x, copies, kwargs, calls), rounds=LINEAR_ROUNDS, warmup_rounds=1, iterations=1)
+        if benchmark.stats is not None:  # per call, not per round
+            benchmark.extra_info.update(_percentiles(benchmark, calls))
+            per_call_s = benchmark.stats.stats.median / calls
+            benchmark.extra_info["weight_gbps"] = nbytes / per_call_s / 1e9
+            benchmark.extra_info["gflops"] = 2 * M * K * N / per_call_s / 1e9
 
     return run

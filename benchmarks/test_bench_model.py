@@ -13,7 +13,7 @@ Each benchmark stores ``tokens_per_s`` in ``extra_info``.
 
 import pytest
 
-from talkie_kernels.benchmarking import DEFAULT_MODELS, IMPLS, MATMULS_ONLY, MODEL_WORKLOADS
+from talkie_kernels.benchmarking import DEFAULT_MODELS, IMPLS, MODEL_WORKLOADS
 
 
 @pytest.mark.parametrize("phase, method", MODEL_WORKLOADS, ids=["prefill", "decode", "decode-generate_step"])
@@ -21,10 +21,3 @@ from talkie_kernels.benchmarking import DEFAULT_MODELS, IMPLS, MATMULS_ONLY, MOD
 @pytest.mark.parametrize("config, prompt_len", DEFAULT_MODELS, ids=[c for c, _ in DEFAULT_MODELS])
 def test_model(model_bench, config, prompt_len, impl, phase, method):
     model_bench(config, prompt_len, impl, phase, method)
-
-
-@pytest.mark.parametrize("config, prompt_len", DEFAULT_MODELS, ids=[c for c, _ in DEFAULT_MODELS])
-def test_model_decode_matmuls_only(model_bench, config, prompt_len):
-    """The fused model's matmuls alone, per decoded token: the floor under its decode
-    step (``reference decode / this`` is the most fusion can gain on this machine)."""
-    model_bench(config, prompt_len, MATMULS_ONLY, "decode", "step_loop")

@@ -3,8 +3,10 @@
 One place for: the timing loop (warm-up, interleaved rounds, p20/p50/p80), the
 per-op inputs at Talkie's shapes, the per-op step functions of each
 implementation, the random-weight model builder (mlx-lm's plain model and the
-fused model get the same weights), the prefill/decode workloads, and the run
-metadata (versions, device, backend).
+fused model get the same weights, float or quantized as ``mlx_lm.convert -q``
+quantizes them), the prefill/decode workloads, the decode floor (weight bytes
+per token and the machine's read bandwidth), and the run metadata (versions,
+device, backend). The per-shape ``linear`` benchmark is ``bench_linear.py``.
 
 Implementations compared everywhere:
 
@@ -38,8 +40,6 @@ from . import reference
 from .configs import CONFIGS, TALKIE_HEAD_DIM, TALKIE_HEADS, TALKIE_HIDDEN
 
 IMPLS = ("reference", "reference_compiled", "fused")
-#: The extra decode row: the fused model's matmuls alone (``matmuls_only_case``).
-MATMULS_ONLY = "fused_matmuls_only"
 PHASES = ("prefill", "decode")
 OPS = ("rms_norm", "rope", "rope_qk_norm", "residual_norm")
 
@@ -68,6 +68,25 @@ MODEL_WORKLOADS = (("prefill", "forward"), ("decode", "step_loop"), ("decode", "
 #: Samples continue the same sequence (see ``decode_case``), so a run decodes
 #: positions 16 to 16 + 32 × (warm-up + rounds).
 DECODE_TOKENS, DECODE_PROMPT = 32, 16
+#: The same for quantized weights: MLX's CPU quantized matmul takes ~0.2 s per
+#: talkie-8l-512 token here (and ~0.2 s per prompt token), so fewer of both.
+QUANTIZED_DECODE_TOKENS, QUANTIZED_DECODE_PROMPT = 4, 4
+
+#: Weight formats of the random-weight models: a float dtype, or affine
+#: quantization as ``mlx_lm.convert -q`` writes it (a bf16 model quantized with
+#: group size 64; scales and biases in bf16): format -> (dtype, bits or None).
+WEIGHT_FORMATS = {
+    "float32": (mx.float32, None),
+    "bfloat16": (mx.bfloat16, None),
+    "float16": (mx.float16, None),
+    "q4": (mx.bfloat16, 4),
+    "q6": (mx.bfloat16, 6),
+    "q8": (mx.bfloat16, 8),
+}
+QUANT_GROUP_SIZE = 64
+
+#: The read bandwidth is measured on a buffer this large: far past any cache.
+READ_BANDWIDTH_BYTES = 1 << 29
 
 #: Per-op sequence lengths: decode is one token, prefill a 512-token prompt.
 OP_SEQ_LEN = {"decode": 1, "prefill": 512}
@@ -110,11 +129,16 @@ def sync(*outputs) -> None:
     mx.synchronize()
 
 
-def _timed(run: Callable[[], Any]) -> float:
+def timed_ms(run: Callable[[], Any]) -> float:
+    """Milliseconds of ``run()`` (which evaluates its work) until the device is idle."""
     t0 = time.perf_counter()
     run()
     mx.synchronize()
     return (time.perf_counter() - t0) * 1e3
+
+
+#: A slow case (see ``interleaved``) takes at most this many samples.
+SLOW_SAMPLES = 2
 
 
 def interleaved(
@@ -123,45 +147,61 @@ def interleaved(
     rounds: int,
     min_rounds: int = 3,
     budget_s: float | None = None,
-    warmup: int = 1,
-    work: float = 1.0,
+    slow_s: float | None = None,
+    reuse_warmup: tuple[str, ...] = (),
+    work: float | dict[str, float] = 1.0,
 ) -> dict[str, Stats | BaseException]:
     """Time several implementations of one workload in interleaved rounds.
 
     ``cases[name]()`` prepares one sample (untimed: e.g. a fresh KV cache and its
     prompt) and returns the thunk to time; the thunk must ``mx.eval`` all the
-    work it does. Each round runs every case once, rotating the order (A B C,
+    work it does. Each case first runs once (warm-up). Each round then runs
+    every case that still takes samples once, rotating the order (A B C,
     B C A, C A B, ...) so drift on a noisy machine hits all of them alike.
 
-    After ``warmup`` untimed runs each, the number of rounds is ``rounds``, cut
-    down to fit ``budget_s`` (estimated from the last warm-up) but never below
-    ``min_rounds``. Each sample is divided by ``work`` (e.g. ops per thunk).
-    A case given as an exception, or that raises, is reported by its
-    exception and never timed (``NotApplicable`` included).
+    Samples per case: ``rounds``, cut so that the case's own samples fit
+    ``budget_s`` (estimated from its warm-up) but never below ``min_rounds``;
+    without a budget, exactly ``rounds``. A slow case, whose warm-up took at
+    least ``slow_s`` seconds (MLX's CPU quantized matmul), takes one or two
+    (``SLOW_SAMPLES``) samples instead; if it is named in ``reuse_warmup``, its
+    warm-up run is its first sample. Only name eager cases whose kernels are
+    already built (e.g. by an earlier untimed run of the same model): their
+    first-call costs are milliseconds, where an ``mx.compile``'d case's first
+    call compiles. Each sample is divided by ``work`` (e.g. calls per thunk; a
+    number, or one per case). A case given as an exception, or that raises, is
+    reported by its exception and never timed (``NotApplicable`` included).
     """
     results: dict[str, Stats | BaseException] = {}
-    live: list[str] = []
-    estimate = 0.0
+    todo: dict[str, int] = {}
     for name, prepare in cases.items():
         if isinstance(prepare, BaseException):
             results[name] = prepare
             continue
+        per = work[name] if isinstance(work, dict) else work
         try:
-            for _ in range(warmup):
-                t = _timed(prepare())
-            estimate += t / 1e3
-            live.append(name)
-            results[name] = Stats()
+            t = timed_ms(prepare()) / 1e3
         except Exception as e:  # reported in the table / JSON, never timed
             results[name] = e
-    n = rounds
-    if budget_s is not None and estimate > 0:
-        n = max(min_rounds, min(rounds, int(budget_s / estimate)))
-    for r in range(n):
-        k = r % len(live) if live else 0
+            continue
+        stats = results[name] = Stats()
+        if budget_s is None:
+            todo[name] = rounds
+            continue
+        fit = int(budget_s / max(t, 1e-9))
+        if slow_s is not None and t >= slow_s:
+            todo[name] = max(1, min(SLOW_SAMPLES, fit))
+            if name in reuse_warmup:
+                stats.samples_ms.append(t * 1e3 / per)
+                todo[name] -= 1
+        else:
+            todo[name] = max(min_rounds, min(rounds, fit))
+    for r in range(max(todo.values(), default=0)):
+        live = [name for name, n in todo.items() if n > r]
+        k = r % len(live)
         for name in live[k:] + live[:k]:
+            per = work[name] if isinstance(work, dict) else work
             run = cases[name]()
-            results[name].samples_ms.append(_timed(run) / work)
+            results[name].samples_ms.append(timed_ms(run) / per)
     return results
 
 
@@ -274,7 +314,7 @@ def op_thunk(step: Callable[[tuple], tuple], state: tuple, inner: int) -> Callab
 def calibrate_inner(step, state, target_ms: float, max_inner: int = 2000) -> int:
     """How many chained steps make one sample of about ``target_ms`` (at least 1)."""
     op_thunk(step, state, 1)()  # warm-up (compiles, allocates)
-    t = min(_timed(op_thunk(step, state, 4)) for _ in range(3)) / 4
+    t = min(timed_ms(op_thunk(step, state, 4)) for _ in range(3)) / 4
     return int(max(1, min(max_inner, math.ceil(target_ms / max(t, 1e-3)))))
 
 
@@ -318,35 +358,80 @@ def random_weights(model, dtype=mx.float32, seed: int = 0) -> dict[str, mx.array
     return out
 
 
-def build_reference_model(config: str | dict, dtype=mx.float32, seed: int = 0):
-    """mlx-lm's plain Talkie model with random weights -> (model, weights)."""
+def weight_format(name: str) -> tuple[Any, int | None]:
+    """``WEIGHT_FORMATS[name]``: (float dtype, bits or None); a clear error otherwise."""
+    try:
+        return WEIGHT_FORMATS[name]
+    except KeyError:
+        raise ValueError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, got {name!r}") from None
+
+
+def _quantizable(path: str, module) -> bool:
+    # mlx_lm.utils.quantize_model's rule: every layer that can be quantized and
+    # whose input size the group size divides (the bare lm_head is no layer).
+    return hasattr(module, "to_quantized") and module.weight.shape[-1] % QUANT_GROUP_SIZE == 0
+
+
+def build_reference_model(config: str | dict, weights: str = "float32", seed: int = 0):
+    """mlx-lm's plain Talkie model with random weights in one of ``WEIGHT_FORMATS``.
+
+    Quantized formats are drawn in bf16 and quantized as ``mlx_lm.convert -q``
+    does (``nn.quantize`` with ``mlx_lm.utils.quantize_model``'s predicate, group
+    size 64): embedding and projections become affine-quantized with bf16
+    scales and biases; the bare ``lm_head`` stays bf16.
+    """
+    import mlx.nn as nn
     from mlx_lm.models import talkie
 
+    dtype, bits = weight_format(weights)
     model = talkie.Model(talkie.ModelArgs.from_dict(config_args(config)))
-    weights = random_weights(model, dtype, seed)
-    model.load_weights(list(model.sanitize(dict(weights)).items()))
-    model.eval()
-    mx.eval(model.parameters())
-    return model, weights
-
-
-def build_fused_model(config: str | dict, weights: dict[str, mx.array]):
-    """This project's model with the same weights, through its ``sanitize`` + ``load_weights``."""
-    from .models.talkie import Model, ModelArgs
-
-    model = Model(ModelArgs.from_dict(config_args(config)))
-    model.load_weights(list(model.sanitize(dict(weights)).items()))
+    model.load_weights(list(model.sanitize(random_weights(model, dtype, seed)).items()))
+    if bits:
+        nn.quantize(model, QUANT_GROUP_SIZE, bits, class_predicate=_quantizable)
     model.eval()
     mx.eval(model.parameters())
     return model
 
 
-def build_models(config: str | dict, dtype=mx.float32, seed: int = 0) -> dict[str, Any]:
-    """``{"reference": model, "fused": model or the exception that stopped it}``."""
-    ref, weights = build_reference_model(config, dtype, seed)
+def build_fused_model(config: str | dict, weights: dict[str, mx.array], quantization: dict | None = None):
+    """This project's model holding ``weights`` (checkpoint keys, e.g. the reference model's parameters).
+
+    Loaded as ``mlx_lm.utils.load_model`` loads a checkpoint: ``sanitize``, then,
+    with ``quantization`` (``{"group_size", "bits"}``), every layer that has
+    scales is quantized, then the strict ``load_weights``.
+    """
+    import mlx.nn as nn
+
+    from .models.talkie import Model, ModelArgs
+
+    model = Model(ModelArgs.from_dict(config_args(config)))
+    weights = model.sanitize(dict(weights))
+    if quantization:
+        nn.quantize(
+            model, quantization["group_size"], quantization["bits"],
+            class_predicate=lambda path, m: hasattr(m, "to_quantized") and f"{path}.scales" in weights,
+        )
+    model.load_weights(list(weights.items()))
+    model.eval()
+    mx.eval(model.parameters())
+    return model
+
+
+def build_models(config: str | dict, weights: str = "float32", seed: int = 0) -> dict[str, Any]:
+    """``{"reference": model, "fused": model or the exception that stopped it}``, same weights.
+
+    ``weights`` is a ``WEIGHT_FORMATS`` name; the fused model is loaded from
+    the reference model's own (possibly quantized) parameters, so both hold the
+    same quantized weights.
+    """
+    from mlx.utils import tree_flatten
+
+    ref = build_reference_model(config, weights, seed)
+    bits = weight_format(weights)[1]
+    quantization = {"group_size": QUANT_GROUP_SIZE, "bits": bits} if bits else None
     try:
         require_fused_backend()
-        fused = build_fused_model(config, weights)
+        fused = build_fused_model(config, dict(tree_flatten(ref.parameters())), quantization)
     except Exception as e:  # reported as the fused rows' error
         fused = e
     return {"reference": ref, "fused": fused}
@@ -442,31 +527,6 @@ def decode_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callabl
     return prepare
 
 
-def matmuls_only_case(model, n_tokens: int) -> Callable[[], Callable[[], Any]]:
-    """The decode step's matmuls alone: a floor under any decode step of ``model``.
-
-    Applies every ``nn.Linear`` / ``nn.QuantizedLinear`` of ``model`` (same
-    weights, same order, one 1-token activation each) ``n_tokens`` times per
-    sample, ``mx.eval`` per token as ``decode_case`` does. Nothing the fused ops
-    do can make a step cheaper than this, so ``reference step / this`` bounds
-    the decode speedup that fusion alone can reach on this machine.
-    """
-    import mlx.nn as nn
-
-    linears = [m for _, m in model.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
-    dtype = parse_dtype(model_dtype(model).split()[0])  # "bfloat16 4-bit" -> activations in bf16
-    # Input features: quantized weights pack 32 // bits values per uint32.
-    sizes = [lin.weight.shape[1] * (32 // lin.bits if isinstance(lin, nn.QuantizedLinear) else 1) for lin in linears]
-    inputs = {k: mx.random.normal((1, 1, k), key=mx.random.key(k)).astype(dtype) for k in set(sizes)}
-    mx.eval(list(inputs.values()))
-
-    def run():
-        for _ in range(n_tokens):
-            mx.eval([lin(inputs[k]) for lin, k in zip(linears, sizes)])
-
-    return lambda: run
-
-
 def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callable[[], Any]]:
     """Greedy decoding through ``mlx_lm.generate.generate_step``, ``n_tokens`` tokens per sample.
 
@@ -476,7 +536,7 @@ def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], 
     the first ``prepare()`` runs the prompt and the first token (untimed);
     each sample takes the next ``n_tokens`` tokens, then waits for the step
     already in flight, whose token opens the next sample -- so each sample
-    computes ``n_tokens`` steps.
+    computes ``n_tokens`` steps. Call ``prepare.close()`` when done.
     """
     if impl == "reference_compiled":
         raise NotApplicable(COMPILED_DECODE_NA)
@@ -497,15 +557,52 @@ def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], 
             mx.synchronize(generation_stream)
         return run
 
+    def close():
+        # Finish mlx-lm's generator in this thread: left to the garbage
+        # collector, it may be finalized on another thread (a progress bar's),
+        # where leaving its mx.stream context raises.
+        if state:
+            state.pop("tokens").close()
+
+    prepare.close = close
     return prepare
 
 
 def model_for(models: dict[str, Any], impl: str):
-    """The model object behind an impl (compiled uses the reference model, matmuls-only the fused one); raises its build error."""
-    m = models["fused" if impl in ("fused", MATMULS_ONLY) else "reference"]
+    """The model object behind an impl (compiled uses the reference model); raises the fused model's build error."""
+    m = models["fused" if impl == "fused" else "reference"]
     if isinstance(m, BaseException):
         raise RuntimeError(f"fused model unavailable: {type(m).__name__}: {m}") from m
     return m
+
+
+def decode_weight_bytes(model) -> int:
+    """Weight bytes one decoded token reads: every parameter but the embedding table.
+
+    Projections with their scales and biases, ``lm_head`` and the gains (of the
+    embedding, one row per token is read). KV cache and activations are not
+    counted.
+    """
+    from mlx.utils import tree_flatten
+
+    return sum(p.nbytes for name, p in tree_flatten(model.parameters()) if not name.startswith("model.embed."))
+
+
+def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict[str, Any]:
+    """The machine's read bandwidth: the native ops' streaming read of ``nbytes``, median GB/s.
+
+    Measured by ``talkie_kernels.native.ops.memory_read_gbps`` with the native
+    ops' thread count (both cores here), so the floor of a decode step is the
+    weight bytes it reads divided by what the kernels' own threads can read.
+    """
+    from . import native
+
+    measure = getattr(native.ops, "memory_read_gbps", None)
+    if measure is None:
+        why = native.load_error or "the built extension has no memory_read_gbps; rebuild it"
+        raise RuntimeError(f"read bandwidth unmeasured: talkie_kernels.native.ops.memory_read_gbps unavailable ({why})")
+    gbps = float(measure(nbytes, repeats))
+    return {"gbps": gbps, "nbytes": nbytes, "repeats": repeats, "threads": native.ops.num_threads()}
 
 
 def decode_nodes(models: dict[str, Any]) -> dict[str, int]:
@@ -595,9 +692,11 @@ def parse_dtype(name: str):
 
 
 __all__ = [
-    "COMPILED_DECODE_NA", "DECODE_PROMPT", "MATMULS_ONLY", "DECODE_TOKENS", "DEFAULT_MODELS", "MODEL_WORKLOADS", "IMPLS", "OPS", "PHASES", "NotApplicable", "Stats",
+    "COMPILED_DECODE_NA", "DECODE_PROMPT", "DECODE_TOKENS", "QUANTIZED_DECODE_PROMPT", "QUANTIZED_DECODE_TOKENS", "DEFAULT_MODELS", "IMPLS", "MODEL_WORKLOADS", "OPS", "PHASES",
+    "QUANT_GROUP_SIZE", "READ_BANDWIDTH_BYTES", "WEIGHT_FORMATS", "NotApplicable", "Stats",
     "build_fused_model", "build_models", "build_reference_model", "calibrate_inner",
-    "decode_case", "decode_nodes", "generate_step_case", "interleaved", "load_models", "logits_agreement", "metadata", "model_dtype",
-    "model_for", "op_inputs", "op_shape", "op_step", "op_thunk", "prefill_case",
-    "prompt_ids", "random_weights", "require_fused_backend", "sync", "vocab_size",
+    "decode_case", "decode_nodes", "decode_weight_bytes", "generate_step_case", "interleaved", "load_models",
+    "logits_agreement", "metadata", "model_dtype", "model_for", "op_inputs", "op_shape", "op_step", "op_thunk",
+    "prefill_case", "prompt_ids", "random_weights", "read_bandwidth", "require_fused_backend", "sync", "timed_ms", "vocab_size",
+    "weight_format",
 ]

@@ -31,6 +31,10 @@ CONFIGS = {
     "talkie-8l-512": _config(hidden=512, layers=8, heads=4, vocab=4096),
     # Small and fast: tests, and the first row of `talkie-kernels bench`.
     "talkie-2l-256": _config(hidden=256, layers=2, heads=2, vocab=512),
+    # One block at the released model's width (hidden, heads, intermediate,
+    # vocab): its decode reads 13B-sized projections and lm_head
+    # (`talkie-kernels bench --block-13b`).
+    "talkie-1l-13b-width": _config(hidden=5120, layers=1, heads=40, vocab=65540),
 }
 
 #: The per-op shapes of the real model, decode (L=1) and prefill (L=512).

@@ -1,4 +1,4 @@
-"""`talkie-kernels bench --quick`: the table, the JSON records and the plot are produced.
+"""`talkie-kernels bench --quick`: the tables, the JSON records and the plot are produced.
 
 Only the shape of the output is checked here; timings are never asserted on
 (the numbers of a tiny run on a noisy machine mean nothing).
@@ -7,46 +7,50 @@ Only the shape of the output is checked here; timings are never asserted on
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from talkie_kernels import bench, cli
-from talkie_kernels.benchmarking import COMPILED_DECODE_NA, IMPLS, MATMULS_ONLY, MODEL_WORKLOADS, OPS
+from talkie_kernels import bench, bench_linear, cli
+from talkie_kernels.bench import BLOCK_13B, QUICK_FORMATS
+from talkie_kernels.benchmarking import COMPILED_DECODE_NA, IMPLS, MODEL_WORKLOADS, OPS, interleaved
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     js, png = out / "bench.json", out / "speedups.png"
-    rc = cli.main(["bench", "--quick", "--json", str(js), "--plot", str(png)])
+    rc = cli.main(["bench", "--quick", "--linear-shapes", "--json", str(js), "--plot", str(png)])
     return rc, js, png
 
 
-def test_quick_run_writes_json_and_plot(quick_run, capsys):
+def test_quick_run_writes_json_and_plot(quick_run):
     rc, js, png = quick_run
     doc = json.loads(js.read_text())
-    records = doc["records"]
-    # An implementation that fails is reported (exit code 1), never given a number.
+    records, meta = doc["records"], doc["metadata"]
+    # An implementation that fails, or a bandwidth that cannot be measured, is
+    # reported (exit code 1), never given a number.
     errors = [r for r in records if r["status"] == "error"]
-    assert rc == (1 if errors else 0)
+    bandwidth = meta["read_bandwidth"]
+    assert rc == (1 if errors or "error" in bandwidth else 0)
     for r in errors:
         assert r["error"] and r["median_ms"] is None and r["speedup_vs_reference"] is None
-    if doc["metadata"]["backend"] != "reference":
-        # With kernels available every fused row has a number.
+    if meta["backend"] != "reference":
+        # With kernels available every fused row has a number, and the bench measured the bandwidth.
         assert not errors, errors
-        nodes = doc["metadata"]["graph_nodes_per_decoded_token"]["talkie-2l-256"]
+        assert bandwidth["gbps"] > 0 and bandwidth["nbytes"] >= 512 << 20 and bandwidth["threads"] >= 1
+        nodes = meta["graph_nodes_per_decoded_token"]["talkie-2l-256"]
         assert 0 < nodes["fused"] < nodes["reference"]
 
-    meta = doc["metadata"]
     for key in ("date", "mlx", "mlx_lm", "device", "backend", "machine", "cpu_count"):
         assert meta[key] not in (None, "")
     for r in records:
-        for key in ("model", "impl", "phase", "median_ms", "device", "backend", "mlx"):
+        for key in ("model", "impl", "phase", "median_ms", "samples", "device", "backend", "mlx"):
             assert key in r
-        assert r["impl"] in IMPLS + (MATMULS_ONLY,) and r["phase"] in ("prefill", "decode")
+        assert r["impl"] in IMPLS and r["phase"] in ("prefill", "decode")
         if r["status"] == "ok":
             assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
-            assert r["speedup_vs_reference"] > 0
+            assert r["speedup_vs_reference"] > 0 and r["samples"] >= 1
 
     ops = [r for r in records if r["kind"] == "op"]
     assert {(r["op"], r["phase"], r["impl"]) for r in ops} == {
@@ -56,45 +60,120 @@ def test_quick_run_writes_json_and_plot(quick_run, capsys):
         assert r["dtype"] == "bfloat16" and len(r["shape"]) in (3, 4)
         if r["impl"] == "reference":
             assert r["status"] == "ok"
-
-    models = [r for r in records if r["kind"] == "model"]
-    workloads = MODEL_WORKLOADS
-    by = {(r["phase"], r["method"], r["impl"]): r for r in models}
-    expected = {(*w, impl) for w in workloads for impl in IMPLS} | {("decode", "step_loop", MATMULS_ONLY)}
-    assert len(by) == len(models) and set(by) == expected
-    # The matmul floor is timed in the same rounds as decode and yields the ceiling note.
-    floor = by["decode", "step_loop", MATMULS_ONLY]
-    assert floor["status"] == "ok" and floor["tokens"] == by["decode", "step_loop", "reference"]["tokens"]
-    assert any("fusion alone can make decode at most" in n for n in doc["notes"])
-    for r in models:
-        if r["status"] == "ok":
-            assert r["tokens_per_s"] > 0
-    for w in workloads:
-        assert by[(*w, "reference")]["status"] == "ok"
-    assert by["prefill", "forward", "reference_compiled"]["status"] == "ok"
-    # Compile does not apply to decoding with mlx-lm's KVCache: said so, not faked.
-    for method in ("step_loop", "generate_step"):
-        assert by["decode", method, "reference_compiled"]["status"] == "n/a"
-        assert by["decode", method, "reference_compiled"]["error"] == COMPILED_DECODE_NA
-
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_quick_run_prints_the_table(quick_run, capsys):
-    # The module fixture ran first; run the table-only path again to capture it.
-    rc = bench.main(["--quick", "--only", "models"])
+def test_quick_run_models_at_each_format(quick_run):
+    _, js, _ = quick_run
+    doc = json.loads(js.read_text())
+    models = [r for r in doc["records"] if r["kind"] == "model"]
+    by = {(r["dtype"], r["phase"], r["method"], r["impl"]): r for r in models}
+    assert len(by) == len(models)
+    # float32: every workload and implementation; quantized: prefill and the
+    # step-loop decode, reference and fused (compiled and generate_step would
+    # time the same MLX matmuls again).
+    expected = {("float32", *w, impl) for w in MODEL_WORKLOADS for impl in IMPLS}
+    expected |= {("q4", p, m, impl) for p, m in MODEL_WORKLOADS[:2] for impl in ("reference", "fused")}
+    assert QUICK_FORMATS == ("float32", "q4") and set(by) == expected
+    for key, r in by.items():
+        if key[3] == "reference" or (key[3] == "reference_compiled" and key[1] == "prefill"):
+            assert r["status"] == "ok" and r["tokens_per_s"] > 0
+    # Compile does not apply to decoding with mlx-lm's KVCache: said so, not faked.
+    for method in ("step_loop", "generate_step"):
+        r = by["float32", "decode", method, "reference_compiled"]
+        assert r["status"] == "n/a" and r["error"] == COMPILED_DECODE_NA
+    # Every decode row carries its floor: weight bytes per token ÷ the measured bandwidth.
+    bandwidth = doc["metadata"]["read_bandwidth"]
+    for r in models:
+        if r["phase"] == "decode":
+            assert r["weight_bytes_per_token"] > 0
+            if "error" not in bandwidth:
+                assert r["floor_tokens_per_s"] == pytest.approx(bandwidth["gbps"] * 1e9 / r["weight_bytes_per_token"])
+                if r["status"] == "ok":
+                    assert r["of_floor"] == pytest.approx(r["tokens_per_s"] / r["floor_tokens_per_s"])
+    # 4-bit weights are smaller than fp32 ones (embedding aside, quantized the same way).
+    assert by["q4", "decode", "step_loop", "fused"]["weight_bytes_per_token"] < \
+        by["float32", "decode", "step_loop", "fused"]["weight_bytes_per_token"] / 4
+    assert any("q4: fused logits vs reference" in n for n in doc["notes"])
+
+
+def test_quick_run_linear_table(quick_run):
+    _, js, _ = quick_run
+    doc = json.loads(js.read_text())
+    rows = [r for r in doc["records"] if r["kind"] == "linear"]
+    assert {(r["name"], r["dtype"], r["impl"]) for r in rows} == {
+        (name, fmt, impl) for name, _, _ in bench_linear.QUICK_SHAPES for fmt in bench_linear.FORMATS
+        for impl in bench_linear.IMPLS
+    }
+    bandwidth = doc["metadata"]["read_bandwidth"]
+    for r in rows:
+        # The tiny --quick shapes stand in for Talkie 13B's: no target reads them.
+        assert r["model"] == "quick stand-in" and r["shape"][0] == 1 and r["weight_bytes"] > 0
+        if r["status"] == "ok":
+            assert r["gbps"] == pytest.approx(r["weight_bytes"] / (r["median_ms"] / 1e3) / 1e9)
+            assert r["calls_per_sample"] >= 1
+            if "error" not in bandwidth:
+                assert r["pct_of_read_bandwidth"] == pytest.approx(100 * r["gbps"] / bandwidth["gbps"])
+    targets = {t["target"]: t for t in doc["targets"]}
+    for fmt in bench_linear.FORMATS:
+        label = f"linear at Talkie 13B decode shapes, {fmt}: worst shape, of read bandwidth"
+        assert targets[label]["status"] == "not run (--linear-shapes, not --quick)"
+    assert targets["one-block 13B-width q4 decode: time per token ÷ its floor"]["status"] == "not run (--block-13b)"
+
+
+def test_quick_run_prints_the_tables(quick_run, capsys):
+    # The module fixture ran first; run the table-only paths again to capture them.
+    rc = bench.main(["--quick", "--only", "models", "--dtypes", "q4"])
     out = capsys.readouterr().out
-    assert "Models: tokens/s" in out
-    assert "reference_compiled" in out and "vs reference" in out
-    assert "mlx 0." in out and "backend" in out
+    assert "Models: tokens/s" in out and "floor:" in out and "of floor" in out
+    assert "vs reference" in out and "n = timed samples per row" in out
+    assert "mlx 0." in out and "backend" in out and ("read bandwidth" in out)
     if "Device(gpu" not in out:
         assert "Apple-GPU (Metal) speed is unmeasured" in out
     assert rc in (0, 1)
+    rc = bench.main(["--quick", "--only", "linear"])
+    out = capsys.readouterr().out
+    assert "linear at Talkie 13B's decode shapes" in out and "GB/s" in out and "of read BW" in out
+    assert rc in (0, 1)
 
 
-def test_unknown_config_is_rejected(capsys):
+def test_unknown_config_or_format_is_rejected(capsys):
     assert bench.main(["--configs", "no-such-config"]) == 2
     assert "unknown config" in capsys.readouterr().err
+    assert bench.main(["--dtypes", "float32,q5x"]) == 2
+    assert "unknown weight format" in capsys.readouterr().err
+
+
+def test_settings_of_the_flags():
+    parse = bench.build_parser().parse_args
+    s = bench.Settings(parse([]))
+    assert [(r.name, r.prompt_len, r.formats) for r in s.models] == [
+        ("talkie-8l-512", 64, ["float32", "bfloat16", "q4", "q8"])]
+    assert not s.do_linear and s.decode_lengths(False) == (32, 16) and s.decode_lengths(True) == (4, 4)
+    s = bench.Settings(parse(["--block-13b", "--linear-shapes", "--dtypes", "bfloat16"]))
+    assert [(r.name, r.formats) for r in s.models] == [("talkie-8l-512", ["bfloat16"]), (BLOCK_13B, ["q4"])]
+    assert s.workloads(s.models[1], "q4") == [("decode", "step_loop", ("reference", "fused"))]
+    assert s.do_linear and s.linear_shapes == bench_linear.SHAPES_13B
+    assert [(n, K, N) for n, K, N in bench_linear.SHAPES_13B] == [
+        ("attn_qkv", 5120, 15360), ("attn_resid", 5120, 5120), ("mlp_gate_linear", 5120, 27392),
+        ("mlp_resid", 13696, 5120), ("lm_head", 5120, 65540)]
+    s = bench.Settings(parse(["--only", "linear"]))
+    assert s.do_linear and not s.do_models and not s.do_ops
+
+
+def test_slow_cases_are_sampled_fewer_times():
+    """A case whose warm-up takes seconds gets one or two samples; its warm-up counts only if named."""
+    def case(seconds):
+        return lambda: (lambda: time.sleep(seconds))
+
+    res = interleaved({"fast": case(0.001), "slow": case(0.06), "slow_reused": case(0.06)},
+                      rounds=7, min_rounds=3, budget_s=0.5, slow_s=0.05, reuse_warmup=("slow_reused",))
+    assert len(res["fast"].samples_ms) == 7
+    assert len(res["slow"].samples_ms) == 2 and len(res["slow_reused"].samples_ms) == 2
+    res = interleaved({"slow": case(0.06)}, rounds=7, budget_s=0.05, slow_s=0.05, reuse_warmup=("slow",))
+    assert len(res["slow"].samples_ms) == 1  # only the warm-up, kept as the sample
+    res = interleaved({"slow": case(0.06)}, rounds=4)  # no budget: exact
+    assert len(res["slow"].samples_ms) == 4
 
 
 def test_help_through_the_router(capsys):
@@ -102,7 +181,8 @@ def test_help_through_the_router(capsys):
         cli.main(["bench", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--json", "--plot", "--model", "--quick", "--dtype", "--prompt-len", "--decode-tokens", "--no-generate-step"):
+    for flag in ("--json", "--plot", "--model", "--quick", "--dtypes", "--prompt-len", "--decode-tokens",
+                 "--no-generate-step", "--linear-shapes", "--block-13b", "--only"):
         assert flag in out
 
 
@@ -115,12 +195,13 @@ def test_checkpoint_mode(tmp_path, capsys):
     ckpt = write_checkpoint(tmp_path / "ckpt", CONFIGS["talkie-2l-256"], "bfloat16", seed=1)
     js = tmp_path / "ckpt.json"
     rc = bench.main(["--model", str(ckpt), "--only", "models", "--quick", "--json", str(js)])
-    records = json.loads(js.read_text())["records"]
-    assert rc == (1 if any(r["status"] == "error" for r in records) else 0)
+    doc = json.loads(js.read_text())
+    records = doc["records"]
+    assert rc == (1 if any(r["status"] == "error" for r in records) or "error" in doc["metadata"]["read_bandwidth"] else 0)
     assert {r["kind"] for r in records} == {"model"}
     for r in records:
         assert r["model"] == "ckpt" and r["dtype"] == "bfloat16"
         assert r["checkpoint"] == str(ckpt.resolve())
     ref = [r for r in records if r["impl"] == "reference"]
     assert len(ref) == 3 and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in ref)
-    assert "bfloat16 weights" in capsys.readouterr().out
+    assert "bfloat16" in capsys.readouterr().out

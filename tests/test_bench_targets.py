@@ -1,35 +1,78 @@
-"""The DESIGN §8 target table of `talkie-kernels bench`, on hand-made records."""
+"""The target table of `talkie-kernels bench`, on hand-made records."""
 
 from __future__ import annotations
 
+import pytest
+
 from talkie_kernels import bench
-from talkie_kernels.benchmarking import MATMULS_ONLY
+from talkie_kernels.bench_linear import SHAPES_13B
+from talkie_kernels.bench_targets import check_targets
+from talkie_kernels.benchmarking import Stats
 
 
-def _decode(impl, ms):
-    return {"kind": "model", "model": "talkie-8l-512", "phase": "decode", "method": "step_loop",
-            "dtype": "float32", "impl": impl, "median_ms": ms, "tokens": 32}
+def _model(phase, fmt, impl, ms, model="talkie-8l-512", floor_tps=None, tokens=32):
+    base = {"kind": "model", "model": model, "phase": phase, "method": "step_loop" if phase == "decode" else "forward",
+            "dtype": fmt, "floor_tokens_per_s": floor_tps}
+    return bench._record(base, impl, Stats([ms]), tokens)
 
 
-def _targets(fused_ms, matmul_ms):
-    records = [_decode("reference", 100.0), _decode("fused", fused_ms), _decode(MATMULS_ONLY, matmul_ms)]
+def _linear(fmt, pct, name="attn_qkv"):
+    return {"kind": "linear", "model": "talkie-13b", "op": "linear", "name": name, "phase": "decode",
+            "dtype": fmt, "impl": "fused", "median_ms": 1.0, "pct_of_read_bandwidth": pct}
+
+
+def _rows(records, graph_nodes=None):
     bench._add_speedups(records)
-    rows = {t["target"]: t for t in bench.check_targets(records)}
-    return rows["decode tok/s, talkie-8l-512 fp32 vs mlx-lm"]
+    return {t["target"]: t for t in check_targets(records, graph_nodes)}
 
 
-def test_decode_target_passes_and_reports_its_ceiling():
-    row = _targets(fused_ms=80.0, matmul_ms=50.0)
-    assert row["status"] == "pass" and row["measured"] == 1.25 and row["ceiling"] == 2.0
+def test_decode_and_prefill_floors_per_format():
+    records = [
+        _model("decode", "float32", "reference", 100.0), _model("decode", "float32", "fused", 30.0),  # 3.33x
+        _model("decode", "bfloat16", "reference", 100.0), _model("decode", "bfloat16", "fused", 30.0),  # 3.33x < 4x
+        _model("decode", "q4", "reference", 100.0), _model("decode", "q4", "fused", 3.0),  # 33x
+        _model("prefill", "q8", "reference", 100.0), _model("prefill", "q8", "fused", 25.0),  # 4x < 5x
+    ]
+    rows = _rows(records)
+    fp32, bf16 = rows["decode tok/s, talkie-8l-512 float32 vs mlx-lm"], rows["decode tok/s, talkie-8l-512 bfloat16 vs mlx-lm"]
+    assert fp32["status"] == "pass" and fp32["measured"] == pytest.approx(100 / 30) and fp32["floor"] == 3.0
+    assert bf16["status"] == "FAIL" and bf16["floor"] == 4.0
+    assert rows["decode tok/s, talkie-8l-512 q4 vs mlx-lm"]["status"] == "pass"
+    assert rows["prefill tok/s, talkie-8l-512 q8 vs mlx-lm"]["status"] == "FAIL"
+    # Rows this run did not measure name what measures them.
+    assert rows["decode tok/s, talkie-8l-512 q8 vs mlx-lm"]["status"] == "not run (talkie-8l-512 with --dtypes q8)"
+    assert rows["prefill tok/s, talkie-8l-512 float32 vs mlx-lm"]["status"].startswith("not run")
+    assert rows["graph nodes per decoded token, talkie-8l-512 (fused / mlx-lm)"]["status"] == "not run (talkie-8l-512)"
 
 
-def test_decode_target_fail_says_when_the_matmuls_alone_forbid_it():
-    row = _targets(fused_ms=95.0, matmul_ms=90.0)  # ceiling 1.11x < floor 1.2x
-    assert row["status"] == "FAIL: ceiling < floor"
-    row = _targets(fused_ms=95.0, matmul_ms=50.0)  # fusion could, but did not
-    assert row["status"] == "FAIL"
+def test_linear_target_is_the_worst_shape():
+    records = [_linear("q4", pct, name) for (name, _, _), pct in zip(SHAPES_13B, (90, 70, 65, 88, 61))]
+    records += [_linear("q8", 59.0), _linear("q8", 95.0, "lm_head")]
+    rows = _rows(records)
+    q4 = rows["linear at Talkie 13B decode shapes, q4: worst shape, of read bandwidth"]
+    assert q4["status"] == "pass" and q4["measured"] == 61 and q4["unit"] == "%" and q4["aim"] == 85.0
+    assert rows["linear at Talkie 13B decode shapes, q8: worst shape, of read bandwidth"]["status"] == "FAIL"
+    assert rows["linear at Talkie 13B decode shapes, bfloat16: worst shape, of read bandwidth"]["status"] == \
+        "not run (--linear-shapes, not --quick)"
+    # A shape with no bandwidth (the measurement failed) gives no number, not a pass.
+    rows = _rows([_linear("bfloat16", None)])
+    assert rows["linear at Talkie 13B decode shapes, bfloat16: worst shape, of read bandwidth"]["status"] == "no number"
 
 
-def test_ceiling_note_quotes_ms_per_token():
-    note = bench._ceiling_note("m", [dict(_decode("reference", 64.0)), dict(_decode(MATMULS_ONLY, 32.0))])
-    assert "1.00 ms/token" in note and "2.00 ms/token" in note and "at most 2.00×" in note
+@pytest.mark.parametrize("fused_ms, status", [(56.0, "pass"), (64.0, "FAIL")])
+def test_block_13b_within_its_floor(fused_ms, status):
+    # 4 tokens per sample; floor 100 tok/s = 10 ms per token = 40 ms per sample.
+    records = [_model("decode", "q4", "reference", 10_000.0, model="talkie-1l-13b-width", floor_tps=100.0, tokens=4),
+               _model("decode", "q4", "fused", fused_ms, model="talkie-1l-13b-width", floor_tps=100.0, tokens=4)]
+    row = _rows(records)["one-block 13B-width q4 decode: time per token ÷ its floor"]
+    assert row["status"] == status and row["measured"] == pytest.approx(fused_ms / 40.0)
+    assert row["floor"] == 1.5 and not row["higher_is_better"]
+    assert records[1]["of_floor"] == pytest.approx(40.0 / fused_ms)
+
+
+def test_graph_nodes_lower_is_better():
+    rows = _rows([], {"talkie-8l-512": {"reference": 1000, "fused": 300}})
+    assert rows["graph nodes per decoded token, talkie-8l-512 (fused / mlx-lm)"]["status"] == "pass"
+    rows = _rows([], {"talkie-8l-512": {"reference": 1000, "fused": 400}})
+    assert rows["graph nodes per decoded token, talkie-8l-512 (fused / mlx-lm)"]["status"] == "FAIL"
+

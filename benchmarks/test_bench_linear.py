@@ -1,0 +1,29 @@
+"""``linear``: MLX's own matmul / quantized_matmul vs the fused op, dense bf16 and affine 4-bit.
+
+``x (M, K) @ W.T`` for a random W (N, K): bf16, or q4 (group 64, bf16 scales
+and biases, as ``mlx_lm.convert -q`` writes). Decode (M = 1) at two of
+Talkie 13B's projection shapes, prefill (M = 64) at talkie-8l-512's, where
+MLX's 4-bit CPU matmul still takes well under a second per call. The baseline
+is ``talkie_kernels.reference.linear``; the fused op is ``talkie_kernels.linear``
+(dispatched to the current backend, recorded in extra_info, with the weight
+GB/s and GFLOP/s per call). ``talkie-kernels bench --linear-shapes`` times all
+five 13B decode shapes, interleaved, against the machine's read bandwidth.
+"""
+
+import pytest
+
+from talkie_kernels.bench_linear import IMPLS
+
+CASES = (
+    ("decode", 1, 5120, 5120),  # attn_resid
+    ("decode", 1, 13696, 5120),  # mlp_resid
+    ("prefill", 64, 512, 1536),  # talkie-8l-512 attn_qkv
+    ("prefill", 64, 1408, 512),  # talkie-8l-512 mlp_resid
+)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("fmt", ("bfloat16", "q4"))
+@pytest.mark.parametrize("phase, M, K, N", CASES, ids=[f"{p}-{M}x{K}x{N}" for p, M, K, N in CASES])
+def test_linear(linear_bench, phase, M, K, N, fmt, impl):
+    linear_bench(phase, M, K, N, fmt, impl)

@@ -1,0 +1,126 @@
+"""The project's speed targets, checked against one run of ``talkie-kernels bench``.
+
+Each target reads one number from the run's records: a ratio of the fused
+implementation against plain MLX in the same run, a share of the read
+bandwidth the bench measured, or a distance from a decode step's floor. A
+target whose rows the run did not measure says which flag measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+#: The talkie-8l-512 decode floors (fused tok/s ÷ mlx-lm's), per weight format.
+DECODE_FLOORS = {"float32": 3.0, "bfloat16": 4.0, "q4": 30.0, "q8": 30.0}
+#: The per-shape ``linear`` table's formats, judged by their worst shape.
+LINEAR_FORMATS = ("bfloat16", "q4", "q8")
+
+
+@dataclass
+class Target:
+    label: str
+    #: records, graph nodes -> the measured value, or None when a row exists but has no number;
+    #: raises LookupError when the run has no such row.
+    measure: Callable[[list[dict], dict], float | None]
+    floor: float
+    aim: float | str | None
+    #: How the value reads: "x" (a ratio), "%" (of the read bandwidth) or "x floor" (time ÷ floor time).
+    unit: str
+    higher_is_better: bool
+    #: What measures it, for "not run (...)".
+    needs: str
+
+
+def _one(records: list[dict], **match) -> dict:
+    hits = [r for r in records if all(r.get(k) == v for k, v in match.items())]
+    if not hits:
+        raise LookupError
+    return hits[0]
+
+
+def _speedup(**match):
+    return lambda records, _: _one(records, impl="fused", **match)["speedup_vs_reference"]
+
+
+def _op(op: str, phase: str, shape: list[int]):
+    return _speedup(kind="op", op=op, phase=phase, shape=shape, dtype="bfloat16")
+
+
+def _model(phase: str, fmt: str, method: str):
+    return _speedup(kind="model", model="talkie-8l-512", phase=phase, method=method, dtype=fmt)
+
+
+def _linear_worst(fmt: str):
+    """The lowest % of read bandwidth of the fused ``linear`` over the 13B decode shapes."""
+
+    def measure(records, _):
+        rows = [r for r in records if r["kind"] == "linear" and r["impl"] == "fused" and r["dtype"] == fmt
+                and r["model"] == "talkie-13b"]
+        if not rows:
+            raise LookupError
+        values = [r.get("pct_of_read_bandwidth") for r in rows]
+        return None if None in values else min(values)
+
+    return measure
+
+
+def _block_vs_floor(records, _):
+    """Fused decode time per token ÷ its floor time, one-block 13B-width q4."""
+    r = _one(records, kind="model", model="talkie-1l-13b-width", phase="decode", method="step_loop",
+             dtype="q4", impl="fused")
+    tps, floor = r.get("tokens_per_s"), r.get("floor_tokens_per_s")
+    return floor / tps if tps and floor else None
+
+
+def _graph(_, graph_nodes):
+    g = graph_nodes.get("talkie-8l-512")
+    if not g:
+        raise LookupError
+    return g["fused"] / g["reference"] if g.get("fused") and g.get("reference") else None
+
+
+def targets() -> list[Target]:
+    out = [
+        Target("rope_qk_norm prefill (1, 40, 512, 128) bf16", _op("rope_qk_norm", "prefill", [1, 40, 512, 128]),
+               10.0, 30.0, "x", True, "default op shapes, not --quick"),
+        Target("rope_qk_norm decode (1, 40, 1, 128) bf16", _op("rope_qk_norm", "decode", [1, 40, 1, 128]),
+               2.0, 3.0, "x", True, "default op shapes, not --quick"),
+        Target("residual_norm + skip prefill (1, 512, 5120) bf16", _op("residual_norm", "prefill", [1, 512, 5120]),
+               3.0, 6.0, "x", True, "default op shapes, not --quick"),
+    ]
+    for fmt in LINEAR_FORMATS:
+        out.append(Target(f"linear at Talkie 13B decode shapes, {fmt}: worst shape, of read bandwidth",
+                          _linear_worst(fmt), 60.0, 85.0, "%", True, "--linear-shapes, not --quick"))
+    for fmt, floor in DECODE_FLOORS.items():
+        out.append(Target(f"decode tok/s, talkie-8l-512 {fmt} vs mlx-lm", _model("decode", fmt, "step_loop"),
+                          floor, "1.3× its floor", "x", True, f"talkie-8l-512 with --dtypes {fmt}"))
+    for fmt in DECODE_FLOORS:
+        out.append(Target(f"prefill tok/s, talkie-8l-512 {fmt} vs mlx-lm", _model("prefill", fmt, "forward"),
+                          5.0, 20.0, "x", True, f"talkie-8l-512 with --dtypes {fmt}"))
+    out += [
+        Target("one-block 13B-width q4 decode: time per token ÷ its floor", _block_vs_floor,
+               1.5, 1.1, "x floor", False, "--block-13b"),
+        Target("graph nodes per decoded token, talkie-8l-512 (fused / mlx-lm)", _graph,
+               0.35, 0.25, "x", False, "talkie-8l-512"),
+    ]
+    return out
+
+
+def check_targets(records: list[dict], graph_nodes: dict | None = None) -> list[dict]:
+    """One row per target: its floor, aim, measured value and status (pass / FAIL / not run / no number)."""
+    out = []
+    for t in targets():
+        try:
+            value = t.measure(records, graph_nodes or {})
+        except LookupError:
+            status, value = f"not run ({t.needs})", None
+        else:
+            if value is None:
+                status = "no number"
+            else:
+                ok = value >= t.floor if t.higher_is_better else value <= t.floor
+                status = "pass" if ok else "FAIL"
+        out.append({"target": t.label, "floor": t.floor, "aim": t.aim, "measured": value, "unit": t.unit,
+                    "higher_is_better": t.higher_is_better, "status": status})
+    return out
