@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "mlx/utils.h"
 #include "ops.h"
 
 namespace tk {
@@ -22,12 +23,10 @@ inline std::string fmt(const mx::Shape& shape) {
   return os.str();
 }
 
-inline std::string fmt(mx::Dtype d) {  // in mx::Dtype::Val order
-  static const char* names[] = {
-      "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32",
-      "int64", "float16", "float32", "float64", "bfloat16", "complex64"};
-  auto v = static_cast<size_t>(d.val());
-  return std::string("mlx.core.") + (v < std::size(names) ? names[v] : "unknown");
+inline std::string fmt(mx::Dtype d) {  // as Python prints it: "mlx.core.float32"
+  std::ostringstream os;
+  os << "mlx.core." << d;
+  return os.str();
 }
 
 inline std::string fmt(double v) {  // shortest round trip, like Python's repr(float)

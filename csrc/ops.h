@@ -1,20 +1,19 @@
 // talkie_kernels native CPU ops: the four Talkie ops as MLX Primitives.
 //
-// Modelled on MLX's `fast` ops (mlx/fast.cpp): each op function validates its
-// arguments (std::invalid_argument -> ValueError, tk::type_error ->
+// Modelled on MLX's `fast` ops (mlx/fast.cpp): each op function (ops.cpp)
+// validates its arrays (std::invalid_argument -> ValueError, tk::type_error ->
 // TypeError, messages "[op_name] ..." as in talkie_kernels/_checks.py),
 // builds a fallback from plain MLX ops composed exactly like
-// talkie_kernels/reference.py, and returns arrays backed by a Primitive that
-// uses the fallback for vjp, jvp and vmap (so gradients equal plain MLX's).
-// eval_cpu runs the fused loops of csrc/kernels.cpp; on a GPU stream the op
-// returns the fallback instead.
+// talkie_kernels/reference.py, and returns arrays backed by a Primitive
+// (primitives.h) that uses the fallback for vjp, jvp and vmap (so gradients
+// equal plain MLX's). eval_cpu (csrc/cpu/<op>.cpp) runs the loops of
+// csrc/kernels/<op>.cpp; on a GPU stream the op returns the fallback instead.
 //
 // Numerics of the fused loops: inputs fp32/fp16/bf16, outputs in the input
 // dtype, all arithmetic in fp32 (RoPE angles in double), each output rounded
 // once (round to nearest even).
 #pragma once
 
-#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -22,7 +21,6 @@
 #include <vector>
 
 #include "mlx/mlx.h"
-#include "mlx/primitives.h"
 
 namespace tk {
 
@@ -119,122 +117,5 @@ int64_t contiguous_copies();
 // the best one is used by default).
 std::vector<std::string> available_isas();
 void use_isa(const std::string& name);
-
-// ---- Primitives -------------------------------------------------------------
-
-using Fallback = std::function<std::vector<mx::array>(std::vector<mx::array>)>;
-
-// The role of MLX's fast::Custom (which libmlx does not export): a Primitive
-// whose transformations are those of its plain-ops fallback. vjp and jvp
-// differentiate the fallback with respect to the requested inputs only, the
-// others (the integer offset) held constant.
-class FallbackPrimitive : public mx::Primitive {
- public:
-  FallbackPrimitive(mx::Stream s, Fallback fallback)
-      : Primitive(s), fallback_(std::move(fallback)) {}
-  std::vector<mx::array> vjp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& cotangents,
-      const std::vector<int>& argnums,
-      const std::vector<mx::array>& outputs) override;
-  std::vector<mx::array> jvp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& tangents,
-      const std::vector<int>& argnums) override;
-  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs,
-      const std::vector<int>& axes) override;
-
- protected:
-  Fallback fallback_;
-};
-
-// Inputs: {x}. Outputs: {normed}.
-class TalkieRMSNorm : public FallbackPrimitive {
- public:
-  TalkieRMSNorm(mx::Stream s, Fallback fallback, float eps)
-      : FallbackPrimitive(s, std::move(fallback)), eps_(eps) {}
-  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  DEFINE_NAME(TalkieRMSNorm)
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {in[0].shape()};
-  }
-  bool is_equivalent(const mx::Primitive& other) const override;
-
- private:
-  float eps_;
-};
-
-// Inputs: {x, offset}. Outputs: {rotated}.
-class TalkieRoPE : public FallbackPrimitive {
- public:
-  TalkieRoPE(mx::Stream s, Fallback fallback, double base)
-      : FallbackPrimitive(s, std::move(fallback)), base_(base) {}
-  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  DEFINE_NAME(TalkieRoPE)
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {in[0].shape()};
-  }
-  bool is_equivalent(const mx::Primitive& other) const override;
-
- private:
-  double base_;
-};
-
-// Inputs: {q, k, head_gain, offset}. Outputs: {q, k}.
-class TalkieRoPEQKNorm : public FallbackPrimitive {
- public:
-  TalkieRoPEQKNorm(mx::Stream s, Fallback fallback, double base, float eps)
-      : FallbackPrimitive(s, std::move(fallback)), base_(base), eps_(eps) {}
-  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  DEFINE_NAME(TalkieRoPEQKNorm)
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {in[0].shape(), in[1].shape()};
-  }
-  bool is_equivalent(const mx::Primitive& other) const override;
-
- private:
-  double base_;
-  float eps_;
-};
-
-// Inputs: {x, y, gain} or {x, y, gain, skip, skip_gain}. Outputs: {x_new, normed}.
-class TalkieResidualNorm : public FallbackPrimitive {
- public:
-  TalkieResidualNorm(mx::Stream s, Fallback fallback, bool has_skip, float eps)
-      : FallbackPrimitive(s, std::move(fallback)), has_skip_(has_skip), eps_(eps) {}
-  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  DEFINE_NAME(TalkieResidualNorm)
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {in[0].shape(), in[0].shape()};
-  }
-  bool is_equivalent(const mx::Primitive& other) const override;
-
- private:
-  bool has_skip_;
-  float eps_;
-};
-
-// Inputs: {x (M, K), w} or {x, w, scales, biases}. Outputs: {(M, N)}.
-class TalkieLinear : public FallbackPrimitive {
- public:
-  TalkieLinear(mx::Stream s, Fallback fallback, int kind, int group_size)
-      : FallbackPrimitive(s, std::move(fallback)), kind_(kind), group_size_(group_size) {}
-  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  DEFINE_NAME(TalkieLinear)
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {{in[0].shape(0), in[1].shape(0)}};
-  }
-  bool is_equivalent(const mx::Primitive& other) const override;
-
- private:
-  int kind_;  // kern::WeightKind
-  int group_size_;
-};
 
 } // namespace tk

@@ -10,10 +10,10 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
-#include "kernels.h"
+#include "kernels/kernels.h"
 #include "mlx/mlx.h"
 #include "ops.h"
-#include "parallel.h"
+#include "cpu/parallel.h"
 
 namespace nb = nanobind;
 namespace mx = mlx::core;

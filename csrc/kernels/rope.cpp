@@ -1,15 +1,7 @@
-// The CPU loops of talkie_kernels (see kernels.h for the interface).
+// rope and rope_qk_norm: the CPU loops (see kernels.h for the interface).
 //
-// This file is compiled more than once, with different -march flags, into
-// namespace tk::kern::TK_ISA. To keep the copies from leaking into each other
-// through the linker (an AVX2 copy of an inline function replacing the
-// baseline one), everything here has internal linkage and the file includes
-// no header whose inline functions it calls (storage.inc is included inside
-// the anonymous namespace): only builtins and plain loops.
-//
-// The loops are written for the auto-vectorizer (-O3): inner loops over
-// contiguous rows, branch-free element conversions, fp32 reductions with
-// explicit independent lanes (lane_sum) so they may be vectorized.
+// Compiled once per instruction set into tk::kern::TK_ISA (see kernels.h and
+// common.inc for the rules these files follow).
 #include "kernels.h"
 
 #ifndef TK_ISA
@@ -20,144 +12,7 @@ namespace tk::kern::TK_ISA {
 namespace {
 
 #include "storage.inc"
-
-template <class T>
-inline T* at(const void* p, int64_t elems) {
-  return const_cast<T*>(static_cast<const T*>(p)) + elems;
-}
-
-inline int64_t row_offset(const Rows& v, int64_t r) {
-  int64_t off = 0;
-  for (int d = v.nlead - 1; d >= 0; --d) {
-    off += (r % v.shape[d]) * v.strides[d];
-    r /= v.shape[d];
-  }
-  return off;
-}
-
-// sum over i < n of term(i), in fp32. The loop keeps kLanes independent
-// partial sums (the vectorizer maps them onto SIMD registers) and adds them
-// pairwise at the end: a plain `s += ...` loop is not vectorized without
-// -ffast-math, and GCC's `omp simd reduction` combines its lanes in a serial
-// chain, which dominates rows as short as D = 128. `term` may also store
-// its own element (residual_norm writes x_new as it goes); terms storing two
-// places (rope's y1, y2) vectorize badly, so rope stores in a separate loop.
-constexpr int kLanes = 16;
-template <int64_t kN = 0, class Term>
-inline float lane_sum(int64_t n, Term term) {
-  if constexpr (kN != 0) {
-    n = kN;  // a compile-time trip count: fully unrolled
-  }
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-#pragma GCC unroll 16
-    for (int j = 0; j < kLanes; ++j) {
-      acc[j] += term(i + j);
-    }
-  }
-  float tail = 0.0f;
-  if constexpr (kN == 0 || kN % kLanes != 0) {
-    for (; i < n; ++i) {
-      tail += term(i);
-    }
-  }
-#pragma GCC unroll 4
-  for (int w = kLanes / 2; w > 0; w /= 2) {
-#pragma GCC unroll 8
-    for (int j = 0; j < w; ++j) {
-      acc[j] += acc[j + w];
-    }
-  }
-  return acc[0] + tail;
-}
-
-// Rows are normalized kRowBlock (kernels.h) at a time: first every row's sum
-// of squares, then all the 1 / sqrt(ss / D + eps) together (in double,
-// vectorized across rows), then the scaled stores. Done row by row, the
-// divide and square root (~50 cycles of latency) stall each short row's
-// stores.
-inline void inv_rms(const float* ss, float* scale, int64_t n, int64_t D, float eps) {
-  for (int64_t j = 0; j < n; ++j) {
-    scale[j] = float(1.0 / __builtin_sqrt(double(ss[j]) / double(D) + double(eps)));
-  }
-}
-
-// ---- rms_norm ---------------------------------------------------------------
-
-template <Dtype K>
-void rms_norm_rows(const RmsNormArgs& a, int64_t begin, int64_t end) {
-  using S = typename Storage<K>::type;
-  const int64_t D = a.D;
-  const S* x[kRowBlock];
-  float ss[kRowBlock], scale[kRowBlock];
-  for (int64_t r0 = begin; r0 < end; r0 += kRowBlock) {
-    const int64_t nb = end - r0 < kRowBlock ? end - r0 : kRowBlock;
-    // 1. ss = sum(x^2) per row, fp32.
-    for (int64_t j = 0; j < nb; ++j) {
-      const S* xr = x[j] = at<S>(a.x.ptr, row_offset(a.x, r0 + j));
-      ss[j] = lane_sum(D, [&](int64_t i) {
-        float v = load<K>(xr[i]);
-        return v * v;
-      });
-    }
-    // 2. scale = 1 / sqrt(ss / D + eps).
-    inv_rms(ss, scale, nb, D, a.eps);
-    // 3. out = round(x * scale).
-    for (int64_t j = 0; j < nb; ++j) {
-      const S* xr = x[j];
-      S* out = at<S>(a.out, (r0 + j) * D);
-      const float sc = scale[j];
-      for (int64_t i = 0; i < D; ++i) {
-        out[i] = store<K>(load<K>(xr[i]) * sc);
-      }
-    }
-  }
-}
-
-// ---- residual_norm ----------------------------------------------------------
-
-template <Dtype K, bool kSkip>
-void residual_norm_rows_impl(const ResidualNormArgs& a, int64_t begin, int64_t end) {
-  using S = typename Storage<K>::type;
-  const int64_t D = a.D;
-  const float g = a.gain, sg = a.skip_gain;
-  for (int64_t r = begin; r < end; ++r) {
-    const S* x = at<S>(a.x.ptr, row_offset(a.x, r));
-    const S* y = at<S>(a.y.ptr, row_offset(a.y, r));
-    const S* s = kSkip ? at<S>(a.skip.ptr, row_offset(a.skip, r)) : nullptr;
-    S* xn = at<S>(a.x_new, r * D);
-    S* nr = at<S>(a.normed, r * D);
-    // 1. x_new = round(x + g*y [+ sg*skip]), the sum in fp32, rounded once.
-    // 2. ss = sum(x_new^2) over the *stored* (rounded) x_new, in fp32.
-    const float ss = lane_sum(D, [&](int64_t i) {
-      float v = load<K>(x[i]) + g * load<K>(y[i]);
-      if constexpr (kSkip) {
-        v += sg * load<K>(s[i]);
-      }
-      S stored = store<K>(v);
-      xn[i] = stored;
-      float w = load<K>(stored);
-      return w * w;
-    });
-    // 3. normed = round(x_new * rsqrt(ss / D + eps)); x_new is hot in L1.
-    // (Rows here are long, so one row at a time is fine.)
-    float scale;
-    inv_rms(&ss, &scale, 1, D, a.eps);
-    for (int64_t i = 0; i < D; ++i) {
-      nr[i] = store<K>(load<K>(xn[i]) * scale);
-    }
-  }
-}
-
-template <Dtype K>
-void residual_norm_rows(const ResidualNormArgs& a, int64_t begin, int64_t end) {
-  if (a.skip.ptr) {
-    residual_norm_rows_impl<K, true>(a, begin, end);
-  } else {
-    residual_norm_rows_impl<K, false>(a, begin, end);
-  }
-}
+#include "common.inc"
 
 // ---- RoPE angles ------------------------------------------------------------
 
@@ -171,7 +26,7 @@ void residual_norm_rows(const ResidualNormArgs& a, int64_t begin, int64_t end) {
 // 3. sin r, cos r by their Taylor series to r^11 / r^12 in double (truncation
 //    < 1e-11), then the quadrant n mod 4 swaps/negates them; one rounding to
 //    fp32 each.
-void rope_table_impl(const RopeTableArgs& a, int64_t begin, int64_t end) {
+void rope_table_rows(const RopeTableArgs& a, int64_t begin, int64_t end) {
   const int64_t D2 = a.D2;
   const double* inv = a.inv_freq;
   const double two_over_pi = 0.636619772367581343075535053490;
@@ -324,54 +179,14 @@ void rope_rows(const RopeArgs& a, int64_t begin, int64_t end, float* scratch) {
   }
 }
 
-// ---- dtype switch -----------------------------------------------------------
+} // namespace
 
-void rms_norm(const RmsNormArgs& a, int64_t begin, int64_t end) {
-  switch (a.dtype) {
-    case Dtype::f32:
-      return rms_norm_rows<Dtype::f32>(a, begin, end);
-    case Dtype::f16:
-      return rms_norm_rows<Dtype::f16>(a, begin, end);
-    case Dtype::bf16:
-      return rms_norm_rows<Dtype::bf16>(a, begin, end);
-  }
-}
-
-void residual_norm(const ResidualNormArgs& a, int64_t begin, int64_t end) {
-  switch (a.dtype) {
-    case Dtype::f32:
-      return residual_norm_rows<Dtype::f32>(a, begin, end);
-    case Dtype::f16:
-      return residual_norm_rows<Dtype::f16>(a, begin, end);
-    case Dtype::bf16:
-      return residual_norm_rows<Dtype::bf16>(a, begin, end);
-  }
+void rope_table(const RopeTableArgs& a, int64_t begin, int64_t end) {
+  rope_table_rows(a, begin, end);
 }
 
 void rope(const RopeArgs& a, int64_t begin, int64_t end, float* scratch) {
-  switch (a.dtype) {
-    case Dtype::f32:
-      return rope_rows<Dtype::f32>(a, begin, end, scratch);
-    case Dtype::f16:
-      return rope_rows<Dtype::f16>(a, begin, end, scratch);
-    case Dtype::bf16:
-      return rope_rows<Dtype::bf16>(a, begin, end, scratch);
-  }
+  with_dtype(a.dtype, [&](auto t) { rope_rows<decltype(t)::value>(a, begin, end, scratch); });
 }
-
-} // namespace
-
-#define TK_STR2(x) #x
-#define TK_STR(x) TK_STR2(x)
-extern const Table table = {
-    TK_STR(TK_ISA),
-    rms_norm,
-    residual_norm,
-    rope_table_impl,
-    rope,
-    linear_prepare_x,
-    linear,
-    read_sum,
-};
 
 } // namespace tk::kern::TK_ISA

@@ -1,8 +1,8 @@
 // Raw CPU loops behind the talkie_kernels Primitives (no MLX types here).
 //
-// csrc/kernels.cpp is compiled once per instruction set (baseline x86-64 and,
-// on x86-64, x86-64-v3 = AVX2/FMA/F16C) into its own namespace; `select()`
-// picks the table for the running CPU. Every loop works on a range of
+// The files of csrc/kernels/ are compiled once per instruction set (baseline,
+// and on x86-64 also x86-64-v3 = AVX2/FMA/F16C and x86-64-v4 = AVX-512) into
+// their own namespace; `select()` picks the table for the running CPU. Every loop works on a range of
 // independent items [begin, end) so csrc/parallel.cpp can split the work.
 //
 // Element types: fp32, fp16, bf16 storage; all arithmetic in fp32 (angles in
@@ -75,7 +75,7 @@ struct RopeArgs {
   const float* head_gain;  // H values applied to in[0] after the norm, or null
 };
 
-// Rows normalized together (see inv_rms in kernels.cpp).
+// Rows normalized together (see inv_rms in kernels/common.inc).
 inline constexpr int64_t kRowBlock = 8;
 
 // Scratch the rope loop needs per concurrent call: a block of rotated fp32
@@ -143,35 +143,30 @@ struct Table {
   uint64_t (*read_sum)(const uint64_t* p, int64_t n);
 };
 
+// Each instruction set's entry points (csrc/kernels/<op>.cpp, compiled once
+// per ISA; the namespace keeps the copies apart) and their table (table.cpp).
+#define TK_KERNEL_DECLS                                                                         \
+  void rms_norm(const RmsNormArgs&, int64_t, int64_t);                                          \
+  void residual_norm(const ResidualNormArgs&, int64_t, int64_t);                                \
+  void rope_table(const RopeTableArgs&, int64_t, int64_t);                                      \
+  void rope(const RopeArgs&, int64_t, int64_t, float*);                                         \
+  void linear_prepare_x(const LinearX&, WeightKind, float*, int64_t, int64_t);                  \
+  void linear(const LinearArgs&, int64_t, int64_t);                                             \
+  uint64_t read_sum(const uint64_t*, int64_t);                                                  \
+  extern const Table table;
 namespace base {
-extern const Table table;
+TK_KERNEL_DECLS
 }
 namespace v3 {
-extern const Table table;
+TK_KERNEL_DECLS
 }
 namespace v4 {
-extern const Table table;
+TK_KERNEL_DECLS
 }
+#undef TK_KERNEL_DECLS
 
-// Defined in csrc/linear_kernels.cpp, compiled per instruction set like
-// kernels.cpp (the ISA's namespace keeps the copies apart).
-#define TK_LINEAR_DECLS                                                                            \
-  void linear_prepare_x(const LinearX&, WeightKind, float*, int64_t, int64_t);                    \
-  void linear(const LinearArgs&, int64_t, int64_t);                                                 \
-  uint64_t read_sum(const uint64_t*, int64_t);
-namespace base {
-TK_LINEAR_DECLS
-}
-namespace v3 {
-TK_LINEAR_DECLS
-}
-namespace v4 {
-TK_LINEAR_DECLS
-}
-#undef TK_LINEAR_DECLS
-
-// The table in use: the best one for the running CPU (v3 when it has AVX2,
-// FMA and F16C) unless tk::use_isa() (ops.h) picked another.
+// The table in use: the best one for the running CPU (v4 with AVX-512, v3
+// with AVX2/FMA/F16C, else base) unless tk::use_isa() (ops.h) picked another.
 const Table& select();
 
 } // namespace tk::kern

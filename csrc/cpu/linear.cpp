@@ -1,50 +1,16 @@
-// linear: the op function (checks -> fallback -> Primitive) and its eval_cpu,
-// which hands the loops of csrc/linear_kernels.cpp raw pointers.
+// linear's eval_cpu (x in fp32, then output columns across threads, through
+// csrc/kernels/linear.cpp) and the read-bandwidth probe.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <numeric>
 
-#include "cpu_eval.h"
-#include "errors.h"
-#include "kernels.h"
-#include "mlx/backend/cpu/encoder.h"
-#include "ops.h"
-#include "parallel.h"
+#include "cpu/eval.h"
+#include "cpu/parallel.h"
 
 namespace tk {
 
 namespace {
-
-constexpr const char* kOp = "linear";
-
-void check_float(const char* name, const mx::array& a) {
-  if (a.dtype() != mx::float32 && a.dtype() != mx::float16 && a.dtype() != mx::bfloat16) {
-    fail_type(kOp, std::string(name) + " must be float32, float16 or bfloat16, got " + fmt(a.dtype()) + ".");
-  }
-}
-
-// The kernel for a checked weight, or -1 where MLX's own op runs.
-int weight_kind(const mx::array& w, bool quantized, int group_size, int bits, const std::string& mode) {
-  if (!quantized) {
-    return int(w.dtype() == mx::float32 ? kern::WeightKind::f32
-               : w.dtype() == mx::float16 ? kern::WeightKind::f16
-                                           : kern::WeightKind::bf16);
-  }
-  if (mode != "affine" || (group_size != 32 && group_size != 64 && group_size != 128)) {
-    return -1;
-  }
-  switch (bits) {
-    case 4:
-      return int(kern::WeightKind::q4);
-    case 6:
-      return int(kern::WeightKind::q6);
-    case 8:
-      return int(kern::WeightKind::q8);
-    default:
-      return -1;
-  }
-}
 
 // `a` in row-major order: its own data, or a copy gathered into `keep` (a
 // transposed or sliced view). Runs inside the task, where the data is ready.
@@ -86,112 +52,6 @@ constexpr int64_t kRowsPerItem = 16;
 constexpr int64_t kLinearMinWork = int64_t(1) << 17;
 
 } // namespace
-
-mx::array linear(
-    const mx::array& x,
-    const mx::array& w,
-    const std::optional<mx::array>& scales,
-    const std::optional<mx::array>& biases,
-    std::optional<int> group_size_in,
-    std::optional<int> bits_in,
-    const std::string& mode,
-    mx::StreamOrDevice s_) {
-  check_float("x", x);
-  if (x.ndim() < 1) {
-    fail(kOp, "x must have at least 1 dimensions, got shape " + fmt(x.shape()) + ".");
-  }
-  if (w.ndim() != 2) {
-    fail(kOp, "weight must have shape (N, K), got " + fmt(w.shape()) + ".");
-  }
-  auto s = mx::to_stream(s_);
-  const int K = x.shape(-1), N = w.shape(0);
-  const bool quantized = scales.has_value();
-  int group_size = 0, bits = 0;
-  if (!quantized) {
-    if (biases) {
-      fail(kOp, "biases were given without scales (a quantized weight needs both).");
-    }
-    if (group_size_in || bits_in) {
-      fail(kOp, "group_size and bits apply to a quantized weight; no scales were given.");
-    }
-    check_float("weight", w);
-    if (w.shape(1) != K) {
-      fail(kOp, "x has " + std::to_string(K) + " features but weight " + fmt(w.shape()) + " expects " +
-                    std::to_string(w.shape(1)) + " (K).");
-    }
-  } else {
-    if (w.dtype() != mx::uint32) {
-      fail_type(kOp, "a quantized weight must be uint32 (as mx.quantize packs it), got " + fmt(w.dtype()) + ".");
-    }
-    if (mode != "affine") {  // MLX checks and runs the other modes
-      try {
-        return mx::quantized_matmul(x, w, *scales, biases, true, group_size_in, bits_in, mode, s);
-      } catch (const std::invalid_argument& e) {
-        fail(kOp, e.what());
-      }
-    }
-    check_float("scales", *scales);
-    if (!biases) {
-      fail(kOp, "affine quantization needs biases (mx.quantize returns weight, scales, biases).");
-    }
-    check_float("biases", *biases);
-    group_size = group_size_in.value_or(64);
-    bits = bits_in.value_or(4);
-    if (bits < 2 || bits > 8 || bits == 7) {
-      fail(kOp, "bits must be one of 2, 3, 4, 5, 6, 8 for affine quantization, got " + std::to_string(bits) + ".");
-    }
-    if (group_size != 32 && group_size != 64 && group_size != 128) {
-      fail(kOp, "group_size must be 32, 64 or 128 for affine quantization, got " + std::to_string(group_size) + ".");
-    }
-    if (K % group_size) {
-      fail(kOp, "x has " + std::to_string(K) + " features, not a multiple of group_size " +
-                    std::to_string(group_size) + ".");
-    }
-    if (int64_t(w.shape(1)) * 32 != int64_t(K) * bits) {
-      fail(kOp, "weight " + fmt(w.shape()) + " does not hold " + std::to_string(K) + " features at " +
-                    std::to_string(bits) + " bits (expected (" + std::to_string(N) + ", " +
-                    std::to_string(int64_t(K) * bits / 32) + ")).");
-    }
-    const mx::Shape want = {N, K / group_size};
-    for (auto [name, a] : {std::pair{"scales", &*scales}, std::pair{"biases", &*biases}}) {
-      if (a->shape() != want) {
-        fail(kOp, std::string(name) + " must have shape " + fmt(want) + " (N, K/group_size), got " +
-                      fmt(a->shape()) + ".");
-      }
-    }
-  }
-
-  // (..., K) -> (M, K): the primitive works on rows; the leading dims come back at the end.
-  mx::Shape out_shape(x.shape().begin(), x.shape().end() - 1);
-  out_shape.push_back(N);
-  const int M = std::accumulate(x.shape().begin(), x.shape().end() - 1, 1, std::multiplies<int>());
-  std::vector<mx::array> inputs = {mx::reshape(x, {M, K}, s), w};
-  if (quantized) {
-    inputs.push_back(*scales);
-    inputs.push_back(*biases);
-  }
-  auto fallback = [quantized, group_size, bits, s](std::vector<mx::array> in) {
-    if (!quantized) {
-      return std::vector<mx::array>{mx::matmul(in[0], mx::transpose(in[1], s), s)};
-    }
-    return std::vector<mx::array>{
-        mx::quantized_matmul(in[0], in[1], in[2], in[3], true, group_size, bits, "affine", s)};
-  };
-  const int kind = weight_kind(w, quantized, group_size, bits, mode);
-  bool native = !use_fallback(s) && kind >= 0;
-#if defined(__APPLE__)
-  // Accelerate's fp32 GEMM beats these loops on Apple silicon for prefill.
-  native = native && !(kind == int(kern::WeightKind::f32) && M >= 8);
-#endif
-  mx::array out = native
-      ? mx::array({M, N},
-                  quantized ? mx::promote_types(mx::promote_types(x.dtype(), scales->dtype()), biases->dtype())
-                            : mx::promote_types(x.dtype(), w.dtype()),
-                  std::make_shared<TalkieLinear>(s, fallback, kind, group_size),
-                  inputs)
-      : fallback(inputs)[0];
-  return mx::reshape(out, out_shape, s);
-}
 
 void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
   auto& enc = mx::cpu::get_command_encoder(stream());
@@ -278,15 +138,6 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       kernels.linear(args, b * kRowsPerItem, std::min(e * kRowsPerItem, args.N));
     });
   });
-}
-
-void TalkieLinear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
-  throw std::runtime_error("[linear] TalkieLinear has no GPU kernel; the op uses its fallback there.");
-}
-
-bool TalkieLinear::is_equivalent(const mx::Primitive& other) const {
-  const auto& o = static_cast<const TalkieLinear&>(other);
-  return kind_ == o.kind_ && group_size_ == o.group_size_;
 }
 
 double memory_read_gbps(int64_t nbytes, int repeats) {

@@ -1,7 +1,7 @@
 // The CPU loops of `linear` (out = x @ w.T): see kernels.h for the interface.
 //
-// Compiled once per instruction set, like kernels.cpp, into namespace
-// tk::kern::TK_ISA; everything but the three entry points has internal
+// Compiled once per instruction set into namespace tk::kern::TK_ISA (see
+// kernels.h and common.inc); everything but the entry points has internal
 // linkage. The loops use GCC/Clang vector extensions: one source that the
 // compiler lowers to AVX-512 (v4), AVX2 (v3), SSE2 (base) or NEON.
 //
@@ -30,6 +30,7 @@ namespace tk::kern::TK_ISA {
 namespace {
 
 #include "storage.inc"
+#include "common.inc"
 
 #if defined(__AVX512F__)
 #define TK_VW 16

@@ -1,0 +1,67 @@
+// residual_norm: the CPU loop (see kernels.h for the interface).
+//
+// Compiled once per instruction set into tk::kern::TK_ISA (see kernels.h and
+// common.inc for the rules these files follow).
+#include "kernels.h"
+
+#ifndef TK_ISA
+#error "compile with -DTK_ISA=<namespace>"
+#endif
+
+namespace tk::kern::TK_ISA {
+namespace {
+
+#include "storage.inc"
+#include "common.inc"
+
+// ---- residual_norm ----------------------------------------------------------
+
+template <Dtype K, bool kSkip>
+void residual_norm_rows_impl(const ResidualNormArgs& a, int64_t begin, int64_t end) {
+  using S = typename Storage<K>::type;
+  const int64_t D = a.D;
+  const float g = a.gain, sg = a.skip_gain;
+  for (int64_t r = begin; r < end; ++r) {
+    const S* x = at<S>(a.x.ptr, row_offset(a.x, r));
+    const S* y = at<S>(a.y.ptr, row_offset(a.y, r));
+    const S* s = kSkip ? at<S>(a.skip.ptr, row_offset(a.skip, r)) : nullptr;
+    S* xn = at<S>(a.x_new, r * D);
+    S* nr = at<S>(a.normed, r * D);
+    // 1. x_new = round(x + g*y [+ sg*skip]), the sum in fp32, rounded once.
+    // 2. ss = sum(x_new^2) over the *stored* (rounded) x_new, in fp32.
+    const float ss = lane_sum(D, [&](int64_t i) {
+      float v = load<K>(x[i]) + g * load<K>(y[i]);
+      if constexpr (kSkip) {
+        v += sg * load<K>(s[i]);
+      }
+      S stored = store<K>(v);
+      xn[i] = stored;
+      float w = load<K>(stored);
+      return w * w;
+    });
+    // 3. normed = round(x_new * rsqrt(ss / D + eps)); x_new is hot in L1.
+    // (Rows here are long, so one row at a time is fine.)
+    float scale;
+    inv_rms(&ss, &scale, 1, D, a.eps);
+    for (int64_t i = 0; i < D; ++i) {
+      nr[i] = store<K>(load<K>(xn[i]) * scale);
+    }
+  }
+}
+
+template <Dtype K>
+void residual_norm_rows(const ResidualNormArgs& a, int64_t begin, int64_t end) {
+  if (a.skip.ptr) {
+    residual_norm_rows_impl<K, true>(a, begin, end);
+  } else {
+    residual_norm_rows_impl<K, false>(a, begin, end);
+  }
+}
+
+} // namespace
+
+void residual_norm(const ResidualNormArgs& a, int64_t begin, int64_t end) {
+  with_dtype(a.dtype, [&](auto t) { residual_norm_rows<decltype(t)::value>(a, begin, end); });
+}
+
+} // namespace tk::kern::TK_ISA
