@@ -7,7 +7,8 @@ where it applies) and ``fused`` (the top-level ops, dispatched to the current
 backend, and ``talkie_kernels.models.talkie``).
 
 * The machine's read bandwidth (the native ops' streaming read of 512 MiB on
-  their threads): the floor of a decode step is its weight bytes ÷ that.
+  their threads, at the start and the end of the run; the higher is kept):
+  the floor of a decode step is its weight bytes ÷ that.
 * Models: random-weight Talkie-shaped models built in memory from
   ``talkie_kernels.configs`` (no download) in each ``--dtypes`` format
   (float, or quantized in memory as ``mlx_lm.convert -q`` does), or a real
@@ -39,12 +40,14 @@ from .bench_report import plot, render, write_json
 from .bench_targets import check_targets
 from .configs import CONFIGS
 
-#: The default run: talkie-8l-512 at these formats (prefill on 64 tokens: MLX's
-#: CPU matmuls make 512 too slow for a 2-minute run; ``--prompt-len 512``), and
-#: talkie-2l-256 at float32 (512-token prefill).
+#: The default run: talkie-8l-512 at these formats, prefill on 64 tokens (MLX's
+#: CPU matmuls make 512 too slow for a 2-minute run; ``--prompt-len 512``).
+#: talkie-2l-256 is left to ``--configs`` and ``--quick``: the time goes to
+#: the formats instead.
 DEFAULT_FORMATS = ("float32", "bfloat16", "q4", "q8")
 QUICK_FORMATS = ("float32", "q4")
 BLOCK_13B = "talkie-1l-13b-width"
+DECODE_ONLY = (("decode", "step_loop"),)
 #: Workloads that time the same MLX matmuls again at every format: measured for
 #: float32 (and checkpoints) only.
 FLOAT32_ONLY = ("reference_compiled", "generate_step")
@@ -73,16 +76,18 @@ class Settings:
         self.linear_sample_ms = 1.0 if q else 25.0
         # Seconds of timed samples per implementation of one workload: samples
         # are cut to fit, never below min_rounds unless one takes slow_s or more
-        # (MLX's quantized matmul: 0.7 s per 4-token talkie-8l-512 q4 decode
-        # sample, 12 s per 64-token prefill), which is sampled once or twice.
-        # This keeps the default run under 2 minutes on 2 cores. An explicit
-        # --rounds is exact.
-        budget = not args.rounds
-        self.model_budget_s = {"prefill": 0.5, "decode": 0.5} if q else {"prefill": 3.0, "decode": 4.0}
-        self.linear_budget_s = 0.5 if q else 2.0
-        if not budget:
-            self.model_budget_s, self.linear_budget_s = {"prefill": None, "decode": None}, None
-        self.slow_s = (0.5 if q else 2.0) if budget else None
+        # (MLX's quantized matmul: 12 s per 64-token talkie-8l-512 q4 prefill,
+        # 0.2-3 s per call at 13B linear shapes), which is sampled once or
+        # twice. This keeps the default run under 2 minutes on 2 cores. An
+        # explicit --rounds is exact.
+        if args.rounds:
+            self.model_budget_s, self.linear_budget_s, self.slow_s = {"prefill": None, "decode": None}, None, {}
+        elif q:
+            self.model_budget_s, self.linear_budget_s = {"prefill": 0.5, "decode": 0.5}, 0.5
+            self.slow_s = {"models": 0.5, "linear": 0.5}
+        else:
+            self.model_budget_s, self.linear_budget_s = {"prefill": 3.0, "decode": 4.0}, 2.0
+            self.slow_s = {"models": 3.0, "linear": 1.0}
         self.decode_tokens_arg, self.decode_prompt_arg = args.decode_tokens, args.decode_prompt
         self.seed = args.seed
         self.op_dtype = args.op_dtype
@@ -91,13 +96,18 @@ class Settings:
             # A checkpoint has its own weights: one "format", named by the checkpoint.
             self.models = [ModelRun(str(args.model), args.prompt_len or (16 if q else 512), [None], checkpoint=True)]
         elif args.configs:
-            self.models = [ModelRun(n, args.prompt_len or (16 if q else 512), formats) for n in _split(args.configs)]
+            self.models = [
+                # At 13B width MLX's prefill takes minutes: decode only, as --block-13b.
+                ModelRun(n, 0, formats, DECODE_ONLY) if n == BLOCK_13B
+                else ModelRun(n, args.prompt_len or (16 if q else 512), formats)
+                for n in _split(args.configs)
+            ]
         elif q:
             self.models = [ModelRun("talkie-2l-256", args.prompt_len or 16, formats)]
         else:
             self.models = [ModelRun("talkie-8l-512", args.prompt_len or 64, formats)]
         if args.block_13b:
-            self.models.append(ModelRun(BLOCK_13B, 0, ["q4"], (("decode", "step_loop"),)))
+            self.models.append(ModelRun(BLOCK_13B, 0, ["q4"], DECODE_ONLY))
         self.no_generate_step = args.no_generate_step
         self.linear_shapes = (BL.QUICK_SHAPES if q else BL.SHAPES_13B) if (args.linear_shapes or args.only == "linear") else ()
         self.do_ops = args.only in (None, "ops")
@@ -214,8 +224,6 @@ def _record(base: dict, impl: str, res, work_tokens: int | None = None) -> dict:
             rec["tokens_per_s_p20"] = work_tokens / (res.p80 / 1e3)
             rec["tokens_per_s_p80"] = work_tokens / (res.p20 / 1e3)
             rec["ms_per_token"] = res.median / work_tokens
-            if rec.get("floor_tokens_per_s"):
-                rec["of_floor"] = rec["tokens_per_s"] / rec["floor_tokens_per_s"]
     return rec
 
 
@@ -228,6 +236,33 @@ def _add_speedups(records: list[dict]) -> None:
     for r in records:
         ref = refs.get(key(r))
         r["speedup_vs_reference"] = ref["median_ms"] / r["median_ms"] if ref is not None and r["median_ms"] else None
+
+
+def apply_bandwidth(records: list[dict], gbps: float | None) -> None:
+    """Each decode row's floor and share of it, each linear row's share of the read bandwidth."""
+    for r in records:
+        if r.get("weight_bytes_per_token"):
+            floor = r["floor_tokens_per_s"] = gbps * 1e9 / r["weight_bytes_per_token"] if gbps else None
+            r["of_floor"] = r["tokens_per_s"] / floor if floor and r.get("tokens_per_s") else None
+        if r["kind"] == "linear":
+            r["pct_of_read_bandwidth"] = 100 * r["gbps"] / gbps if gbps and r.get("gbps") else None
+
+
+def measure_bandwidth(progress, first: dict | None = None) -> dict:
+    """The machine's read bandwidth; given the run's ``first`` measurement, the higher of the two.
+
+    Other work on the machine only lowers a measurement, and a floor computed
+    from too low a bandwidth would be too easy: so the run measures at its
+    start and its end and keeps the higher.
+    """
+    progress("read bandwidth")
+    try:
+        bw = B.read_bandwidth()
+    except Exception as e:  # reported in the header and the JSON; the run fails (exit code 1)
+        return {"error": f"{type(e).__name__}: {e}"}
+    if first is None or "error" in first:
+        return first or bw
+    return dict(bw, gbps=max(first["gbps"], bw["gbps"]), gbps_start=first["gbps"], gbps_end=bw["gbps"])
 
 
 def run_ops(s: Settings, progress) -> list[dict]:
@@ -257,10 +292,9 @@ def run_ops(s: Settings, progress) -> list[dict]:
     return records
 
 
-def run_linear(s: Settings, progress, bandwidth: dict) -> list[dict]:
+def run_linear(s: Settings, progress) -> list[dict]:
     import mlx.core as mx
 
-    gbps_max = bandwidth.get("gbps")
     records = []
     for name, K, N in s.linear_shapes:
         x = BL.activation(1, K, s.seed)
@@ -277,7 +311,7 @@ def run_linear(s: Settings, progress, bandwidth: dict) -> list[dict]:
                     cases[impl] = e
             # calls_per_sample already ran each linear once: a slow warm-up is a fair sample.
             results = B.interleaved(cases, rounds=s.rounds_linear, min_rounds=2, budget_s=s.linear_budget_s,
-                                    slow_s=s.slow_s, reuse_warmup=BL.IMPLS, work=calls)
+                                    slow_s=s.slow_s.get("linear"), reuse_warmup=BL.IMPLS, work=calls)
             weight_bytes = BL.nbytes(arrays)
             # --quick's tiny stand-in shapes are not Talkie 13B's: no target reads them.
             base = {"kind": "linear", "model": "quick stand-in" if s.quick else "talkie-13b", "op": "linear", "name": name, "phase": "decode",
@@ -286,14 +320,13 @@ def run_linear(s: Settings, progress, bandwidth: dict) -> list[dict]:
                 rec = _record(dict(base, calls_per_sample=calls.get(impl)), impl, results[impl])
                 if rec["status"] == "ok":
                     rec["gbps"] = weight_bytes / (rec["median_ms"] / 1e3) / 1e9
-                    rec["pct_of_read_bandwidth"] = 100 * rec["gbps"] / gbps_max if gbps_max else None
                 records.append(rec)
             del copies, arrays
             mx.clear_cache()
     return records
 
 
-def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict, bandwidth: dict) -> list[dict]:
+def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> list[dict]:
     import mlx.core as mx
 
     records = []
@@ -310,14 +343,14 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict, bandw
                 fmt_label = fmt
                 quantized = B.weight_format(fmt)[1] is not None
             decode_tokens, decode_prompt = s.decode_lengths(quantized)
-            records += _run_model(s, progress, notes, graph_nodes, bandwidth, run, models, label, fmt, fmt_label,
+            records += _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_label,
                                   decode_tokens, decode_prompt)
             del models
             mx.clear_cache()
     return records
 
 
-def _run_model(s, progress, notes, graph_nodes, bandwidth, run, models, label, fmt, fmt_label, decode_tokens, decode_prompt):
+def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_label, decode_tokens, decode_prompt):
     vocab = B.vocab_size(models["reference"])
     check_ids = B.prompt_ids(vocab, decode_prompt, s.seed)
     try:
@@ -357,7 +390,7 @@ def _run_model(s, progress, notes, graph_nodes, bandwidth, run, models, label, f
         # The eager models already ran this format (logits check above), so a
         # slow eager case's warm-up is a fair sample; a compiled one's compiles.
         results = B.interleaved(cases, rounds=s.rounds_models, min_rounds=s.min_rounds,
-                                budget_s=s.model_budget_s[phase], slow_s=s.slow_s, reuse_warmup=("reference", "fused"))
+                                budget_s=s.model_budget_s[phase], slow_s=s.slow_s.get("models"), reuse_warmup=("reference", "fused"))
         for case in cases.values():
             if hasattr(case, "close"):
                 case.close()
@@ -368,7 +401,6 @@ def _run_model(s, progress, notes, graph_nodes, bandwidth, run, models, label, f
         }
         if phase == "decode":
             base["weight_bytes_per_token"] = weight_bytes
-            base["floor_tokens_per_s"] = bandwidth["gbps"] * 1e9 / weight_bytes if bandwidth.get("gbps") else None
         records += [_record(base, impl, results[impl], tokens) for impl in impls]
     return records
 
@@ -414,7 +446,7 @@ def main(argv=None) -> int:
         meta = B.metadata()
     notes = [str(w.message) for w in caught]
     model_groups = sum(1 + len(s.workloads(r, f)) for r in s.models for f in r.formats)
-    groups = (1 + (8 if s.do_ops else 0) + (model_groups if s.do_models else 0)
+    groups = (2 + (8 if s.do_ops else 0) + (model_groups if s.do_models else 0)
               + (len(s.linear_shapes) * len(BL.FORMATS) if s.do_linear else 0))
     records: list[dict] = []
     graph_nodes: dict[str, dict[str, int]] = {}
@@ -431,19 +463,17 @@ def main(argv=None) -> int:
             started[0] = True
             bar.update(task, description=desc)
 
-        progress("read bandwidth")
-        try:
-            bandwidth = B.read_bandwidth()
-        except Exception as e:  # reported in the header and the JSON; the run fails (exit code 1)
-            bandwidth = {"error": f"{type(e).__name__}: {e}"}
+        bandwidth = measure_bandwidth(progress)
         if s.do_models:
-            records += run_models(s, progress, notes, graph_nodes, bandwidth)
+            records += run_models(s, progress, notes, graph_nodes)
         if s.do_linear:
-            records += run_linear(s, progress, bandwidth)
+            records += run_linear(s, progress)
         if s.do_ops:
             records += run_ops(s, progress)
+        bandwidth = measure_bandwidth(progress, bandwidth)
         bar.update(task, completed=groups)
 
+    apply_bandwidth(records, bandwidth.get("gbps"))
     _add_speedups(records)
     targets = check_targets(records, graph_nodes)
     meta["read_bandwidth"] = bandwidth

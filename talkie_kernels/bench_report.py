@@ -80,10 +80,11 @@ def _header(console, meta: dict) -> None:
     if "error" in bw:
         console.print(f"[bold red]{bw['error']}[/bold red]: no decode floors, no % of read bandwidth.", highlight=False)
     else:
+        both = f"; the higher of {bw['gbps_start']:.1f} at the start and {bw['gbps_end']:.1f} at the end" if "gbps_end" in bw else ""
         console.print(
             f"read bandwidth [bold]{bw['gbps']:.1f} GB/s[/bold] (native streaming read of {bw['nbytes'] >> 20} MiB, "
-            f"{bw['threads']} threads, median of {bw['repeats']}): a decode step's floor is the weight bytes it "
-            "reads ÷ this", highlight=False,
+            f"{bw['threads']} threads, median of {bw['repeats']}{both}): a decode step's floor is the weight bytes "
+            "it reads ÷ this", highlight=False,
         )
     if not meta["metal_available"]:
         console.print(

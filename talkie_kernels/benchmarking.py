@@ -53,12 +53,11 @@ COMPILED_DECODE_NA = (
     "so a compiled step would retrace every token or replay a stale position"
 )
 
-#: The default models and their prefill prompt lengths (``talkie-kernels bench``
-#: and ``benchmarks/test_bench_model.py``). The 8-layer model's 512-token
-#: prefill takes ~13 s per forward with the reference BLAS of MLX's Linux CPU
-#: wheel (×3 implementations × warm-up and rounds), so it is measured on 64
-#: tokens by default to keep the whole run under two minutes on a 2-core
-#: machine; ``--prompt-len 512`` measures it at 512.
+#: The models of ``benchmarks/test_bench_model.py`` and their prefill prompt
+#: lengths (``talkie-kernels bench`` runs talkie-8l-512 at several formats
+#: instead). The 8-layer model's 512-token prefill takes ~13 s per forward
+#: with the reference BLAS of MLX's Linux CPU wheel, so it is measured on 64
+#: tokens.
 DEFAULT_MODELS = (("talkie-2l-256", 512), ("talkie-8l-512", 64))
 #: How the model phases are driven: prefill is one forward with a fresh cache;
 #: decode is our synchronous greedy loop (``decode_case``) and mlx-lm's own

@@ -10,18 +10,19 @@ from talkie_kernels.bench_targets import check_targets
 from talkie_kernels.benchmarking import Stats
 
 
-def _model(phase, fmt, impl, ms, model="talkie-8l-512", floor_tps=None, tokens=32):
+def _model(phase, fmt, impl, ms, model="talkie-8l-512", weight_bytes=None, tokens=32):
     base = {"kind": "model", "model": model, "phase": phase, "method": "step_loop" if phase == "decode" else "forward",
-            "dtype": fmt, "floor_tokens_per_s": floor_tps}
+            "dtype": fmt, "weight_bytes_per_token": weight_bytes}
     return bench._record(base, impl, Stats([ms]), tokens)
 
 
-def _linear(fmt, pct, name="attn_qkv"):
+def _linear(fmt, gbps, name="attn_qkv"):
     return {"kind": "linear", "model": "talkie-13b", "op": "linear", "name": name, "phase": "decode",
-            "dtype": fmt, "impl": "fused", "median_ms": 1.0, "pct_of_read_bandwidth": pct}
+            "dtype": fmt, "impl": "fused", "median_ms": 1.0, "gbps": gbps}
 
 
-def _rows(records, graph_nodes=None):
+def _rows(records, graph_nodes=None, read_gbps=100.0):
+    bench.apply_bandwidth(records, read_gbps)
     bench._add_speedups(records)
     return {t["target"]: t for t in check_targets(records, graph_nodes)}
 
@@ -46,24 +47,26 @@ def test_decode_and_prefill_floors_per_format():
 
 
 def test_linear_target_is_the_worst_shape():
-    records = [_linear("q4", pct, name) for (name, _, _), pct in zip(SHAPES_13B, (90, 70, 65, 88, 61))]
+    # GB/s against a read bandwidth of 100 GB/s: the same numbers as %.
+    records = [_linear("q4", gbps, name) for (name, _, _), gbps in zip(SHAPES_13B, (90, 70, 65, 88, 61))]
     records += [_linear("q8", 59.0), _linear("q8", 95.0, "lm_head")]
     rows = _rows(records)
+    assert records[0]["pct_of_read_bandwidth"] == pytest.approx(90)
     q4 = rows["linear at Talkie 13B decode shapes, q4: worst shape, of read bandwidth"]
-    assert q4["status"] == "pass" and q4["measured"] == 61 and q4["unit"] == "%" and q4["aim"] == 85.0
+    assert q4["status"] == "pass" and q4["measured"] == pytest.approx(61) and q4["unit"] == "%" and q4["aim"] == 85.0
     assert rows["linear at Talkie 13B decode shapes, q8: worst shape, of read bandwidth"]["status"] == "FAIL"
     assert rows["linear at Talkie 13B decode shapes, bfloat16: worst shape, of read bandwidth"]["status"] == \
         "not run (--linear-shapes, not --quick)"
-    # A shape with no bandwidth (the measurement failed) gives no number, not a pass.
-    rows = _rows([_linear("bfloat16", None)])
+    # Without a measured bandwidth there is no number, not a pass.
+    rows = _rows([_linear("bfloat16", 70.0)], read_gbps=None)
     assert rows["linear at Talkie 13B decode shapes, bfloat16: worst shape, of read bandwidth"]["status"] == "no number"
 
 
 @pytest.mark.parametrize("fused_ms, status", [(56.0, "pass"), (64.0, "FAIL")])
 def test_block_13b_within_its_floor(fused_ms, status):
-    # 4 tokens per sample; floor 100 tok/s = 10 ms per token = 40 ms per sample.
-    records = [_model("decode", "q4", "reference", 10_000.0, model="talkie-1l-13b-width", floor_tps=100.0, tokens=4),
-               _model("decode", "q4", "fused", fused_ms, model="talkie-1l-13b-width", floor_tps=100.0, tokens=4)]
+    # 1 GB per token at 100 GB/s: floor 100 tok/s = 10 ms per token = 40 ms per 4-token sample.
+    records = [_model("decode", "q4", impl, ms, model="talkie-1l-13b-width", weight_bytes=1e9, tokens=4)
+               for impl, ms in (("reference", 10_000.0), ("fused", fused_ms))]
     row = _rows(records)["one-block 13B-width q4 decode: time per token ÷ its floor"]
     assert row["status"] == status and row["measured"] == pytest.approx(fused_ms / 40.0)
     assert row["floor"] == 1.5 and not row["higher_is_better"]
