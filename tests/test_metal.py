@@ -1,12 +1,17 @@
 """Metal-specific tests, run through the CPU SIMT emulator.
 
 The per-op sweeps (tests/test_<op>.py) cover talkie_kernels.metal's public ops
-against the oracle; here: kernel building and caching, the fused-QKV variant,
-the RoPE angle at extreme positions, the paths the sweeps rarely reach (head_dim
-not a multiple of 64, rows longer than the register path), and gradients.
+against the oracle; here: the kernel sources (msl/*.metal) and their building
+and caching, the RoPE angle at extreme positions, the paths the sweeps rarely
+reach (head_dim not a multiple of 64, rows longer than the register path), and
+gradients.
 """
 
 from __future__ import annotations
+
+import math
+import re
+from importlib import resources
 
 import mlx.core as mx
 import numpy as np
@@ -16,6 +21,8 @@ import oracle as O
 from talkie_kernels import metal as M
 from talkie_kernels import reference as R
 from talkie_kernels import testing
+
+MSL = resources.files("talkie_kernels").joinpath("msl")
 
 
 @pytest.fixture
@@ -35,9 +42,11 @@ def normal(shape, dtype=mx.float32, seed=0, scale=1.0):
 class CountingFactory:
     def __init__(self):
         self.built = []
+        self.kwargs = {}
 
     def __call__(self, **kwargs):
         self.built.append(kwargs["name"])
+        self.kwargs[kwargs["name"]] = kwargs
         return testing.metal_kernel(**kwargs)
 
 
@@ -51,10 +60,14 @@ def test_kernels_built_once_per_factory():
             mx.eval(M.rope_qk_norm(x, x, mx.ones(2), 3), M.rope_qk_norm(x, x, mx.ones(2), 40))
             mx.eval(M.rms_norm(x), M.rms_norm(x[0, 0]))
             mx.eval(M.residual_norm(x, x, 0.5), M.residual_norm(x, x, 0.5, x, 0.25))
-        mx.eval(M.rope_qk_norm_qkv(normal((1, 3, 3 * 2 * 64)), mx.ones(2), 1))
     finally:
         assert M._set_kernel_factory(previous) is factory
     assert sorted(factory.built) == sorted(M._KERNELS), factory.built
+    # Each kernel's header and body are its files' text, unchanged.
+    for name, spec in M._KERNELS.items():
+        built = factory.kwargs[name]
+        assert built["header"] == MSL.joinpath(spec["header"]).read_text(encoding="utf-8")
+        assert built["source"] == MSL.joinpath(spec["source"]).read_text(encoding="utf-8")
 
 
 def test_set_kernel_factory_and_emulate_metal_restore_default():
@@ -101,11 +114,50 @@ def test_rope_reads_strided_views_in_place():
         assert not memoryview(got).c_contiguous
 
 
+# ---------------------------------------------------------------------------
+# Kernel sources
+
+def test_every_msl_file_is_a_kernel_part():
+    # The package's .metal files are exactly the headers and bodies the kernels
+    # use, one body per kernel named after its op (talkie_<op>).
+    files = sorted(f.name for f in MSL.iterdir() if f.name.endswith(".metal"))
+    used = sorted({spec[part] for spec in M._KERNELS.values() for part in ("header", "source")})
+    assert files == used
+    for name, spec in M._KERNELS.items():
+        assert spec["source"] == name.removeprefix("talkie_") + ".body.metal"
+        assert spec["header"].endswith(".header.metal")
+
+
 def test_sources_are_plain_msl():
-    # Kernels must compile on a Mac exactly as the emulator runs them.
+    # Kernels must compile on a Mac exactly as the emulator runs them: no
+    # preprocessor branches, nothing left to substitute.
     for spec in M._KERNELS.values():
-        text = M._HEADER + spec["source"]
-        assert "#if" not in text and "double" not in text and "std::" not in text
+        for part in ("header", "source"):
+            text = MSL.joinpath(spec[part]).read_text(encoding="utf-8")
+            for banned in ("#if", "#define", "double", "std::", "{{", "${"):
+                assert banned not in text, (spec[part], banned)
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def test_rope_reduction_constants():
+    # rope.header.metal's 2π = P1 + P2 + P3 (Cody–Waite: each part the fp32
+    # rounding of what the previous parts leave, ~2^-72 together) and 1 / 2π.
+    text = MSL.joinpath("rope.header.metal").read_text(encoding="utf-8")
+    got = {
+        name: float(value)
+        for name, value in re.findall(r"const float (P[123]|INV_2PI) = ([-+.\de]+)f;", text)
+    }
+    two_pi = 2.0 * math.pi
+    p1 = _f32(two_pi)
+    p2 = _f32(two_pi - p1)
+    p3 = _f32(two_pi - p1 - p2)
+    # The literals carry 10 significant digits: they round to these fp32 values.
+    assert {name: _f32(value) for name, value in got.items()} == {
+        "P1": p1, "P2": p2, "P3": p3, "INV_2PI": _f32(1.0 / two_pi)
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -162,39 +214,6 @@ def test_residual_norm_rounds_once_with_full_precision_gains(emulated):
 
 
 # ---------------------------------------------------------------------------
-# The fused-QKV variant
-
-
-@pytest.mark.parametrize("layout", ["flat", "5d"])
-@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
-def test_rope_qk_norm_qkv_matches_split_projection(emulated, layout, dtype):
-    B, L, H, D = 2, 5, 3, 128
-    qkv = normal((B, L, 3 * H * D), dtype, 4)
-    g = mx.array([0.5, 1.25, 2.0])
-    offset = mx.array([7, -3])
-    q, k, v = M.rope_qk_norm_qkv(qkv if layout == "flat" else qkv.reshape(B, L, 3, H, D), g, offset)
-    parts = qkv.reshape(B, L, 3, H, D)
-    q_in, k_in, v_in = (parts[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-    want_q, want_k = M.rope_qk_norm(q_in, k_in, g, offset)
-    for got, want in ((q, want_q), (k, want_k), (v, v_in)):
-        assert got.shape == (B, H, L, D) and got.dtype == dtype
-        np.testing.assert_array_equal(O.to64(got), O.to64(want))
-    oq, ok = O.rope_qk_norm(q_in, k_in, g, offset)
-    O.assert_accurate(q, oq, dtype, what="qkv q")
-    O.assert_accurate(k, ok, dtype, what="qkv k")
-
-
-@pytest.mark.parametrize(
-    "shape, gain_len",
-    [((1, 2, 100), 2), ((1, 2, 3, 2, 8), 3), ((1, 2, 4, 2, 8), 2), ((2, 6 * 7), 2)],
-    ids=["not-3HD", "heads-mismatch", "not-3-parts", "2-D"],
-)
-def test_rope_qk_norm_qkv_bad_shapes(shape, gain_len):
-    with pytest.raises(ValueError, match=r"\[rope_qk_norm_qkv\]"):
-        M.rope_qk_norm_qkv(mx.zeros(shape), mx.ones(gain_len))
-
-
-# ---------------------------------------------------------------------------
 # Gradients: the vjp of the plain-MLX reference
 
 
@@ -226,18 +245,3 @@ def test_gradients_equal_reference(emulated):
     want = mx.grad(lambda x: R.residual_norm(x, q, 0.3)[1].sum())(k)
     _assert_grads_equal([got], [want])
 
-
-def test_qkv_gradient_flows_to_projection(emulated):
-    B, L, H, D = 1, 3, 2, 64
-    qkv = normal((B, L, 3 * H * D), seed=5)
-    g = mx.array([0.7, 1.3])
-
-    def split_reference(qkv, g):
-        parts = qkv.reshape(B, L, 3, H, D)
-        q, k, v = (parts[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-        return (*R.rope_qk_norm(q, k, g, 11), v)
-
-    cot = [normal((B, H, L, D), seed=s) for s in (6, 7, 8)]
-    _, got = mx.vjp(lambda a, b: M.rope_qk_norm_qkv(a, b, 11), [qkv, g], cot)
-    _, want = mx.vjp(split_reference, [qkv, g], cot)
-    _assert_grads_equal(got, want)
