@@ -1,10 +1,11 @@
-"""pytest-benchmark suites: per-op timings and model tokens/s.
+"""pytest-benchmark suites: per-op and ``linear`` timings and model tokens/s.
 
 Run with ``pytest benchmarks --benchmark-only`` (the default ``pytest`` run only
 collects ``tests/``). Everything is built by ``talkie_kernels.benchmarking``,
-the same code ``talkie-kernels bench`` uses: inputs at Talkie's shapes, the
-baselines from ``talkie_kernels.reference`` and mlx-lm's plain model, the
-random-weight models (one config registry: ``talkie_kernels.configs``).
+``bench_models`` and ``bench_linear``, the same code ``talkie-kernels bench``
+uses: inputs at Talkie's shapes, the baselines from ``talkie_kernels.reference``
+and mlx-lm's plain model, the random-weight models (one config registry:
+``talkie_kernels.configs``) and weights.
 
 pytest-benchmark runs each test on its own, so implementations are not
 interleaved here (``talkie-kernels bench`` interleaves them); compare within a
@@ -19,6 +20,7 @@ import pytest
 
 import talkie_kernels as tk
 from talkie_kernels import bench_linear as BL
+from talkie_kernels import bench_models as M
 from talkie_kernels import benchmarking as B
 
 #: Timed rounds per benchmark (after one warm-up round).
@@ -30,7 +32,8 @@ OP_SAMPLE_MS = 25.0
 #: A round of linear calls lasts about this long (each implementation calibrated on itself).
 LINEAR_SAMPLE_MS = 25.0
 OP_DTYPE = mx.bfloat16
-MODEL_DTYPE = mx.float32
+#: Weight format of the models (a ``bench_models.WEIGHT_FORMATS`` name).
+MODEL_FORMAT = "float32"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -57,7 +60,7 @@ def _models_for(config):
     if config not in _models:
         _models.clear()  # one config's models in memory at a time
         mx.clear_cache()
-        _models[config] = B.build_models(config, MODEL_DTYPE)
+        _models[config] = M.build_models(config, MODEL_FORMAT)
     return _models[config]
 
 
@@ -113,18 +116,18 @@ def model_bench(benchmark):
 
     def run(config, prompt_len, impl, phase, method):
         models = _models_for(config)
-        vocab = B.vocab_size(models["reference"])
-        tokens = prompt_len if phase == "prefill" else B.DECODE_TOKENS
-        benchmark.group = f"{config} {phase} {method} ({tokens} tokens, {B.dtype_name(MODEL_DTYPE)})"
-        _info(benchmark, model=config, impl=impl, phase=phase, method=method, tokens=tokens, dtype=B.dtype_name(MODEL_DTYPE),
-              prompt_len=prompt_len if phase == "prefill" else B.DECODE_PROMPT)
+        vocab = M.vocab_size(models["reference"])
+        tokens = prompt_len if phase == "prefill" else M.DECODE_TOKENS
+        benchmark.group = f"{config} {phase} {method} ({tokens} tokens, {MODEL_FORMAT})"
+        _info(benchmark, model=config, impl=impl, phase=phase, method=method, tokens=tokens, dtype=MODEL_FORMAT,
+              prompt_len=prompt_len if phase == "prefill" else M.DECODE_PROMPT)
         try:
-            model = B.model_for(models, impl)
+            model = M.model_for(models, impl)
             if phase == "prefill":
-                prepare = B.prefill_case(model, B.prompt_ids(vocab, prompt_len), impl)
+                prepare = M.prefill_case(model, M.prompt_ids(vocab, prompt_len), impl)
             else:
-                make = B.decode_case if method == "step_loop" else B.generate_step_case
-                prepare = make(model, B.prompt_ids(vocab, B.DECODE_PROMPT), B.DECODE_TOKENS, impl)
+                make = M.decode_case if method == "step_loop" else M.generate_step_case
+                prepare = make(model, M.prompt_ids(vocab, M.DECODE_PROMPT), M.DECODE_TOKENS, impl)
         except B.NotApplicable as e:
             pytest.skip(str(e))
         except Exception as e:

@@ -1,6 +1,7 @@
 """``talkie-kernels bench``: fused ops, ``linear`` and model against plain MLX, measured in one run.
 
-Implementations, interleaved round by round (see ``benchmarking.py``):
+Implementations, interleaved round by round (see ``benchmarking.py``; models in
+``bench_models.py``):
 ``reference`` (plain MLX, eager: ``talkie_kernels.reference`` and mlx-lm's
 ``models/talkie.py``), ``reference_compiled`` (the same under ``mx.compile``
 where it applies) and ``fused`` (the top-level ops, dispatched to the current
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bench_linear as BL
+from . import bench_models as M
 from . import benchmarking as B
 from .bench_report import plot, render, write_json
 from .bench_targets import check_targets
@@ -56,7 +58,7 @@ FLOAT32_ONLY = ("reference_compiled", "generate_step")
 class ModelRun:
     """One model of the run: a config name (or a checkpoint path), its prompt length and formats."""
 
-    def __init__(self, name: str, prompt_len: int, formats, workloads=B.MODEL_WORKLOADS, checkpoint: bool = False):
+    def __init__(self, name: str, prompt_len: int, formats, workloads=M.MODEL_WORKLOADS, checkpoint: bool = False):
         self.name, self.prompt_len, self.formats, self.workloads = name, prompt_len, list(formats), workloads
         self.checkpoint = checkpoint
 
@@ -118,8 +120,8 @@ class Settings:
         """(tokens per sample, prompt length) of decode samples: fewer of both for quantized weights."""
         tokens, prompt = (
             (4, 4) if self.quick
-            else (B.QUANTIZED_DECODE_TOKENS, B.QUANTIZED_DECODE_PROMPT) if quantized
-            else (B.DECODE_TOKENS, B.DECODE_PROMPT)
+            else (M.QUANTIZED_DECODE_TOKENS, M.QUANTIZED_DECODE_PROMPT) if quantized
+            else (M.DECODE_TOKENS, M.DECODE_PROMPT)
         )
         return self.decode_tokens_arg or tokens, self.decode_prompt_arg or prompt
 
@@ -187,13 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", metavar="PATH", help="benchmark a real checkpoint (mlx_lm.load vs talkie_kernels.load) instead of the random-weight configs")
     p.add_argument("--configs", metavar="NAMES", help=f"comma-separated configs from talkie_kernels.configs ({', '.join(CONFIGS)}); default: talkie-8l-512")
-    p.add_argument("--dtypes", metavar="FORMATS", help=f"comma-separated weight formats of the random-weight models ({', '.join(B.WEIGHT_FORMATS)}; "
+    p.add_argument("--dtypes", metavar="FORMATS", help=f"comma-separated weight formats of the random-weight models ({', '.join(M.WEIGHT_FORMATS)}; "
                    f"qN = affine N-bit, group 64, bf16 scales, quantized as mlx_lm.convert -q does); default: {','.join(DEFAULT_FORMATS)}. "
                    "The mx.compile'd reference and generate_step are measured at float32 only")
     p.add_argument("--linear-shapes", action="store_true", help="also time linear at Talkie 13B's decode shapes (5120→15360, 5120→5120, 5120→27392, "
-                   "13696→5120, 5120→65540) for bf16, q4, q8 vs MLX: GB/s and %% of read bandwidth (~1 min; MLX's q4/q8 sampled once or twice)")
+                   "13696→5120, 5120→65540) for bf16, q4, q8 vs MLX: GB/s and %% of read bandwidth (~1.5 min on 2 cores; MLX's slowest q4/q8 calls sampled once)")
     p.add_argument("--block-13b", action="store_true", help=f"also decode one block at Talkie 13B's width ({BLOCK_13B}: hidden 5120, 40 heads × 128, "
-                   "intermediate 13696, vocab 65540), q4, against its floor (~2 GB of memory; mlx-lm's reference sampled once)")
+                   "intermediate 13696, vocab 65540), q4, against its floor (~1.5 min and ~5 GB of memory on 2 cores; mlx-lm's reference sampled once)")
     p.add_argument("--op-dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"], help="dtype of the per-op inputs (default bfloat16, as Talkie's weights)")
     p.add_argument("--prompt-len", type=int, metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
     p.add_argument("--decode-tokens", type=int, metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
@@ -314,8 +316,9 @@ def run_linear(s: Settings, progress) -> list[dict]:
                                     slow_s=s.slow_s.get("linear"), reuse_warmup=BL.IMPLS, work=calls)
             weight_bytes = BL.nbytes(arrays)
             # --quick's tiny stand-in shapes are not Talkie 13B's: no target reads them.
-            base = {"kind": "linear", "model": "quick stand-in" if s.quick else "talkie-13b", "op": "linear", "name": name, "phase": "decode",
-                    "shape": [1, K, N], "dtype": fmt, "weight_bytes": weight_bytes, "weight_copies": len(copies)}
+            base = {"kind": "linear", "model": "quick stand-in" if s.quick else "talkie-13b", "op": "linear",
+                    "name": name, "phase": "decode", "shape": [1, K, N], "dtype": fmt,
+                    "weight_bytes": weight_bytes, "weight_copies": len(copies)}
             for impl in BL.IMPLS:
                 rec = _record(dict(base, calls_per_sample=calls.get(impl)), impl, results[impl])
                 if rec["status"] == "ok":
@@ -335,13 +338,13 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> li
             label = Path(run.name).name if run.checkpoint else run.name
             progress(f"model {label} {fmt or ''}: building")
             if run.checkpoint:
-                models = B.load_models(run.name)
-                fmt_label = B.model_dtype(models["reference"])
+                models = M.load_models(run.name)
+                fmt_label = M.model_dtype(models["reference"])
                 quantized = "bit" in fmt_label  # e.g. "bfloat16 4-bit"
             else:
-                models = B.build_models(run.name, fmt, s.seed)
+                models = M.build_models(run.name, fmt, s.seed)
                 fmt_label = fmt
-                quantized = B.weight_format(fmt)[1] is not None
+                quantized = M.weight_format(fmt)[1] is not None
             decode_tokens, decode_prompt = s.decode_lengths(quantized)
             records += _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_label,
                                   decode_tokens, decode_prompt)
@@ -351,10 +354,10 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> li
 
 
 def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_label, decode_tokens, decode_prompt):
-    vocab = B.vocab_size(models["reference"])
-    check_ids = B.prompt_ids(vocab, decode_prompt, s.seed)
+    vocab = M.vocab_size(models["reference"])
+    check_ids = M.prompt_ids(vocab, decode_prompt, s.seed)
     try:
-        agree = B.logits_agreement(models, check_ids)
+        agree = M.logits_agreement(models, check_ids)
     except Exception as e:  # the fused model built but cannot run: its rows report this
         models["fused"], agree = e, None
     if agree is not None:
@@ -363,14 +366,14 @@ def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_lab
         f = models["fused"]
         notes.append(f"{label} {fmt_label}: fused model unavailable ({type(f).__name__}: {f})")
     elif fmt in (None, "float32") and label not in graph_nodes and run.name != BLOCK_13B:
-        nodes = B.decode_nodes(models)
+        nodes = M.decode_nodes(models)
         graph_nodes[label] = nodes
         notes.append(
             f"{label}: graph nodes per decoded token (mx.export_to_dot): mlx-lm {nodes['reference']}, "
             f"fused {nodes['fused']} ({nodes['fused'] / nodes['reference']:.2f}×)"
         )
     weight_model = models["reference"] if isinstance(models["fused"], BaseException) else models["fused"]
-    weight_bytes = B.decode_weight_bytes(weight_model)
+    weight_bytes = M.decode_weight_bytes(weight_model)
     records = []
     for phase, method, impls in s.workloads(run, fmt):
         tokens = run.prompt_len if phase == "prefill" else decode_tokens
@@ -378,19 +381,19 @@ def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_lab
         cases = {}
         for impl in impls:
             try:
-                model = B.model_for(models, impl)
+                model = M.model_for(models, impl)
                 if phase == "prefill":
-                    cases[impl] = B.prefill_case(model, B.prompt_ids(vocab, run.prompt_len, s.seed), impl)
+                    cases[impl] = M.prefill_case(model, M.prompt_ids(vocab, run.prompt_len, s.seed), impl)
                 else:
-                    ids = B.prompt_ids(vocab, decode_prompt, s.seed)
-                    make = B.decode_case if method == "step_loop" else B.generate_step_case
+                    ids = M.prompt_ids(vocab, decode_prompt, s.seed)
+                    make = M.decode_case if method == "step_loop" else M.generate_step_case
                     cases[impl] = make(model, ids, decode_tokens, impl)
             except Exception as e:  # n/a or an unavailable fused model: reported, not timed
                 cases[impl] = e
         # The eager models already ran this format (logits check above), so a
         # slow eager case's warm-up is a fair sample; a compiled one's compiles.
-        results = B.interleaved(cases, rounds=s.rounds_models, min_rounds=s.min_rounds,
-                                budget_s=s.model_budget_s[phase], slow_s=s.slow_s.get("models"), reuse_warmup=("reference", "fused"))
+        results = B.interleaved(cases, rounds=s.rounds_models, min_rounds=s.min_rounds, budget_s=s.model_budget_s[phase],
+                                slow_s=s.slow_s.get("models"), reuse_warmup=("reference", "fused"))
         for case in cases.values():
             if hasattr(case, "close"):
                 case.close()
@@ -411,9 +414,9 @@ def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_lab
 def _check_args(args) -> str | None:
     """Why the arguments cannot run, or None."""
     if args.dtypes:
-        unknown = [f for f in _split(args.dtypes) if f not in B.WEIGHT_FORMATS]
+        unknown = [f for f in _split(args.dtypes) if f not in M.WEIGHT_FORMATS]
         if unknown:
-            return f"unknown weight format(s) {unknown}; known: {list(B.WEIGHT_FORMATS)}"
+            return f"unknown weight format(s) {unknown}; known: {list(M.WEIGHT_FORMATS)}"
     if args.configs:
         unknown = [c for c in _split(args.configs) if c not in CONFIGS]
         if unknown:

@@ -20,7 +20,8 @@ from typing import Callable, Iterator
 import mlx.core as mx
 
 from . import reference
-from .benchmarking import QUANT_GROUP_SIZE, timed_ms, weight_format
+from .bench_models import QUANT_GROUP_SIZE, weight_format
+from .benchmarking import timed_ms
 
 IMPLS = ("reference", "fused")
 #: Talkie 13B's projections as the fused model runs them: (name, K, N).

@@ -13,7 +13,8 @@ import pytest
 
 from talkie_kernels import bench, bench_linear, cli
 from talkie_kernels.bench import BLOCK_13B, QUICK_FORMATS
-from talkie_kernels.benchmarking import COMPILED_DECODE_NA, IMPLS, MODEL_WORKLOADS, OPS, interleaved
+from talkie_kernels.bench_models import COMPILED_DECODE_NA, MODEL_WORKLOADS
+from talkie_kernels.benchmarking import IMPLS, OPS, interleaved
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,343 @@
+"""The models of ``talkie-kernels bench`` and ``benchmarks/``: built in memory, and their workloads.
+
+Random-weight Talkie-shaped models from ``talkie_kernels.configs`` (mlx-lm's
+plain model and the fused model get the same weights, float or quantized as
+``mlx_lm.convert -q`` quantizes them) or a real checkpoint; the prefill and
+decode workloads timed by ``benchmarking.interleaved``; the weight bytes a
+decoded token reads (its floor, with the machine's read bandwidth); the graph
+size of a decode step and the logits agreement of the two models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import mlx.core as mx
+
+from .benchmarking import NotApplicable, dtype_name, require_fused_backend, sync
+from .configs import CONFIGS
+
+#: Why there is no ``reference_compiled`` decode number. mlx-lm's KVCache keeps
+#: its offset as a Python int and slices its buffers by it, so the traced graph
+#: depends on the position: a compiled step either retraces every token (the
+#: fetched keys change shape) or, with the buffers passed as state, replays a
+#: frozen position. mlx-lm does not compile its decode step either.
+COMPILED_DECODE_NA = (
+    "mx.compile does not apply: mlx-lm's KVCache slices by a Python-int offset, "
+    "so a compiled step would retrace every token or replay a stale position"
+)
+
+#: The models of ``benchmarks/test_bench_model.py`` and their prefill prompt
+#: lengths (``talkie-kernels bench`` runs talkie-8l-512 at several formats
+#: instead). The 8-layer model's 512-token prefill takes ~13 s per forward
+#: with the reference BLAS of MLX's Linux CPU wheel, so it is measured on 64
+#: tokens.
+DEFAULT_MODELS = (("talkie-2l-256", 512), ("talkie-8l-512", 64))
+#: How the model phases are driven: prefill is one forward with a fresh cache;
+#: decode is our synchronous greedy loop (``decode_case``) and mlx-lm's own
+#: pipelined ``generate_step`` (``generate_step_case``).
+MODEL_WORKLOADS = (("prefill", "forward"), ("decode", "step_loop"), ("decode", "generate_step"))
+#: Decode: this many greedy steps per sample, after a prompt of this length.
+#: Samples continue the same sequence (see ``decode_case``), so a run decodes
+#: positions 16 to 16 + 32 × (warm-up + rounds).
+DECODE_TOKENS, DECODE_PROMPT = 32, 16
+#: The same for quantized weights: MLX's CPU quantized matmul takes ~0.2 s per
+#: talkie-8l-512 token here (and ~0.2 s per prompt token), so fewer of both.
+QUANTIZED_DECODE_TOKENS, QUANTIZED_DECODE_PROMPT = 4, 4
+
+#: Weight formats of the random-weight models: a float dtype, or affine
+#: quantization as ``mlx_lm.convert -q`` writes it (a bf16 model quantized with
+#: group size 64; scales and biases in bf16): format -> (dtype, bits or None).
+WEIGHT_FORMATS = {
+    "float32": (mx.float32, None),
+    "bfloat16": (mx.bfloat16, None),
+    "float16": (mx.float16, None),
+    "q4": (mx.bfloat16, 4),
+    "q6": (mx.bfloat16, 6),
+    "q8": (mx.bfloat16, 8),
+}
+QUANT_GROUP_SIZE = 64
+
+
+def config_args(config: str | dict) -> dict:
+    return dict(CONFIGS[config]) if isinstance(config, str) else dict(config)
+
+
+def random_weights(model, dtype=mx.float32, seed: int = 0) -> dict[str, mx.array]:
+    """Random Talkie weights in the checkpoint's key layout, for ``model``'s shapes.
+
+    Realistic scales: embeddings N(0, 1) (they are normalized right away);
+    projections and the bare ``lm_head`` N(0, 1/fan_in). Every gain is drawn
+    away from its init, so each one matters: attn/mlp gains (2·layers)^-1/2 ×
+    U(0.5, 2); embed_skip U(0.05, 0.3) (init 0); head gains and lm_head_gain
+    U(0.5, 2).
+    """
+    from mlx.utils import tree_flatten
+
+    params = dict(tree_flatten(model.parameters()))
+    layers = len(model.layers)
+    keys = mx.random.split(mx.random.key(seed), len(params))
+    out = {}
+    for (name, p), key in zip(sorted(params.items()), keys):
+        if name.endswith("embed.weight"):
+            w = mx.random.normal(p.shape, key=key)
+        elif name == "lm_head" or name.endswith(".weight"):
+            w = mx.random.normal(p.shape, key=key) * p.shape[-1] ** -0.5
+        elif name.endswith(("attn_gain.a_g", "mlp_gain.a_g")):
+            w = (2 * layers) ** -0.5 * mx.random.uniform(0.5, 2.0, p.shape, key=key)
+        elif name.endswith("embed_skip.a_g"):
+            w = mx.random.uniform(0.05, 0.3, p.shape, key=key)
+        elif name.endswith(("head_gain.head_g", "lm_head_gain.w_g")):
+            w = mx.random.uniform(0.5, 2.0, p.shape, key=key)
+        else:
+            raise ValueError(f"random_weights: no rule for parameter {name!r} {p.shape}")
+        out[name] = w.astype(dtype)
+    mx.eval(out)
+    return out
+
+
+def weight_format(name: str) -> tuple[Any, int | None]:
+    """``WEIGHT_FORMATS[name]``: (float dtype, bits or None); a clear error otherwise."""
+    try:
+        return WEIGHT_FORMATS[name]
+    except KeyError:
+        raise ValueError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, got {name!r}") from None
+
+
+def _quantizable(path: str, module) -> bool:
+    # mlx_lm.utils.quantize_model's rule: every layer that can be quantized and
+    # whose input size the group size divides (the bare lm_head is no layer).
+    return hasattr(module, "to_quantized") and module.weight.shape[-1] % QUANT_GROUP_SIZE == 0
+
+
+def build_reference_model(config: str | dict, weights: str = "float32", seed: int = 0):
+    """mlx-lm's plain Talkie model with random weights in one of ``WEIGHT_FORMATS``.
+
+    Quantized formats are drawn in bf16 and quantized as ``mlx_lm.convert -q``
+    does (``nn.quantize`` with ``mlx_lm.utils.quantize_model``'s predicate, group
+    size 64): embedding and projections become affine-quantized with bf16
+    scales and biases; the bare ``lm_head`` stays bf16.
+    """
+    import mlx.nn as nn
+    from mlx_lm.models import talkie
+
+    dtype, bits = weight_format(weights)
+    model = talkie.Model(talkie.ModelArgs.from_dict(config_args(config)))
+    model.load_weights(list(model.sanitize(random_weights(model, dtype, seed)).items()))
+    if bits:
+        nn.quantize(model, QUANT_GROUP_SIZE, bits, class_predicate=_quantizable)
+    model.eval()
+    mx.eval(model.parameters())
+    return model
+
+
+def build_fused_model(config: str | dict, weights: dict[str, mx.array], quantization: dict | None = None):
+    """This project's model holding ``weights`` (checkpoint keys, e.g. the reference model's parameters).
+
+    Loaded as ``mlx_lm.utils.load_model`` loads a checkpoint: ``sanitize``, then,
+    with ``quantization`` (``{"group_size", "bits"}``), every layer that has
+    scales is quantized, then the strict ``load_weights``.
+    """
+    import mlx.nn as nn
+
+    from .models.talkie import Model, ModelArgs
+
+    model = Model(ModelArgs.from_dict(config_args(config)))
+    weights = model.sanitize(dict(weights))
+    if quantization:
+        nn.quantize(
+            model, quantization["group_size"], quantization["bits"],
+            class_predicate=lambda path, m: hasattr(m, "to_quantized") and f"{path}.scales" in weights,
+        )
+    model.load_weights(list(weights.items()))
+    model.eval()
+    mx.eval(model.parameters())
+    return model
+
+
+def build_models(config: str | dict, weights: str = "float32", seed: int = 0) -> dict[str, Any]:
+    """``{"reference": model, "fused": model or the exception that stopped it}``, same weights.
+
+    ``weights`` is a ``WEIGHT_FORMATS`` name; the fused model is loaded from
+    the reference model's own (possibly quantized) parameters, so both hold the
+    same quantized weights.
+    """
+    from mlx.utils import tree_flatten
+
+    ref = build_reference_model(config, weights, seed)
+    bits = weight_format(weights)[1]
+    quantization = {"group_size": QUANT_GROUP_SIZE, "bits": bits} if bits else None
+    try:
+        require_fused_backend()
+        fused = build_fused_model(config, dict(tree_flatten(ref.parameters())), quantization)
+    except Exception as e:  # reported as the fused rows' error
+        fused = e
+    return {"reference": ref, "fused": fused}
+
+
+def load_models(path: str | Path) -> dict[str, Any]:
+    """A real checkpoint: reference via ``mlx_lm.load``, fused via ``talkie_kernels.load``."""
+    import mlx_lm
+
+    import talkie_kernels
+
+    ref = mlx_lm.load(str(path))[0]
+    try:
+        require_fused_backend()
+        fused = talkie_kernels.load(str(path))[0]
+    except Exception as e:
+        fused = e
+    return {"reference": ref, "fused": fused}
+
+
+def model_dtype(model) -> str:
+    """The dtype of a model's embedding: its weights' dtype (quantized: scales dtype and bits)."""
+    embed = model.model.embed
+    if hasattr(embed, "scales"):
+        return f"{dtype_name(embed.scales.dtype)} {embed.bits}-bit"
+    return dtype_name(embed.weight.dtype)
+
+
+def vocab_size(model) -> int:
+    return model.args.vocab_size
+
+
+def prompt_ids(vocab: int, length: int, seed: int = 0) -> mx.array:
+    """(1, length) random token ids (the speed of a forward pass does not depend on them)."""
+    ids = mx.random.randint(0, vocab, (1, length), key=mx.random.key(seed + 1))
+    mx.eval(ids)
+    return ids
+
+
+def _prefill_fn(model):
+    from mlx_lm.models.cache import make_prompt_cache
+
+    def prefill(ids):
+        # A fresh mlx-lm cache, as in generation: the work includes the K/V writes.
+        cache = make_prompt_cache(model)
+        logits = model(ids, cache=cache)
+        return [logits[:, -1, :]] + [a for c in cache for a in (c.keys, c.values)]
+
+    return prefill
+
+
+def prefill_case(model, ids, impl: str) -> Callable[[], Callable[[], Any]]:
+    """One prompt forward with a fresh KV cache; evaluates the last logits and the cache."""
+    fn = _prefill_fn(model)
+    if impl == "reference_compiled":
+        fn = mx.compile(fn)
+    return lambda: (lambda: mx.eval(fn(ids)))
+
+
+def decode_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callable[[], Any]]:
+    """Greedy decoding with mlx-lm's KVCache, ``n_tokens`` steps per sample.
+
+    The first ``prepare()`` prefills ``prompt`` into a fresh cache (untimed);
+    every sample then continues the same sequence, so round r of every
+    implementation decodes the same positions (interleaving stays fair) and no
+    sample pays for a prefill. Each step is a whole generation step: forward
+    one token, update the cache, argmax, ``mx.eval`` the token (which needs the
+    cache writes).
+    """
+    if impl == "reference_compiled":
+        raise NotApplicable(COMPILED_DECODE_NA)
+    from mlx_lm.models.cache import make_prompt_cache
+
+    state: dict[str, Any] = {}
+
+    def run():
+        tok, cache = state["tok"], state["cache"]
+        for _ in range(n_tokens):
+            logits = model(tok[:, None], cache=cache)
+            tok = mx.argmax(logits[:, -1, :], axis=-1)
+            mx.eval(tok)
+        state["tok"] = tok
+
+    def prepare():
+        if not state:
+            cache = make_prompt_cache(model)
+            logits = model(prompt, cache=cache)
+            tok = mx.argmax(logits[:, -1, :], axis=-1)
+            sync(tok, [(c.keys, c.values) for c in cache])
+            state.update(cache=cache, tok=tok)
+        return run
+
+    return prepare
+
+
+def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], Callable[[], Any]]:
+    """Greedy decoding through ``mlx_lm.generate.generate_step``, ``n_tokens`` tokens per sample.
+
+    Unlike ``decode_case`` this is mlx-lm's own loop, as ``mlx_lm.generate``
+    runs it: a generation stream and ``mx.async_eval``, so building step n+1's
+    graph overlaps computing step n. One endless generator per implementation:
+    the first ``prepare()`` runs the prompt and the first token (untimed);
+    each sample takes the next ``n_tokens`` tokens, then waits for the step
+    already in flight, whose token opens the next sample -- so each sample
+    computes ``n_tokens`` steps. Call ``prepare.close()`` when done.
+    """
+    if impl == "reference_compiled":
+        raise NotApplicable(COMPILED_DECODE_NA)
+    from mlx_lm.generate import generate_step, generation_stream
+
+    state: dict[str, Any] = {}
+
+    def run():
+        tokens = state["tokens"]
+        for _ in range(n_tokens):
+            next(tokens)
+        mx.synchronize(generation_stream)
+
+    def prepare():
+        if not state:
+            state["tokens"] = generate_step(prompt.reshape(-1), model, max_tokens=-1)
+            next(state["tokens"])
+            mx.synchronize(generation_stream)
+        return run
+
+    def close():
+        # Finish mlx-lm's generator in this thread: left to the garbage
+        # collector, it may be finalized on another thread (a progress bar's),
+        # where leaving its mx.stream context raises.
+        if state:
+            state.pop("tokens").close()
+
+    prepare.close = close
+    return prepare
+
+
+def model_for(models: dict[str, Any], impl: str):
+    """The model object behind an impl (compiled uses the reference model); raises the fused model's build error."""
+    m = models["fused" if impl == "fused" else "reference"]
+    if isinstance(m, BaseException):
+        raise RuntimeError(f"fused model unavailable: {type(m).__name__}: {m}") from m
+    return m
+
+
+def decode_weight_bytes(model) -> int:
+    """Weight bytes one decoded token reads: every parameter but the embedding table.
+
+    Projections with their scales and biases, ``lm_head`` and the gains (of the
+    embedding, one row per token is read). KV cache and activations are not
+    counted.
+    """
+    from mlx.utils import tree_flatten
+
+    return sum(p.nbytes for name, p in tree_flatten(model.parameters()) if not name.startswith("model.embed."))
+
+
+def decode_nodes(models: dict[str, Any]) -> dict[str, int]:
+    """Primitive nodes of one decode step, reference and fused (``talkie_kernels.graph``)."""
+    from .graph import decode_step_nodes
+
+    return {impl: sum(decode_step_nodes(models[impl]).values()) for impl in ("reference", "fused")}
+
+
+def logits_agreement(models: dict[str, Any], ids) -> float | None:
+    """max |fused − reference| / max |reference| of the prompt's logits (None without a fused model)."""
+    if isinstance(models.get("fused"), BaseException):
+        return None
+    a = models["reference"](ids).astype(mx.float32)
+    b = models["fused"](ids).astype(mx.float32)
+    return float(mx.abs(a - b).max() / mx.maximum(mx.abs(a).max(), 1e-30))
