@@ -101,7 +101,7 @@ class Settings:
             self.models = [
                 # At 13B width MLX's prefill takes minutes: decode only, as --block-13b.
                 ModelRun(n, 0, formats, DECODE_ONLY) if n == BLOCK_13B
-                else ModelRun(n, args.prompt_len or (16 if q else 512), formats)
+                else ModelRun(n, args.prompt_len or (16 if q else dict(M.DEFAULT_MODELS).get(n, 512)), formats)
                 for n in _split(args.configs)
             ]
         elif q:

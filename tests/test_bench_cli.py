@@ -160,6 +160,8 @@ def test_settings_of_the_flags():
     assert [(n, K, N) for n, K, N in bench_linear.SHAPES_13B] == [
         ("attn_qkv", 5120, 15360), ("attn_resid", 5120, 5120), ("mlp_gate_linear", 5120, 27392),
         ("mlp_resid", 13696, 5120), ("lm_head", 5120, 65540)]
+    s = bench.Settings(parse(["--configs", "talkie-8l-512,talkie-2l-256"]))
+    assert [(r.name, r.prompt_len) for r in s.models] == [("talkie-8l-512", 64), ("talkie-2l-256", 512)]
     s = bench.Settings(parse(["--only", "linear"]))
     assert s.do_linear and not s.do_models and not s.do_ops
 
