@@ -1,4 +1,4 @@
-"""``talkie-kernels`` command line: ``bench``, ``generate``, ``server``, ``convert``.
+"""``talkie-kernels`` command line: ``bench``, ``generate``, ``server``, ``convert``, ``init-checkpoint``.
 
 Each subcommand lives in its own module with a ``main(argv)``; this file only
 routes, so ``talkie-kernels generate --help`` shows that command's own flags.
@@ -14,12 +14,14 @@ COMMANDS = {
     "generate": ("talkie_kernels.generate", "generate text with the fused model (mlx_lm.generate's flags)"),
     "server": ("talkie_kernels.server", "serve the fused model with mlx-lm's OpenAI-compatible server"),
     "convert": ("talkie_kernels.convert", "convert/quantize a checkpoint (lm_head quantized too)"),
+    "init-checkpoint": ("talkie_kernels.checkpoint", "write a small random-weight Talkie checkpoint to try the others on"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: talkie-kernels COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    width = max(map(len, COMMANDS)) + 2
+    lines += [f"  {name:<{width}}{help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`talkie-kernels COMMAND --help` shows a command's options."]
     return "\n".join(lines)
 

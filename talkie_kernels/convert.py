@@ -78,8 +78,17 @@ def convert(hf_path: str, mlx_path: str = "mlx_model", **kwargs) -> None:
 def main(argv=None) -> int:
     parser = _mlx_convert.configure_parser()
     parser.prog = "talkie-kernels convert"
-    parser.description = "Convert / quantize a Talkie checkpoint for the fused model (lm_head quantized too)."
+    parser.description = (
+        "Convert / quantize a Talkie checkpoint for the fused model. The flags are "
+        "mlx_lm.convert's (mlx-lm 0.32.2); what differs: the model loads with "
+        "talkie_kernels.load, so -q quantizes lm_head too and the output stores the fused "
+        "projections: talkie_kernels.load (so talkie-kernels generate and server) reads it, "
+        "mlx_lm.load does not (convert with mlx_lm.convert for that); --quant-predicate "
+        "talkie_mixed is a mixed-bit recipe for Talkie."
+    )
     for action in parser._actions:
+        if action.dest == "hf_path":
+            action.help = "A Talkie checkpoint: a local directory or a Hugging Face repo (required)."
         if action.dest == "quant_predicate":
             action.choices = [*action.choices, *RECIPES]
             action.help = (

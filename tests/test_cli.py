@@ -1,4 +1,5 @@
-"""``talkie-kernels generate | server | convert`` on a tiny random checkpoint."""
+"""``talkie-kernels generate | server | convert | init-checkpoint`` on a tiny random checkpoint,
+and the commands' help texts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import time
 import urllib.error
 import urllib.request
 
+import mlx.core as mx
 import mlx.nn as nn
+import mlx_lm
 import pytest
 
 import talkie_kernels as tk
@@ -43,12 +46,113 @@ def test_generate_without_chat_template_and_quiet(ckpt, capsys):
 
 def test_generate_flags(capsys):
     with pytest.raises(SystemExit) as info:
-        main(["generate", "--help"])
-    assert info.value.code == 0
-    assert "--max-tokens" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as info:
         main(["generate", "--prompt", "hi"])
     assert info.value.code == 2  # --model is required
+    assert "--model is required" in capsys.readouterr().err
+
+
+def _help(command, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+
+@pytest.mark.parametrize("command", ["generate", "server", "convert", "init-checkpoint"])
+def test_help_names_the_command_and_talkie(command, capsys):
+    text = _help(command, capsys)
+    assert text.startswith(f"usage: talkie-kernels {command} ")
+    assert "Talkie checkpoint" in text
+    assert "Llama" not in text  # mlx-lm's default model is not ours
+    for mlx_lm_description in ("LLM inference script", "MLX Http Server.", "Convert Hugging Face model to MLX"):
+        assert mlx_lm_description not in text
+    if command != "init-checkpoint":
+        assert "what differs" in text and "mlx-lm 0.32.2" in text
+
+
+def test_help_flags_kept(capsys):
+    assert "--max-tokens" in _help("generate", capsys)
+    assert "--port" in _help("server", capsys) and "--chat-template" in _help("server", capsys)
+    assert "--q-bits" in _help("convert", capsys)
+    import mlx_lm.server as mlx_server
+
+    import argparse
+
+    assert mlx_server.argparse is argparse  # the server's parser swap is undone
+
+
+def test_usage_lists_init_checkpoint(capsys):
+    assert main([]) == 0
+    assert "init-checkpoint" in capsys.readouterr().out
+
+
+def test_init_checkpoint_writes_a_loadable_checkpoint(tmp_path, capsys):
+    dst = tmp_path / "tiny"
+    assert main(["init-checkpoint", str(dst)]) == 0
+    out = capsys.readouterr().out
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert str(dst / name) in out
+    config = json.loads((dst / "config.json").read_text())
+    assert config["model_type"] == "talkie"
+    assert {k: config[k] for k in CONFIGS["talkie-2l-256"]} == CONFIGS["talkie-2l-256"]
+    weights = mx.load(str(dst / "model.safetensors"))
+    assert weights["lm_head"].dtype == mx.float32 and "lm_head_gain.w_g" in weights
+    assert abs(weights["lm_head_gain.w_g"].item() - 1.0) > 0.4  # gains away from init
+
+    tokens = mx.array([[5, 17, 42]])
+    ref, ref_tok = mlx_lm.load(str(dst))
+    fused, tok = tk.load(dst)
+    assert tok.encode("Hello") == ref_tok.encode("Hello")
+    a, b = ref(tokens), fused(tokens)
+    assert a.shape == b.shape == (1, 3, config["vocab_size"])
+    assert mx.allclose(a, b, rtol=1e-4, atol=1e-4).item()
+    assert main(["generate", "--model", str(dst), "--prompt", "Hi", "--max-tokens", "3"]) == 0
+
+
+def test_init_checkpoint_options(tmp_path, capsys):
+    dst = tmp_path / "bf16"
+    argv = ["init-checkpoint", str(dst), "--config", "talkie-8l-512", "--dtype", "bfloat16", "--seed", "3"]
+    assert main(argv) == 0
+    config = json.loads((dst / "config.json").read_text())
+    assert config["num_hidden_layers"] == 8 and config["torch_dtype"] == "bfloat16"
+    weights = mx.load(str(dst / "model.safetensors"))
+    assert all(w.dtype == mx.bfloat16 for w in weights.values())
+    first = weights["model.embed.weight"]
+    # Written again over its own output (allowed), with another seed: other weights.
+    assert main(["init-checkpoint", str(dst), "--config", "talkie-8l-512", "--seed", "4"]) == 0
+    assert not mx.array_equal(mx.load(str(dst / "model.safetensors"))["model.embed.weight"], first).item()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config", "talkie-70b"], "invalid choice: 'talkie-70b' (choose from 'talkie-13b', 'talkie-8l-512'"),
+        (["--dtype", "float64"], "invalid choice: 'float64'"),
+        (["--seed", "x"], "invalid int value"),
+    ],
+)
+def test_init_checkpoint_bad_arguments(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(["init-checkpoint", str(tmp_path / "x"), *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_init_checkpoint_missing_destination(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["init-checkpoint"])
+    assert info.value.code == 2
+    assert "DST" in capsys.readouterr().err
+
+
+def test_init_checkpoint_refuses_a_directory_with_other_files(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        main(["init-checkpoint", str(tmp_path)])
+    assert info.value.code == 2
+    assert "is not empty (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_convert_quantizes_lm_head(ckpt, tmp_path):

@@ -1,0 +1,269 @@
+"""Random-weight Talkie checkpoints in the Hugging Face layout (as mlx-lm loads them),
+and ``talkie-kernels init-checkpoint``.
+
+A checkpoint to try ``generate``, ``server``, ``convert``, ``bench --model`` and
+``talkie_kernels.load`` on without downloading the released model; the tests
+write theirs with the same code (``tests/checkpoints.py``). A checkpoint is a
+directory with
+
+* ``config.json`` (``model_type: "talkie"``, the keys of
+  ``talkie_kernels.configs``, ``eos_token_id``, and ``talkie_kernels_random_init``
+  recording the config name and seed);
+* ``model.safetensors`` with the HF keys (``lm_head`` bare, ``lm_head_gain.w_g``);
+* ``tokenizer.json`` + ``tokenizer_config.json``: a byte-level BPE trained with
+  the ``tokenizers`` library on a fixed corpus, with a chat template, so
+  ``transformers.AutoTokenizer`` (and so ``mlx_lm.load``) loads it offline.
+
+Weights are normal with std ``fan_in**-0.5`` (the embedding std 1). Gains are
+drawn away from their init values so each one matters: ``attn_gain`` and
+``mlp_gain`` from U(0.3, 1.5), ``embed_skip`` from ±U(0.2, 0.8), ``head_g``
+from U(0.5, 2.0), ``lm_head_gain`` from U(1.5, 3.0). The text such a model
+generates is gibberish; its speed and shapes are the real thing's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .configs import CONFIGS
+
+EOS = "<|endoftext|>"
+SPECIAL_TOKENS = [EOS, "<|user|>", "<|assistant|>", "<|system|>"]
+
+#: A plain-text chat template (jinja) in the shape transformers expects.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+#: The config.json key that marks a checkpoint written here.
+MARKER = "talkie_kernels_random_init"
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+DTYPES = ("float32", "bfloat16", "float16")
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "In the year of our Lord eighteen hundred and ninety, the telegraph reached the valley.",
+    "Hello, world! How are you today? I am well, thank you kindly.",
+    "Talkie is a language model trained on text written before 1931.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000 1931.",
+    "Once upon a time there lived a king who had three daughters.",
+    "Steam engines, railways, and the wireless changed the world.",
+]
+
+
+def make_tokenizer(path, vocab_size: int = 384):
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``path``.
+
+    Returns the ``tokenizers.Tokenizer``. ``vocab_size`` includes the 256
+    byte-level symbols and the special tokens; it must not exceed the model's.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.save(str(path / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": EOS,
+        "bos_token": None,
+        "unk_token": None,
+        "pad_token": EOS,
+        "model_max_length": 2048,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return tok
+
+
+def random_weights(config: dict, seed: int = 0, dtype: str = "float32") -> dict[str, mx.array]:
+    """HF-layout weights for ``config`` in ``dtype``, gains away from init.
+
+    Drawn in float32 (numpy, one tensor at a time) and then cast, so the same
+    seed gives the same values in every dtype up to its rounding.
+    """
+    rng = np.random.default_rng(seed)
+    mx_dtype = getattr(mx, dtype)
+    dim = config["hidden_size"]
+    heads, head_dim = config["num_attention_heads"], config["head_dim"]
+    inter, vocab = config["intermediate_size"], config["vocab_size"]
+    proj = heads * head_dim
+
+    def cast(a):
+        return mx.array(a.astype(np.float32)).astype(mx_dtype)
+
+    def linear(out_dim, in_dim):
+        return cast(rng.normal(0.0, in_dim**-0.5, (out_dim, in_dim)))
+
+    def uniform(lo, hi, shape=(1,)):
+        return rng.uniform(lo, hi, shape)
+
+    w = {"model.embed.weight": cast(rng.normal(0.0, 1.0, (vocab, dim)))}
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.blocks.{i}."
+        for name in ("query", "key", "value"):
+            w[f"{p}attn.attn_{name}.weight"] = linear(proj, dim)
+        w[f"{p}attn.attn_resid.weight"] = linear(dim, proj)
+        w[f"{p}attn.head_gain.head_g"] = cast(uniform(0.5, 2.0, (heads,)))
+        w[f"{p}attn_gain.a_g"] = cast(uniform(0.3, 1.5))
+        w[f"{p}mlp.mlp_gate.weight"] = linear(inter, dim)
+        w[f"{p}mlp.mlp_linear.weight"] = linear(inter, dim)
+        w[f"{p}mlp.mlp_resid.weight"] = linear(dim, inter)
+        w[f"{p}mlp_gain.a_g"] = cast(uniform(0.3, 1.5))
+        w[f"{p}embed_skip.a_g"] = cast(uniform(0.2, 0.8) * rng.choice([-1.0, 1.0]))
+    w["lm_head"] = linear(vocab, dim)
+    w["lm_head_gain.w_g"] = cast(uniform(1.5, 3.0))
+    return w
+
+
+def num_parameters(config: dict) -> int:
+    """The parameter count of a Talkie model with ``config`` (gains included)."""
+    dim, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads, proj = config["num_attention_heads"], config["num_attention_heads"] * config["head_dim"]
+    inter, vocab = config["intermediate_size"], config["vocab_size"]
+    block = 4 * dim * proj + heads + 3 * dim * inter + 3
+    return 2 * vocab * dim + layers * block + 1
+
+
+def write_checkpoint(
+    path, config: dict, dtype: str = "float32", seed: int = 0, *, name: str | None = None
+) -> Path:
+    """Write a random-weight Talkie checkpoint (HF layout) + tokenizer into ``path``.
+
+    ``config`` is a ``talkie_kernels.configs.CONFIGS`` entry (or any dict with
+    its keys), ``name`` its name (recorded in config.json); ``dtype`` one of
+    float32, bfloat16, float16. Returns the path.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(path, vocab_size=min(384, config["vocab_size"]))
+    mx.save_safetensors(
+        str(path / "model.safetensors"), random_weights(config, seed, dtype), metadata={"format": "pt"}
+    )
+    full = dict(config)
+    full.update(
+        architectures=["TalkieForCausalLM"],
+        torch_dtype=dtype,
+        eos_token_id=tok.token_to_id(EOS),
+    )
+    full[MARKER] = {"config": name, "seed": seed}
+    (path / "config.json").write_text(json.dumps(full, indent=2))
+    return path
+
+
+# ---------------------------------------------------------------------------
+# talkie-kernels init-checkpoint
+
+
+def _describe(name: str) -> str:
+    c = CONFIGS[name]
+    return (
+        f"{name} ({c['num_hidden_layers']} layers, hidden {c['hidden_size']}, "
+        f"{c['num_attention_heads']} heads, vocab {c['vocab_size']}; "
+        f"{num_parameters(c) / 1e6:,.1f}M parameters)"
+    )
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="talkie-kernels init-checkpoint",
+        description=(
+            "Write a random-weight Talkie checkpoint in the Hugging Face layout "
+            "(config.json, model.safetensors, a small BPE tokenizer) into DST: something "
+            "to try `talkie-kernels generate / server / convert / bench --model` and "
+            "`talkie_kernels.load` (or `mlx_lm.load`) on without a download. Its text is "
+            "gibberish; its shapes and speed are a real Talkie's of that size."
+        ),
+        epilog="configs:\n" + "\n".join(f"  {_describe(n)}" for n in CONFIGS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "dst", metavar="DST",
+        help="output directory (created; refused if it holds files other than a checkpoint "
+        "written by this command)",
+    )
+    parser.add_argument(
+        "--config", default="talkie-2l-256", choices=list(CONFIGS), metavar="NAME",
+        help=f"model shape, from talkie_kernels/configs.py: {', '.join(CONFIGS)} "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"],
+        help="weight dtype (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    return parser
+
+
+def _check_destination(parser, dst: Path) -> None:
+    if dst.exists() and not dst.is_dir():
+        parser.error(f"DST {dst} exists and is not a directory")
+    if not dst.is_dir():
+        return
+    present = sorted(p.name for p in dst.iterdir())
+    if not present:
+        return
+    try:
+        ours = MARKER in json.loads((dst / "config.json").read_text())
+    except (OSError, ValueError):
+        ours = False
+    if not ours or set(present) - set(FILES):
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        parser.error(
+            f"DST {dst} is not empty ({shown}) and is not a checkpoint written by "
+            "init-checkpoint; choose a new or empty directory"
+        )
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    dst = Path(args.dst).expanduser()
+    _check_destination(parser, dst)
+    config = CONFIGS[args.config]
+    print(f"writing a random-weight {_describe(args.config)} checkpoint, {args.dtype}, "
+          f"seed {args.seed}, to {dst} ...", flush=True)
+    write_checkpoint(dst, config, args.dtype, args.seed, name=args.config)
+    for name in FILES:
+        size = (dst / name).stat().st_size
+        what = {
+            "config.json": "model config (model_type talkie)",
+            "model.safetensors": f"{args.dtype} weights, Hugging Face keys",
+            "tokenizer.json": "byte-level BPE tokenizer",
+            "tokenizer_config.json": "tokenizer settings and chat template",
+        }[name]
+        print(f"  {dst / name}  {_human_bytes(size)}  {what}")
+    print(f"load it with talkie_kernels.load({str(dst)!r}) or mlx_lm.load, or try:\n"
+          f"  talkie-kernels generate --model {dst} --prompt \"The wireless set\"")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
