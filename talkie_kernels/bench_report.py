@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 SAMPLES_NOTE = (
-    "n = timed samples per row. Each implementation gets up to 7, cut to a time budget but at least 3, "
+    "n = timed samples per row. Each implementation gets up to 7, cut to a time budget but at least 3 (2 for linear), "
     "except calls that take seconds (MLX's CPU quantized matmul): those are sampled once or twice, "
     "the warm-up run counted, since first-call costs are milliseconds."
 )

@@ -181,6 +181,23 @@ def test_slow_cases_are_sampled_fewer_times():
     assert len(res["slow"].samples_ms) == 4
 
 
+def test_linear_weights_and_their_rotation():
+    """Each format of one weight in turn, quantized as mlx_lm.convert -q does; copies that overflow the cache."""
+    import mlx.core as mx
+
+    got = [(fmt, [a.dtype for a in arrays], kwargs) for fmt, arrays, kwargs in bench_linear.weights(128, 96, ("bfloat16", "q4", "q8"))]
+    assert got == [
+        ("bfloat16", [mx.bfloat16], {}),
+        ("q4", [mx.uint32, mx.bfloat16, mx.bfloat16], {"group_size": 64, "bits": 4}),
+        ("q8", [mx.uint32, mx.bfloat16, mx.bfloat16], {"group_size": 64, "bits": 8}),
+    ]
+    _, arrays, _ = next(bench_linear.weights(1024, 1024, ["q4"]))
+    copies = bench_linear.rotation(arrays)
+    total = len(copies) * bench_linear.nbytes(arrays)
+    assert total >= bench_linear.ROTATION_FACTOR * bench_linear.last_level_cache_bytes() > total - bench_linear.nbytes(arrays)
+    assert all(mx.array_equal(c[0], arrays[0]) for c in copies)
+
+
 def test_help_through_the_router(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--help"])
