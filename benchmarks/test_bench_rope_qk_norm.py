@@ -1,6 +1,6 @@
 """``rope_qk_norm``: eager plain MLX vs mx.compile'd plain MLX vs the fused op, decode (L=1) and prefill (L=512), bf16.
 
-RoPE + QK RMSNorm + head gain on q and k: (1, 40, L, 128) each (DESIGN §8: prefill >= 10x, decode >= 2x).
+RoPE + QK RMSNorm + head gain on q and k: (1, 40, L, 128) each (targets: prefill >= 10x, decode >= 2x plain MLX).
 The baseline is ``talkie_kernels.reference.rope_qk_norm``; the fused op is ``talkie_kernels.rope_qk_norm``
 (dispatched to the current backend, recorded in extra_info).
 """
