@@ -377,7 +377,7 @@ struct RowBlock {
 // blocks in registers (32 vector registers with AVX-512, 16 otherwise).
 constexpr int kDecodeNR = VW == 16 ? 4 : 2;
 constexpr int kDecodeMR = 4;
-// Row length (bytes) from which decode reads kDecodeNR rows side by side.
+// Dense row length (bytes) from which decode reads kDecodeNR rows side by side.
 constexpr int64_t kSideBySideMinBytes = 4096;
 
 #if TK_VW == 16
@@ -566,10 +566,11 @@ void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
   // Rows of w read side by side are separate streams for the hardware
   // prefetcher. Long rows: NR streams keep more reads in flight (measured on
   // Zen 4, K=4096 fp32: 18.6 GB/s with 4 rows, 13 with 1, one core). Short
-  // rows: each stream ends after a few lines and the prefetcher keeps
-  // retraining, while one row at a time is one sequential stream (K=512:
-  // 10.7 GB/s with 4 rows, 17 with 1).
-  if (row_bytes<W>(a.K) >= kSideBySideMinBytes) {
+  // dense rows: each stream ends after a few lines and the prefetcher keeps
+  // retraining, while one row at a time is one sequential stream (K=512
+  // bf16, two cores: 15.6 GB/s with 4 rows, 26.5 with 1). Quantized rows
+  // need the shared loads of x more (q4, K=5120: 20.9 GB/s with 4, 12.4 with 1).
+  if (quantized(W) || row_bytes<W>(a.K) >= kSideBySideMinBytes) {
     for (; n + kDecodeNR <= end; n += kDecodeNR) {
       decode_rows<W, kDecodeNR>(a, n);
     }
