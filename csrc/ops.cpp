@@ -38,8 +38,8 @@ void check_rope_input(const char* op, const char* name, const mx::array& x) {
   if (x.ndim() != 4) {
     fail(op, std::string(name) + " must have shape (B, H, L, D), got " + fmt(x.shape()) + ".");
   }
-  if (x.shape(-1) % 2) {
-    fail(op, "head_dim must be even, got " + std::to_string(x.shape(-1)) + " (" + name + " shape " + fmt(x.shape()) + ").");
+  if (x.shape(-1) % 2 || x.shape(-1) == 0) {
+    fail(op, "head_dim must be even and positive, got " + std::to_string(x.shape(-1)) + " (" + name + " shape " + fmt(x.shape()) + ").");
   }
 }
 

@@ -1,6 +1,7 @@
 """talkie_kernels: fused MLX kernels for the Talkie 13B language model.
 
-Public ops (DESIGN §2) dispatch on the device of the default stream:
+Public ops dispatch on the device of the default stream (arguments checked once,
+by ``_checks.<op>_args``, for every backend):
 
 * GPU with Metal available -> ``talkie_kernels.metal`` (``mx.fast.metal_kernel``);
 * CPU -> the native extension (``talkie_kernels._native``, MLX Primitives);
@@ -14,8 +15,8 @@ import warnings
 
 import mlx.core as mx
 
-from . import native as _native_loader
-from . import reference
+from . import _checks as C
+from . import native, reference
 
 __version__ = "0.1.0"
 
@@ -36,59 +37,59 @@ _warned = False
 
 def native_available() -> bool:
     """True when the compiled CPU extension loaded."""
-    return _native_loader.available()
+    return native.available()
 
 
 def backend() -> str:
     """The implementation the top-level ops use right now: 'metal', 'native' or 'reference'."""
-    global _warned
     device = mx.default_device()
     if device.type == mx.gpu and mx.metal.is_available():
         return "metal"
-    if device.type == mx.cpu:
-        if native_available():
-            return "native"
-        if not _warned:
-            _warned = True
-            warnings.warn(
-                "talkie_kernels: the native CPU extension is not available "
-                f"({_native_loader.load_error}); using the plain-MLX reference, "
-                "which is slower. Reinstall with `pip install .` to build it.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    if device.type == mx.cpu and native_available():
+        return "native"
     return "reference"
 
 
 def _impl():
+    """The backend module for the default device; warns once when a CPU stream
+    has to use the reference because the extension did not load."""
+    global _warned
     name = backend()
     if name == "metal":
         from . import metal
 
         return metal
     if name == "native":
-        return _native_loader.ops
+        return native
+    if mx.default_device().type == mx.cpu and not _warned:
+        _warned = True
+        warnings.warn(
+            "talkie_kernels: the native CPU extension is not available "
+            f"({native.load_error}); using the plain-MLX reference, which is slower.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return reference
 
 
 def rms_norm(x, eps=None):
     """Weightless RMSNorm over the last axis, fp32 reduction. See ``reference.rms_norm``."""
-    return _impl().rms_norm(x, eps)
+    return _impl()._rms_norm(*C.rms_norm_args(x, eps))
 
 
 def rope(x, offset=0, *, base=1e6):
     """Talkie's inverse-rotation RoPE on (B, H, L, D). See ``reference.rope``."""
-    return _impl().rope(x, offset, base=base)
+    return _impl()._rope(*C.rope_args(x, offset, base))
 
 
 def rope_qk_norm(q, k, head_gain, offset=0, *, base=1e6, eps=None):
     """Fused RoPE -> RMSNorm -> per-head gain on q, k in one pass -> (q, k)."""
-    return _impl().rope_qk_norm(q, k, head_gain, offset, base=base, eps=eps)
+    return _impl()._rope_qk_norm(*C.rope_qk_norm_args(q, k, head_gain, offset, base, eps))
 
 
 def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
     """Fused ``x + gain·y [+ skip_gain·skip]`` then RMSNorm -> (x_new, normed)."""
-    return _impl().residual_norm(x, y, gain, skip, skip_gain, eps=eps)
+    return _impl()._residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
 
 
 def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):
@@ -98,8 +99,7 @@ def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, m
     group sizes 32/64/128; other modes through MLX's op); on the GPU and as the
     reference, MLX's own ``matmul`` / ``quantized_matmul``. See ``reference.linear``.
     """
-    impl = _native_loader.ops if backend() == "native" else reference
-    return impl.linear(x, weight, scales, biases, group_size=group_size, bits=bits, mode=mode)
+    return _impl()._linear(*C.linear_args(x, weight, scales, biases, group_size, bits, mode))
 
 
 def load(path_or_repo, **kwargs):

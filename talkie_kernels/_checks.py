@@ -1,8 +1,20 @@
-"""Argument validation shared by the Python backends (reference and Metal).
+"""The one place where the Python API checks and normalizes each op's arguments.
 
-The native extension validates the same things in C++ (``csrc/ops.cpp``) with
-the same messages, so every backend rejects bad input the same way:
-``ValueError``/``TypeError`` whose message starts with ``[op_name]``.
+Every public entry point of an op (``talkie_kernels.<op>``, and
+``talkie_kernels.reference``/``metal``/``native.<op>``) calls that op's
+``<op>_args`` function first, then the backend's unchecked ``_<op>``; so every
+backend rejects bad input with the same ``ValueError``/``TypeError`` whose
+message starts with ``[op_name]``, and receives the same normalized values:
+
+* ``eps``: ``None`` -> fp32 machine epsilon; a positive float.
+* ``offset``: a Python int (numpy integers too) within int32, or an int32
+  ``mx.array`` of shape () or (B,) (narrower integer arrays are widened;
+  wider ones are refused: they may not fit, and checking values would cost a
+  synchronization per call).
+* gains: fp32 ``mx.array`` of shape (1,) (Python floats and any float dtype).
+
+The C++ op functions (``csrc/ops.cpp``) keep their own checks of the arrays
+(the C++ API can be called directly), with the same messages.
 """
 
 from __future__ import annotations
@@ -20,6 +32,11 @@ FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 def _fail(op: str, msg: str, exc=ValueError):
     raise exc(f"[{op}] {msg}")
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+#: Integer dtypes an offset array may have (converted to int32 exactly).
+OFFSET_DTYPES = (mx.int32, mx.int16, mx.int8, mx.uint16, mx.uint8)
 
 
 def check_array(op: str, name: str, a, min_ndim: int = 1) -> None:
@@ -57,16 +74,20 @@ def check_rope_input(op: str, name: str, x) -> None:
     check_array(op, name, x)
     if x.ndim != 4:
         _fail(op, f"{name} must have shape (B, H, L, D), got {x.shape}.")
-    if x.shape[-1] % 2:
-        _fail(op, f"head_dim must be even, got {x.shape[-1]} ({name} shape {x.shape}).")
+    if x.shape[-1] % 2 or x.shape[-1] == 0:
+        _fail(op, f"head_dim must be even and positive, got {x.shape[-1]} ({name} shape {x.shape}).")
 
 
-def check_offset(op: str, offset, batch: int):
-    """Returns the offset as a Python int or an int32 mx.array of shape () or (B,)."""
+def check_offset(op: str, offset, batch: int, length: int):
+    """A Python int within int32 (with the last position ``offset + length - 1``),
+    or an int32 mx.array of shape () or (B,)."""
     if isinstance(offset, bool):
         _fail(op, "offset must be an int or an integer mx.array, got bool.", TypeError)
     if isinstance(offset, numbers.Integral):
-        return int(offset)
+        offset = int(offset)
+        if not INT32_MIN <= offset <= INT32_MAX - max(length - 1, 0):
+            _fail(op, f"positions offset + l must fit in int32 (offset {offset}, L = {length}).")
+        return offset
     if not isinstance(offset, mx.array):
         _fail(
             op,
@@ -75,12 +96,18 @@ def check_offset(op: str, offset, batch: int):
         )
     if not mx.issubdtype(offset.dtype, mx.integer):
         _fail(op, f"offset array must have an integer dtype, got {offset.dtype}.", TypeError)
+    if offset.dtype not in OFFSET_DTYPES:
+        _fail(
+            op,
+            f"offset array must be int32 (as mlx-lm's caches hold it), got {offset.dtype}: "
+            "its values may not fit in int32.",
+        )
     if offset.ndim > 1 or (offset.ndim == 1 and offset.shape[0] != batch):
         _fail(
             op,
             f"offset array must have shape () or (B,) = ({batch},), got {offset.shape}.",
         )
-    return offset.astype(mx.int32)
+    return offset if offset.dtype == mx.int32 else offset.astype(mx.int32)
 
 
 def check_gain(op: str, name: str, gain) -> mx.array:
@@ -93,10 +120,12 @@ def check_gain(op: str, name: str, gain) -> mx.array:
         _fail(op, f"{name} must have a floating dtype, got {gain.dtype}.", TypeError)
     if gain.size != 1 or gain.ndim > 1:
         _fail(op, f"{name} must have shape (1,), got {gain.shape}.")
-    return gain.reshape(1)
+    gain = gain.reshape(1)
+    # Every backend computes with an fp32 gain (a float64 one too: Metal has no double).
+    return gain if gain.dtype == mx.float32 else gain.astype(mx.float32)
 
 
-def check_rope_qk_norm(op: str, q, k, head_gain) -> None:
+def _check_rope_qk_norm(op: str, q, k, head_gain) -> None:
     check_rope_input(op, "q", q)
     check_rope_input(op, "k", k)
     if q.shape != k.shape:
@@ -111,7 +140,7 @@ def check_rope_qk_norm(op: str, q, k, head_gain) -> None:
         _fail(op, f"head_gain must have shape (H,) = ({q.shape[1]},), got {head_gain.shape}.")
 
 
-def check_residual_norm(op: str, x, y, gain, skip, skip_gain):
+def _check_residual_norm(op: str, x, y, gain, skip, skip_gain):
     check_array(op, "x", x)
     check_array(op, "y", y)
     if x.shape != y.shape:
@@ -139,7 +168,7 @@ NATIVE_GROUP_SIZES = (32, 64, 128)
 AFFINE_DEFAULTS = {"group_size": 64, "bits": 4}
 
 
-def check_linear(op: str, x, weight, scales, biases, group_size, bits, mode):
+def _check_linear(op: str, x, weight, scales, biases, group_size, bits, mode):
     """Validates ``linear``'s arguments; returns ``(group_size, bits)`` with MLX's
     affine defaults filled in (``(None, None)`` for a dense weight).
 
@@ -202,3 +231,40 @@ def check_linear(op: str, x, weight, scales, biases, group_size, bits, mode):
             _fail(op, f"{name} must have shape {want} (N, K/group_size), got {a.shape}.")
     return group_size, bits
 
+
+
+# ---- one function per op: check, then normalize ------------------------------
+
+
+def rms_norm_args(x, eps):
+    """-> (x, eps)."""
+    check_array("rms_norm", "x", x)
+    return x, check_eps("rms_norm", eps)
+
+
+def rope_args(x, offset, base):
+    """-> (x, offset, base)."""
+    op = "rope"
+    check_rope_input(op, "x", x)
+    return x, check_offset(op, offset, x.shape[0], x.shape[2]), check_base(op, base)
+
+
+def rope_qk_norm_args(q, k, head_gain, offset, base, eps):
+    """-> (q, k, head_gain, offset, base, eps)."""
+    op = "rope_qk_norm"
+    _check_rope_qk_norm(op, q, k, head_gain)
+    offset = check_offset(op, offset, q.shape[0], q.shape[2])
+    return q, k, head_gain, offset, check_base(op, base), check_eps(op, eps)
+
+
+def residual_norm_args(x, y, gain, skip, skip_gain, eps):
+    """-> (x, y, gain, skip, skip_gain, eps), gains as fp32 (1,) arrays."""
+    op = "residual_norm"
+    gain, skip_gain = _check_residual_norm(op, x, y, gain, skip, skip_gain)
+    return x, y, gain, skip, skip_gain, check_eps(op, eps)
+
+
+def linear_args(x, weight, scales, biases, group_size, bits, mode):
+    """-> (x, weight, scales, biases, group_size, bits, mode), affine defaults filled in."""
+    group_size, bits = _check_linear("linear", x, weight, scales, biases, group_size, bits, mode)
+    return x, weight, scales, biases, group_size, bits, mode

@@ -50,7 +50,7 @@ import numpy as np
 from . import _checks as C
 from . import reference
 
-__all__ = ["rms_norm", "rope", "rope_qk_norm", "residual_norm"]
+__all__ = ["rms_norm", "rope", "rope_qk_norm", "residual_norm", "linear"]
 
 # ---------------------------------------------------------------------------
 # Kernel factory and cache
@@ -208,16 +208,33 @@ def _rope_qk_norm_fn(q, k, head_gain, offsets, base, eps):
     return q_out, k_out
 
 
+def _reference_jvp(fn, arrays, tangents):
+    """Output tangents of ``fn(*arrays)`` (the reference), a None tangent as zeros."""
+    tangents = [mx.zeros_like(a) if t is None else t for a, t in zip(arrays, tangents)]
+    return mx.jvp(fn, list(arrays), tangents)[1]
+
+
 @_rope_qk_norm_fn.vjp
 def _rope_qk_norm_vjp(primals, cotangents, outputs):
     q, k, head_gain, offsets, base, eps = primals
     offset = mx.broadcast_to(offsets, (q.shape[0],))
     _, grads = mx.vjp(
-        lambda q, k, g: reference.rope_qk_norm(q, k, g, offset, base=base, eps=eps),
+        lambda q, k, g: reference._rope_qk_norm(q, k, g, offset, base, eps),
         [q, k, head_gain],
         list(cotangents),
     )
     return (*grads, mx.zeros_like(offsets))
+
+
+@_rope_qk_norm_fn.jvp
+def _rope_qk_norm_jvp(primals, tangents):
+    q, k, head_gain, offsets, base, eps = primals
+    offset = mx.broadcast_to(offsets, (q.shape[0],))
+    return tuple(_reference_jvp(
+        lambda q, k, g: reference._rope_qk_norm(q, k, g, offset, base, eps),
+        (q, k, head_gain),
+        tangents[:3],
+    ))
 
 
 @mx.custom_function
@@ -236,8 +253,15 @@ def _rope_fn(x, offsets, base):
 def _rope_vjp(primals, cotangent, output):
     x, offsets, base = primals
     offset = mx.broadcast_to(offsets, (x.shape[0],))
-    _, (grad,) = mx.vjp(lambda x: reference.rope(x, offset, base=base), [x], [cotangent])
+    _, (grad,) = mx.vjp(lambda x: reference._rope(x, offset, base), [x], [cotangent])
     return grad, mx.zeros_like(offsets)
+
+
+@_rope_fn.jvp
+def _rope_jvp(primals, tangents):
+    x, offsets, base = primals
+    offset = mx.broadcast_to(offsets, (x.shape[0],))
+    return _reference_jvp(lambda x: reference._rope(x, offset, base), (x,), tangents[:1])[0]
 
 
 @mx.custom_function
@@ -256,8 +280,14 @@ def _rms_norm_fn(x, eps):
 @_rms_norm_fn.vjp
 def _rms_norm_vjp(primals, cotangent, output):
     x, eps = primals
-    _, (grad,) = mx.vjp(lambda x: reference.rms_norm(x, eps), [x], [cotangent])
+    _, (grad,) = mx.vjp(lambda x: reference._rms_norm(x, eps), [x], [cotangent])
     return (grad,)
+
+
+@_rms_norm_fn.jvp
+def _rms_norm_jvp(primals, tangents):
+    x, eps = primals
+    return _reference_jvp(lambda x: reference._rms_norm(x, eps), (x,), tangents[:1])[0]
 
 
 @mx.custom_function
@@ -285,16 +315,53 @@ def _residual_norm_fn(x, y, gain, skip, skip_gain, eps):
     return x_new, normed
 
 
-@_residual_norm_fn.vjp
-def _residual_norm_vjp(primals, cotangents, outputs):
+def _residual_norm_parts(primals):
+    """The reference as a function of the array inputs, and those inputs."""
     x, y, gain, skip, skip_gain, eps = primals
-    arrays = [x, y, gain] + ([skip, skip_gain] if skip is not None else [])
+    arrays = (x, y, gain) + ((skip, skip_gain) if skip is not None else ())
 
     def f(x, y, gain, skip=None, skip_gain=None):
-        return reference.residual_norm(x, y, gain, skip, skip_gain, eps=eps)
+        return reference._residual_norm(x, y, gain, skip, skip_gain, eps)
 
-    _, grads = mx.vjp(f, arrays, list(cotangents))
+    return f, arrays
+
+
+@_residual_norm_fn.vjp
+def _residual_norm_vjp(primals, cotangents, outputs):
+    f, arrays = _residual_norm_parts(primals)
+    _, grads = mx.vjp(f, list(arrays), list(cotangents))
     return tuple(grads)
+
+
+@_residual_norm_fn.jvp
+def _residual_norm_jvp(primals, tangents):
+    f, arrays = _residual_norm_parts(primals)
+    picked = [t for p, t in zip(primals, tangents) if isinstance(p, mx.array)]
+    return tuple(_reference_jvp(f, arrays, picked))
+
+
+# ---------------------------------------------------------------------------
+# The unchecked ops the dispatcher calls (arguments from _checks.<op>_args)
+
+
+def _rms_norm(x, eps):
+    return _rms_norm_fn(x, eps)
+
+
+def _rope(x, offset, base):
+    return _rope_fn(x, _offsets(offset), base)
+
+
+def _rope_qk_norm(q, k, head_gain, offset, base, eps):
+    return _rope_qk_norm_fn(q, k, head_gain, _offsets(offset), base, eps)
+
+
+def _residual_norm(x, y, gain, skip, skip_gain, eps):
+    return _residual_norm_fn(x, y, gain, skip, skip_gain, eps)
+
+
+# On the GPU MLX's own matmuls are already near the memory limit.
+_linear = reference._linear
 
 
 # ---------------------------------------------------------------------------
@@ -307,8 +374,7 @@ def rms_norm(x: mx.array, eps: float | None = None) -> mx.array:
     1. ``ss = Σ x²`` in fp32 (one threadgroup per row).
     2. ``y = x · rsqrt(ss / D + eps)`` in fp32, rounded once to ``x.dtype``.
     """
-    C.check_array("rms_norm", "x", x)
-    return _rms_norm_fn(x, C.check_eps("rms_norm", eps))
+    return _rms_norm(*C.rms_norm_args(x, eps))
 
 
 def rope(x: mx.array, offset=0, *, base: float = 1e6) -> mx.array:
@@ -321,10 +387,7 @@ def rope(x: mx.array, offset=0, *, base: float = 1e6) -> mx.array:
     2. ``y1 = x1·cos θ + x2·sin θ``; ``y2 = −x1·sin θ + x2·cos θ`` in fp32,
        rounded once to ``x.dtype``.
     """
-    C.check_rope_input("rope", "x", x)
-    offset = C.check_offset("rope", offset, x.shape[0])
-    base = C.check_base("rope", base)
-    return _rope_fn(x, _offsets(offset), base)
+    return _rope(*C.rope_args(x, offset, base))
 
 
 def rope_qk_norm(q, k, head_gain, offset=0, *, base: float = 1e6, eps=None):
@@ -337,12 +400,7 @@ def rope_qk_norm(q, k, head_gain, offset=0, *, base: float = 1e6, eps=None):
     2. ``scale = rsqrt(mean(y²) + eps)`` over D, fp32.
     3. ``q = y_q · scale_q · head_gain[h]``, ``k = y_k · scale_k``, each rounded once.
     """
-    op = "rope_qk_norm"
-    C.check_rope_qk_norm(op, q, k, head_gain)
-    offset = C.check_offset(op, offset, q.shape[0])
-    base = C.check_base(op, base)
-    eps = C.check_eps(op, eps)
-    return _rope_qk_norm_fn(q, k, head_gain, _offsets(offset), base, eps)
+    return _rope_qk_norm(*C.rope_qk_norm_args(q, k, head_gain, offset, base, eps))
 
 
 def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
@@ -355,8 +413,11 @@ def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
     2. ``normed = x_new · rsqrt(mean(x_new²) + eps)`` from the rounded x_new, fp32,
        rounded once.
     """
-    op = "residual_norm"
-    gain, skip_gain = C.check_residual_norm(op, x, y, gain, skip, skip_gain)
-    eps = C.check_eps(op, eps)
-    return _residual_norm_fn(x, y, gain, skip, skip_gain, eps)
+    return _residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
 
+
+
+def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):
+    """``x @ weight.T``, dense or MLX-quantized: MLX's own ``matmul`` /
+    ``quantized_matmul`` (see ``reference.linear``)."""
+    return _linear(*C.linear_args(x, weight, scales, biases, group_size, bits, mode))

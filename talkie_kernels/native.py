@@ -1,8 +1,14 @@
-"""Loader for the compiled CPU extension ``talkie_kernels._native``.
+"""The native CPU backend: the compiled extension ``talkie_kernels._native``
+and the ops over it.
 
 ``ops`` is the extension module, or None when it did not load; ``load_error``
 then says why and what to do. Nothing here falls back silently: the dispatcher
 in ``talkie_kernels/__init__.py`` warns once when it has to use the reference.
+
+The ops (``rms_norm``, ``rope``, ``rope_qk_norm``, ``residual_norm``,
+``linear``) check their arguments like every backend (``_checks``) and call
+the extension, which takes arrays and numbers only; ``_<op>`` are the
+unchecked calls the dispatcher uses.
 
 Where the extension comes from:
 
@@ -16,6 +22,8 @@ Where the extension comes from:
 """
 
 from __future__ import annotations
+
+from . import _checks as C
 
 import importlib.machinery
 import importlib.metadata
@@ -116,3 +124,61 @@ except ImportError as e:
 
 def available() -> bool:
     return ops is not None
+
+
+# ---- the ops ------------------------------------------------------------------
+
+
+def _rms_norm(x, eps):
+    return ops.rms_norm(x, eps)
+
+
+def _rope(x, offset, base):
+    return ops.rope(x, offset, base)
+
+
+def _rope_qk_norm(q, k, head_gain, offset, base, eps):
+    return ops.rope_qk_norm(q, k, head_gain, offset, base, eps)
+
+
+def _residual_norm(x, y, gain, skip, skip_gain, eps):
+    return ops.residual_norm(x, y, gain, skip, skip_gain, eps)
+
+
+def _linear(x, weight, scales, biases, group_size, bits, mode):
+    return ops.linear(x, weight, scales, biases, group_size, bits, mode)
+
+
+def _require():
+    if ops is None:
+        raise RuntimeError(f"talkie_kernels: the native CPU extension is not available ({load_error}).")
+
+
+def rms_norm(x, eps=None):
+    """Weightless RMSNorm over the last axis, fp32 reduction, one rounding (see ``reference.rms_norm``)."""
+    _require()
+    return _rms_norm(*C.rms_norm_args(x, eps))
+
+
+def rope(x, offset=0, *, base=1e6):
+    """Talkie's inverse-rotation RoPE on x (B, H, L, D) (see ``reference.rope``)."""
+    _require()
+    return _rope(*C.rope_args(x, offset, base))
+
+
+def rope_qk_norm(q, k, head_gain, offset=0, *, base=1e6, eps=None):
+    """Fused RoPE -> RMSNorm -> head gain (q only) on q, k (B, H, L, D) -> (q, k)."""
+    _require()
+    return _rope_qk_norm(*C.rope_qk_norm_args(q, k, head_gain, offset, base, eps))
+
+
+def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
+    """Fused ``x_new = x + gain·y [+ skip_gain·skip]`` (rounded once), ``normed = rms_norm(x_new)``."""
+    _require()
+    return _residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
+
+
+def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):
+    """``x @ weight.T``, dense or MLX-quantized (see ``talkie_kernels.linear``)."""
+    _require()
+    return _linear(*C.linear_args(x, weight, scales, biases, group_size, bits, mode))

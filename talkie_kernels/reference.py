@@ -3,6 +3,10 @@
 These are the baseline every fused implementation is measured against (speed)
 and compared with (accuracy, gradients). Each intermediate is rounded to the
 input dtype, as in the plain model; the fused kernels round once.
+
+Each op is a public function (arguments checked and normalized by
+``_checks.<op>_args``, as for every backend) over an unchecked ``_<op>`` that
+the dispatcher in ``talkie_kernels/__init__.py`` calls with checked arguments.
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ import mlx.core as mx
 from . import _checks as C
 
 
+def _rms_norm(x, eps):
+    return mx.fast.rms_norm(x, None, eps)
+
+
 def rms_norm(x: mx.array, eps: float | None = None) -> mx.array:
     """Weightless RMSNorm over the last axis.
 
     1. ``y = x / sqrt(mean(x², axis=-1) + eps)`` reduced in fp32, cast to ``x.dtype``.
     """
-    C.check_array("rms_norm", "x", x)
-    return mx.fast.rms_norm(x, None, C.check_eps("rms_norm", eps))
+    return _rms_norm(*C.rms_norm_args(x, eps))
 
 
 def _inverse_freqs(head_dim: int, base: float) -> mx.array:
@@ -48,9 +55,14 @@ def rope(x: mx.array, offset=0, *, base: float = 1e6) -> mx.array:
     2. ``x1, x2 = x[..., :D/2], x[..., D/2:]``.
     3. ``y1 = x1·cos θ + x2·sin θ``; ``y2 = −x1·sin θ + x2·cos θ``.
     """
-    C.check_rope_input("rope", "x", x)
-    offset = C.check_offset("rope", offset, x.shape[0])
-    return _rope(x, offset, C.check_base("rope", base))
+    return _rope(*C.rope_args(x, offset, base))
+
+
+def _rope_qk_norm(q, k, head_gain, offset, base, eps):
+    q = mx.fast.rms_norm(_rope(q, offset, base), None, eps)
+    k = mx.fast.rms_norm(_rope(k, offset, base), None, eps)
+    q = q * head_gain.astype(q.dtype).reshape(1, -1, 1, 1)
+    return q, k
 
 
 def rope_qk_norm(q, k, head_gain, offset=0, *, base: float = 1e6, eps=None):
@@ -62,15 +74,14 @@ def rope_qk_norm(q, k, head_gain, offset=0, *, base: float = 1e6, eps=None):
     2. ``q, k = rms_norm(q), rms_norm(k)`` (fp32 reduction, rounded).
     3. ``q = q · head_gain[h]`` (in the input dtype).
     """
-    op = "rope_qk_norm"
-    C.check_rope_qk_norm(op, q, k, head_gain)
-    offset = C.check_offset(op, offset, q.shape[0])
-    base = C.check_base(op, base)
-    eps = C.check_eps(op, eps)
-    q = mx.fast.rms_norm(_rope(q, offset, base), None, eps)
-    k = mx.fast.rms_norm(_rope(k, offset, base), None, eps)
-    q = q * head_gain.astype(q.dtype).reshape(1, -1, 1, 1)
-    return q, k
+    return _rope_qk_norm(*C.rope_qk_norm_args(q, k, head_gain, offset, base, eps))
+
+
+def _residual_norm(x, y, gain, skip, skip_gain, eps):
+    x_new = x + gain.astype(x.dtype) * y
+    if skip is not None:
+        x_new = x_new + skip_gain.astype(x.dtype) * skip
+    return x_new, mx.fast.rms_norm(x_new, None, eps)
 
 
 def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
@@ -82,13 +93,18 @@ def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
     2. If skip: ``x_new = x_new + skip_gain·skip`` (rounded again).
     3. ``normed = rms_norm(x_new)`` (fp32 reduction of the stored x_new).
     """
-    op = "residual_norm"
-    gain, skip_gain = C.check_residual_norm(op, x, y, gain, skip, skip_gain)
-    eps = C.check_eps(op, eps)
-    x_new = x + gain.astype(x.dtype) * y
-    if skip is not None:
-        x_new = x_new + skip_gain.astype(x.dtype) * skip
-    return x_new, mx.fast.rms_norm(x_new, None, eps)
+    return _residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
+
+
+def _linear(x, weight, scales, biases, group_size, bits, mode):
+    if scales is None:
+        return x @ weight.T
+    try:
+        return mx.quantized_matmul(
+            x, weight, scales, biases, transpose=True, group_size=group_size, bits=bits, mode=mode
+        )
+    except ValueError as e:  # MLX checks the other modes: same type, our prefix
+        raise ValueError(f"[linear] {e}") from None
 
 
 def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):
@@ -102,12 +118,4 @@ def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, m
        transpose=True, ...)``, i.e. ``w = scales·q + biases`` per group;
        dtype ``promote(x, scales, biases)``.
     """
-    group_size, bits = C.check_linear("linear", x, weight, scales, biases, group_size, bits, mode)
-    if scales is None:
-        return x @ weight.T
-    try:
-        return mx.quantized_matmul(
-            x, weight, scales, biases, transpose=True, group_size=group_size, bits=bits, mode=mode
-        )
-    except ValueError as e:  # MLX checks the other modes: same type, our prefix
-        raise ValueError(f"[linear] {e}") from None
+    return _linear(*C.linear_args(x, weight, scales, biases, group_size, bits, mode))

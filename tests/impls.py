@@ -33,7 +33,7 @@ class Impl:
         if name == "native":
             if not tk.native_available():
                 pytest.fail(f"native extension not built: {tk.native.load_error}")
-            self._module = tk.native.ops
+            self._module = tk.native
         else:
             from talkie_kernels import metal
 

@@ -23,7 +23,8 @@ import talkie_kernels as tk
 from talkie_kernels import _checks as C
 from talkie_kernels import reference as R
 
-N = tk.native.ops
+N = tk.native  # the checked ops
+X = tk.native.ops  # the extension itself: threads, instruction sets, counters
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 
@@ -43,18 +44,18 @@ def same(a, b):
 @pytest.fixture
 def threads():
     """Restores the thread count after a test changes it."""
-    n = N.num_threads()
+    n = X.num_threads()
     yield
-    N.set_num_threads(n)
+    X.set_num_threads(n)
 
 
-@pytest.fixture(params=N.available_isas() if N else [])
+@pytest.fixture(params=X.available_isas() if N else [])
 def isa(request):
     """Runs a test with each instruction set's loops this CPU supports."""
-    before = N.isa()
-    N.use_isa(request.param)
+    before = X.isa()
+    X.use_isa(request.param)
     yield request.param
-    N.use_isa(before)
+    X.use_isa(before)
 
 
 # ---- smoke --------------------------------------------------------------------
@@ -63,18 +64,18 @@ def isa(request):
 def test_extension_loaded():
     assert tk.native_available()
     assert tk.backend() in ("native", "metal")
-    assert N.isa() in N.available_isas()
-    assert N.num_threads() >= 1
+    assert X.isa() in X.available_isas()
+    assert X.num_threads() >= 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [mx.int32], ids=DTYPE_IDS + ["int32"])
 def test_roundtrip(dtype):
     a = mx.arange(24).reshape(2, 3, 4).astype(dtype)
-    b = N.roundtrip(a)
+    b = X.roundtrip(a)
     assert isinstance(b, mx.array)
     assert same(a, b)
     view = a.transpose(2, 0, 1)
-    assert same(N.roundtrip(view), view)
+    assert same(X.roundtrip(view), view)
 
 
 # ---- strided inputs -------------------------------------------------------------
@@ -87,11 +88,11 @@ def test_qkv_views_are_read_in_place(dtype):
     q, k = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(2))
     g = mx.random.uniform(0.5, 2, (H,), key=mx.random.key(1))
     mx.eval(qkv, g)
-    before = N.contiguous_copies()
+    before = X.contiguous_copies()
     got = N.rope_qk_norm(q, k, g, 5000)
     rot = N.rope(q, -3)
     mx.eval(got, rot)
-    assert N.contiguous_copies() == before
+    assert X.contiguous_copies() == before
     # Same values as from contiguous copies of the views.
     qc, kc = mx.contiguous(q), mx.contiguous(k)
     want = N.rope_qk_norm(qc, kc, g, 5000)
@@ -106,19 +107,19 @@ def test_strided_last_axis_is_copied(dtype):
     x = rand((64, 6), dtype).T  # (6, 64) with last-axis stride 6
     y = rand((64, 6), dtype, seed=1).T
     mx.eval(x, y)
-    before = N.contiguous_copies()
+    before = X.contiguous_copies()
     normed = N.rms_norm(x)
     x_new, n2 = N.residual_norm(x, y, 0.5)
     mx.eval(normed, x_new, n2)
-    assert N.contiguous_copies() == before + 3
+    assert X.contiguous_copies() == before + 3
     O.assert_accurate(normed, O.rms_norm(x), dtype, baseline=R.rms_norm(x))
     O.assert_accurate(x_new, O.residual_sum(x, y, mx.array([0.5])), dtype, baseline=R.residual_norm(x, y, 0.5)[0])
 
     q = rand((2, 3, 16, 6), dtype).swapaxes(-1, -2)  # (2, 3, 6, 16), D strided
-    before = N.contiguous_copies()
+    before = X.contiguous_copies()
     got = N.rope(q, 9)
     mx.eval(got)
-    assert N.contiguous_copies() == before + 1
+    assert X.contiguous_copies() == before + 1
     assert same(got, N.rope(mx.contiguous(q), 9))
     O.assert_accurate(got, O.rope(q, 9), dtype, baseline=R.rope(q, 9))
 
@@ -176,14 +177,27 @@ def test_chained_ops_run_in_place(op, dtype):
     assert same(held, q * 2)  # the held input was not written
 
 
-@pytest.mark.parametrize("odtype", [mx.int8, mx.uint16, mx.int32, mx.int64, mx.uint64])
+@pytest.mark.parametrize("odtype", [mx.int8, mx.uint8, mx.int16, mx.uint16, mx.int32])
 def test_offset_integer_dtypes(odtype):
+    # Integer arrays that always fit in int32 are widened; wider ones are
+    # refused by every backend (tests of bad input: test_rope.py).
     q = rand((2, 2, 3, 64))
     off = mx.array([3, 100], dtype=odtype)
     O.assert_accurate(N.rope(q, off), O.rope(q, np.array(off).astype(np.int64)), mx.float32, baseline=R.rope(q, off))
 
 
-@pytest.mark.parametrize("shape", [(0, 2, 3, 64), (1, 2, 0, 64), (2, 3, 4, 0)])
+def test_head_dim_zero():
+    # Empty along D: the norms return empty arrays; RoPE has no rotation pairs
+    # and refuses it, with the message every backend gives (test_rope.py).
+    q = mx.zeros((2, 3, 4, 0))
+    x_new, normed = N.residual_norm(q, q, 1.0, q, 0.5)
+    mx.eval(N.rms_norm(q), x_new, normed)
+    assert normed.shape == q.shape
+    with pytest.raises(ValueError, match=r"^\[rope\] head_dim must be even and positive, got 0"):
+        N.rope(q, 3)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 3, 64), (1, 2, 0, 64)])
 def test_empty(shape):
     q = mx.zeros(shape)
     g = mx.ones((shape[1],))
@@ -236,9 +250,9 @@ def test_fp16_conversions_exact():
     bits = np.arange(0, 1 << 16, dtype=np.uint16)
     want = bits.view(np.float16)
     x = mx.array(want).reshape(-1, 1, 1, 64)  # L = 1: every row at position 0
-    before = N.isa()
-    for isa in N.available_isas():
-        N.use_isa(isa)
+    before = X.isa()
+    for isa in X.available_isas():
+        X.use_isa(isa)
         got = np.array(N.rope(x, 0)).reshape(-1)
         finite = np.isfinite(want)
         assert np.array_equal(got[finite].view(np.uint16), bits[finite])
@@ -247,7 +261,7 @@ def test_fp16_conversions_exact():
         got = np.array(x_new).reshape(-1)
         inf = np.isinf(want)
         assert np.array_equal(got[inf], want[inf])
-    N.use_isa(before)
+    X.use_isa(before)
 
 
 @pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16], ids=["fp16", "bf16"])
@@ -276,10 +290,10 @@ def test_threads_bitwise_equal(threads, dtype):
         mx.eval(outs)
         return outs
 
-    N.set_num_threads(1)
+    X.set_num_threads(1)
     single = run()
-    N.set_num_threads(64)  # clamped to the CPU's cores
-    assert 1 <= N.num_threads() <= 64
+    X.set_num_threads(64)  # clamped to the CPU's cores
+    assert 1 <= X.num_threads() <= 64
     multi = run()
     for a, b in zip(single, multi):
         assert same(a, b)
@@ -346,7 +360,7 @@ def test_bad_input_same_as_python_checks(op, args, kwargs):
 
 
 def test_offset_out_of_int32_range():
-    with pytest.raises(ValueError, match=r"^\[rope\] offset must fit in int32"):
+    with pytest.raises(ValueError, match=r"^\[rope\] positions offset \+ l must fit in int32"):
         N.rope(mx.zeros((1, 1, 1, 8)), 2**31)
 
 
