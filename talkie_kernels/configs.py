@@ -27,9 +27,9 @@ def _config(hidden, layers, heads, vocab, head_dim=128):
 CONFIGS = {
     # The released Talkie 13B (bf16 weights).
     "talkie-13b": _config(hidden=5120, layers=40, heads=40, vocab=65540),
-    # The decode-speed target of DESIGN §8: 8 layers, hidden 512, 4 heads.
+    # The model-speed targets of `talkie-kernels bench`: 8 layers, hidden 512, 4 heads.
     "talkie-8l-512": _config(hidden=512, layers=8, heads=4, vocab=4096),
-    # Small and fast: tests, and the first row of `talkie-kernels bench`.
+    # Small and fast: tests, `talkie-kernels bench --quick` and init-checkpoint's default.
     "talkie-2l-256": _config(hidden=256, layers=2, heads=2, vocab=512),
     # One block at the released model's width (hidden, heads, intermediate,
     # vocab): its decode reads 13B-sized projections and lm_head

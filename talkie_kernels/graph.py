@@ -1,8 +1,9 @@
 """Graph size of a model step: the primitive nodes of ``mx.export_to_dot``.
 
 On the CPU at Talkie's small test sizes, per-op overhead dominates decode, so
-the number of primitives per decoded token is the lever DESIGN §8 measures
-(fused model ≤ 0.35× mlx-lm's plain model). Tests and benchmarks share these.
+the number of primitives per decoded token is a lever the bench measures
+(target: the fused model ≤ 0.35× mlx-lm's plain model). Tests and benchmarks
+share these.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run ``mx.fast.metal_kernel`` sources on the CPU (DESIGN §5).
+"""Run ``mx.fast.metal_kernel`` sources on the CPU (the SIMT emulator; see docs/ARCHITECTURE.md).
 
 * ``metal_kernel(name, input_names, output_names, source, header="",
   ensure_row_contiguous=True, atomic_outputs=False, compile_options=None)``:
