@@ -33,6 +33,17 @@ void check_array(const char* op, const char* name, const mx::array& a) {
   }
 }
 
+// Two arrays an op combines element by element: same shape, same dtype.
+void check_pair(const char* op, const char* a_name, const mx::array& a, const char* b_name, const mx::array& b) {
+  const std::string names = std::string(a_name) + " and " + b_name;
+  if (a.shape() != b.shape()) {
+    fail(op, names + " must have the same shape, got " + fmt(a.shape()) + " and " + fmt(b.shape()) + ".");
+  }
+  if (a.dtype() != b.dtype()) {
+    fail_type(op, names + " must have the same dtype, got " + fmt(a.dtype()) + " and " + fmt(b.dtype()) + ".");
+  }
+}
+
 void check_rope_input(const char* op, const char* name, const mx::array& x) {
   check_array(op, name, x);
   if (x.ndim() != 4) {
@@ -162,12 +173,7 @@ std::pair<mx::array, mx::array> rope_qk_norm(
   constexpr const char* op = "rope_qk_norm";
   check_rope_input(op, "q", q);
   check_rope_input(op, "k", k);
-  if (q.shape() != k.shape()) {
-    fail(op, "q and k must have the same shape, got " + fmt(q.shape()) + " and " + fmt(k.shape()) + ".");
-  }
-  if (q.dtype() != k.dtype()) {
-    fail_type(op, "q and k must have the same dtype, got " + fmt(q.dtype()) + " and " + fmt(k.dtype()) + ".");
-  }
+  check_pair(op, "q", q, "k", k);
   if (!mx::issubdtype(head_gain.dtype(), mx::floating)) {
     fail_type(op, "head_gain must have a floating dtype, got " + fmt(head_gain.dtype()) + ".");
   }
@@ -212,12 +218,7 @@ std::pair<mx::array, mx::array> residual_norm(
   constexpr const char* op = "residual_norm";
   check_array(op, "x", x);
   check_array(op, "y", y);
-  if (x.shape() != y.shape()) {
-    fail(op, "x and y must have the same shape, got " + fmt(x.shape()) + " and " + fmt(y.shape()) + ".");
-  }
-  if (x.dtype() != y.dtype()) {
-    fail_type(op, "x and y must have the same dtype, got " + fmt(x.dtype()) + " and " + fmt(y.dtype()) + ".");
-  }
+  check_pair(op, "x", x, "y", y);
   check_gain(op, "gain", gain);
   if (skip.has_value() != skip_gain.has_value()) {
     fail(op, "skip and skip_gain must be given together.");

@@ -125,13 +125,18 @@ def check_gain(op: str, name: str, gain) -> mx.array:
     return gain if gain.dtype == mx.float32 else gain.astype(mx.float32)
 
 
+def check_pair(op: str, a_name: str, a, b_name: str, b) -> None:
+    """Two arrays an op combines element by element: same shape, same dtype."""
+    if a.shape != b.shape:
+        _fail(op, f"{a_name} and {b_name} must have the same shape, got {a.shape} and {b.shape}.")
+    if a.dtype != b.dtype:
+        _fail(op, f"{a_name} and {b_name} must have the same dtype, got {a.dtype} and {b.dtype}.", TypeError)
+
+
 def _check_rope_qk_norm(op: str, q, k, head_gain) -> None:
     check_rope_input(op, "q", q)
     check_rope_input(op, "k", k)
-    if q.shape != k.shape:
-        _fail(op, f"q and k must have the same shape, got {q.shape} and {k.shape}.")
-    if q.dtype != k.dtype:
-        _fail(op, f"q and k must have the same dtype, got {q.dtype} and {k.dtype}.", TypeError)
+    check_pair(op, "q", q, "k", k)
     if not isinstance(head_gain, mx.array):
         _fail(op, f"head_gain must be an mx.array of shape (H,), got {type(head_gain).__name__}.", TypeError)
     if not mx.issubdtype(head_gain.dtype, mx.floating):
@@ -143,10 +148,7 @@ def _check_rope_qk_norm(op: str, q, k, head_gain) -> None:
 def _check_residual_norm(op: str, x, y, gain, skip, skip_gain):
     check_array(op, "x", x)
     check_array(op, "y", y)
-    if x.shape != y.shape:
-        _fail(op, f"x and y must have the same shape, got {x.shape} and {y.shape}.")
-    if x.dtype != y.dtype:
-        _fail(op, f"x and y must have the same dtype, got {x.dtype} and {y.dtype}.", TypeError)
+    check_pair(op, "x", x, "y", y)
     gain = check_gain(op, "gain", gain)
     if (skip is None) != (skip_gain is None):
         _fail(op, "skip and skip_gain must be given together.")
