@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import mlx.core as mx
 from mlx_lm.utils import _download, load_adapters, load_model, load_tokenizer
 
 from .models import talkie
@@ -42,9 +43,11 @@ def load_model_only(model_path, *, lazy: bool = False, model_config=None, strict
     if not (model_path / "config.json").exists():
         raise FileNotFoundError(f"{model_path}: no config.json (not a model directory)")
     try:
-        return load_model(
+        # Loaded lazily and evaluated here, one fused projection at a time (see
+        # evaluate_weights).
+        model, config = load_model(
             model_path,
-            lazy=lazy,
+            lazy=True,
             strict=strict,
             model_config=model_config,
             get_model_classes=get_model_classes,
@@ -56,6 +59,24 @@ def load_model_only(model_path, *, lazy: bool = False, model_config=None, strict
         # mlx's strict load_weights names the missing / unexpected / misshaped
         # parameters; the fused model's sanitize names the checkpoint keys.
         raise CheckpointError(f"{model_path}: cannot load as Talkie: {e}") from e
+    if not lazy:
+        evaluate_weights(model)
+    return model, config
+
+
+def evaluate_weights(model) -> None:
+    """Evaluate the model's weights in the memory mlx-lm's plain model needs.
+
+    ``mx.load`` reads safetensors lazily and ``sanitize`` concatenates the parts
+    of each fused projection lazily. Evaluating all weights at once (what
+    ``load_model`` does) would hold every part next to its concatenation;
+    evaluating one fused projection at a time holds the parts of only one, and
+    they are freed as soon as it is written (nothing else refers to them).
+    """
+    for block in model.layers:
+        for fused in (block.attn.attn_qkv, block.mlp.mlp_gate_linear):
+            mx.eval(fused.parameters())
+    mx.eval(model.parameters())
 
 
 def load(

@@ -213,6 +213,45 @@ def test_bf16_close_to_plain(bf16_path, ids):
     assert rel_err(model(ids), plain(ids)) <= 3e-2
 
 
+MIXES = {
+    # name: (checkpoint dtype, {key predicate: dtype}) — the tensors given another dtype.
+    "bf16-one-fp32-projection": ("bfloat16", {lambda k: k == "model.blocks.0.attn.attn_query.weight": "float32"}),
+    "bf16-fp32-down-projection": ("bfloat16", {lambda k: k.endswith("1.mlp.mlp_resid.weight"): "float32"}),
+    "fp32-embedding-bf16-blocks": ("bfloat16", {lambda k: k == "model.embed.weight": "float32"}),
+    "bf16-embedding-fp32-blocks": ("bfloat16", {lambda k: k.startswith("model.blocks."): "float32"}),
+    "fp32-one-bf16-projection": ("float32", {lambda k: k.endswith("mlp.mlp_gate.weight"): "bfloat16"}),
+    "bf16-fp32-head-and-gains": ("bfloat16", {lambda k: k == "lm_head" or k.endswith("_g"): "float32"}),
+    "fp16-embedding-bf16-blocks": ("bfloat16", {lambda k: k == "model.embed.weight": "float16"}),
+}
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_mixed_dtype_checkpoints_run_as_plain(ckpt_dir, fp32_path, bf16_path, ids, mix):
+    # The plain model's sums promote where dtypes meet; the fused ops get
+    # operands cast the same way (they take one dtype).
+    dtype, changes = MIXES[mix]
+    src = fp32_path if dtype == "float32" else bf16_path
+    weights = mx.load(str(src / "model.safetensors"))
+    replace = {k: v.astype(getattr(mx, d)) for k, v in weights.items()
+               for pred, d in changes.items() if pred(k)}
+    assert replace
+    path = edit_checkpoint(src, ckpt_dir / f"mixed-{mix}", replace=replace)
+    model, _ = tk.load(path)
+    plain, _ = mlx_lm.load(str(path))
+    ref, _ = mlx_lm.load(str(path))
+    ref.update(tree_map(lambda p: p.astype(mx.float32), ref.parameters()))
+    got, want, exact = model(ids), plain(ids), ref(ids)
+    assert got.dtype == want.dtype
+    err, plain_err = rel_err(got, exact), rel_err(want, exact)
+    print(f"{mix}: logits rel err vs fp32: fused {err:.2e}, mlx-lm {plain_err:.2e}")
+    assert err <= max(1.5 * plain_err, 1e-2)
+    assert rel_err(got, want) <= 3e-2
+    # Through the KV cache too (the cache holds the promoted dtype).
+    cache = make_prompt_cache(model)
+    steps = [model(ids[:, :5], cache=cache)] + [model(ids[:, i:i + 1], cache=cache) for i in range(5, 8)]
+    assert rel_err(mx.concatenate(steps, axis=1), got[:, :8]) <= 1e-2
+
+
 def test_q4_mlx_convert_matches_plain(q4_mlx_path, ids):
     model, _ = tk.load(q4_mlx_path)
     plain, _ = mlx_lm.load(str(q4_mlx_path))

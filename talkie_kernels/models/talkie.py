@@ -64,6 +64,13 @@ def swiglu(gate: mx.array, x: mx.array) -> mx.array:
     return nn.silu(gate) * x
 
 
+@mx.compile
+def scaled(w: mx.array, g: mx.array) -> mx.array:
+    # One elementwise kernel, which may write over w's buffer: folding the gain
+    # into lm_head at load holds no fp32 copy of the head.
+    return (w.astype(mx.float32) * g).astype(w.dtype)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` whose product is ``tk.linear``: the native kernel on the CPU.
 
@@ -186,8 +193,10 @@ class TransformerBlock(nn.Module):
     def __call__(self, x, normed, e_x, B, L, mask=None, cache=None):
         """``x`` the residual stream, ``normed = rms_norm(x)``, all (B·L, dim) -> (x, rms_norm(x))."""
         attn = self.attn(normed, B, L, mask, cache)
+        x, attn = promote(x, attn)
         x, normed = tk.residual_norm(x, attn, self.attn_gain.a_g, eps=self.eps)
         mlp = self.mlp(normed)
+        x, mlp, e_x = promote(x, mlp, e_x)
         return tk.residual_norm(
             x, mlp, self.mlp_gain.a_g, e_x, self.embed_skip.a_g, eps=self.eps
         )
@@ -298,13 +307,23 @@ class Model(nn.Module):
                     )
                 names = ("scales", "biases") if "lm_head.biases" in weights else ("scales",)
             for n in names:
-                w = weights[f"lm_head.{n}"]
-                weights[f"lm_head.{n}"] = (w.astype(mx.float32) * g).astype(w.dtype)
+                weights[f"lm_head.{n}"] = scaled(weights[f"lm_head.{n}"], g)
         return weights
 
     @property
     def layers(self):
         return self.model.blocks
+
+
+def promote(*arrays: mx.array) -> list:
+    """The arrays in the dtype the plain model's sums would have (no-ops when alike).
+
+    A checkpoint may mix dtypes (an fp32 projection or embedding in a bf16
+    model): the plain model's ``x + gain(y)`` then promotes the residual stream,
+    while the fused ops take operands of one dtype.
+    """
+    dtype = mx.result_type(*arrays)
+    return [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
 
 
 def out_shape(inputs, input_embeddings) -> tuple:
@@ -338,4 +357,6 @@ def _fuse(weights: dict, prefix: str, parts, fused: str, rows: int) -> None:
                     f"{k} has shape {tuple(a.shape)}, expected ({rows}, ...) matching "
                     f"{keys[0]} {tuple(arrays[0].shape)}{hint}"
                 )
+        # Parts of mixed dtypes (one fp32 projection in a bf16 checkpoint)
+        # concatenate in the promoted dtype: none loses precision.
         weights[f"{prefix}{fused}.{suffix}"] = mx.concatenate(arrays, axis=0)
