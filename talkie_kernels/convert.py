@@ -61,10 +61,24 @@ def talkie_mixed_predicate(num_layers: int, group_size: int | None = None, bits:
     return predicate
 
 
+def _refusal(q_mode: str) -> str | None:
+    # talkie_mixed quantizes affine whatever --q-mode says; mlx_lm.convert
+    # refuses its own recipes with other modes, and so does this.
+    if q_mode != "affine":
+        return (
+            f"--quant-predicate talkie_mixed is an affine recipe: it cannot quantize with "
+            f"--q-mode {q_mode} (mlx_lm.convert's recipes likewise support 'affine' only)"
+        )
+    return None
+
+
 def convert(hf_path: str, mlx_path: str = "mlx_model", **kwargs) -> None:
     """``mlx_lm.convert.convert`` on the fused model (keyword arguments as there;
     ``quant_predicate="talkie_mixed"`` selects the Talkie recipe)."""
     if kwargs.get("quant_predicate") == "talkie_mixed":
+        refusal = _refusal(kwargs.get("q_mode", "affine"))
+        if refusal:
+            raise ValueError(refusal)
         from mlx_lm.utils import _download, load_config
 
         config = load_config(_download(str(hf_path), revision=kwargs.get("revision")))
@@ -98,5 +112,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.hf_path is None:
         parser.error("--hf-path is required")
+    if args.quant_predicate in RECIPES and (refusal := _refusal(args.q_mode)):
+        parser.error(refusal)
     convert(**vars(args))
     return 0

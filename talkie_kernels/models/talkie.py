@@ -57,6 +57,26 @@ class ModelArgs(BaseModelArgs):
     # fp32 machine epsilon: Talkie's F.rms_norm reduces in fp32 without an eps.
     rms_norm_eps: float = 1.1920928955078125e-07
 
+    def __post_init__(self):
+        # mlx-lm's plain model runs a config's rms_norm_eps of 0 (mx.fast.rms_norm
+        # takes it); the fused ops take a positive eps: the smallest fp32 one,
+        # which leaves the norm of every row that is not all zeros as it was.
+        if self.rms_norm_eps == 0:
+            self.rms_norm_eps = TINY_EPS
+        elif not self.rms_norm_eps > 0:
+            raise ValueError(f"config.json: rms_norm_eps must be >= 0, got {self.rms_norm_eps}")
+
+
+#: The smallest positive fp32 (subnormal): a zero eps for the fused ops.
+TINY_EPS = 1.401298464324817e-45
+
+#: The fused projections of a block and their parts in row order: module paths
+#: in a block, the parts' as in mlx-lm's plain model (and HF checkpoints).
+FUSED = {
+    "attn.attn_qkv": ("attn.attn_query", "attn.attn_key", "attn.attn_value"),
+    "mlp.mlp_gate_linear": ("mlp.mlp_gate", "mlp.mlp_linear"),
+}
+
 
 @partial(mx.compile, shapeless=True)
 def swiglu(gate: mx.array, x: mx.array) -> mx.array:
@@ -267,8 +287,9 @@ class Model(nn.Module):
           never folded twice.
 
         Already-fused keys pass through unchanged. A partial set of the parts of
-        a fused projection, or parts of the wrong shape, raise ``ValueError``
-        naming the keys.
+        a fused projection, parts of the wrong shape or a non-scalar
+        ``lm_head_gain.w_g`` raise ``ValueError`` naming the key at fault, or
+        the config.json fields when all parts disagree with them alike.
         """
         weights = {
             k: v
@@ -276,13 +297,22 @@ class Model(nn.Module):
             if "rotary" not in k and not k.endswith(("cos", "sin"))
         }
         args = self.args
-        proj = args.num_attention_heads * args.head_dim
+        heads, head_dim = args.num_attention_heads, args.head_dim
+        # Rows of each part, and the config.json fields they come from.
+        rows = {
+            "attn.attn_qkv": (heads * head_dim, f"num_attention_heads {heads} × head_dim {head_dim}"),
+            "mlp.mlp_gate_linear": (args.intermediate_size, f"intermediate_size {args.intermediate_size}"),
+        }
         for i in range(args.num_hidden_layers):
             p = f"model.blocks.{i}."
-            _fuse(weights, f"{p}attn.attn_", ("query", "key", "value"), "qkv", proj)
-            _fuse(
-                weights, f"{p}mlp.mlp_", ("gate", "linear"), "gate_linear", args.intermediate_size
-            )
+            for fused, parts in FUSED.items():
+                _fuse(weights, p, fused, parts, *rows[fused], args.hidden_size)
+            g = weights.get(f"{p}attn.head_gain.head_g")
+            if g is not None and g.shape != (heads,):
+                raise ValueError(
+                    f"{p}attn.head_gain.head_g has shape {tuple(g.shape)}, expected "
+                    f"({heads},) (num_attention_heads {heads} in config.json)"
+                )
 
         bare = weights.pop("lm_head", None)
         gain = weights.pop("lm_head_gain.w_g", None)
@@ -296,6 +326,10 @@ class Model(nn.Module):
         if gain is not None:
             if "lm_head.weight" not in weights:
                 raise ValueError("checkpoint has lm_head_gain.w_g but no lm_head weight")
+            if gain.size != 1:
+                raise ValueError(
+                    f"lm_head_gain.w_g has shape {tuple(gain.shape)}, expected (1,) (a scalar gain)"
+                )
             g = gain.astype(mx.float32).reshape(())
             # An affine-quantized head dequantizes as scales·q + biases: scale both.
             names = ("weight",)
@@ -331,8 +365,13 @@ def out_shape(inputs, input_embeddings) -> tuple:
     return (inputs if input_embeddings is None else input_embeddings).shape[:2]
 
 
-def _fuse(weights: dict, prefix: str, parts, fused: str, rows: int) -> None:
-    """Concatenate ``{prefix}{part}.{weight,scales,biases}`` rows into ``{prefix}{fused}.*``."""
+def _fuse(weights: dict, prefix: str, fused: str, parts, rows: int, rows_from: str, dim: int) -> None:
+    """Concatenate the rows of ``{prefix}{part}.{weight,scales,biases}`` into ``{prefix}{fused}.*``.
+
+    ``rows`` is each part's row count (``rows_from`` the config fields that set
+    it), ``dim`` the model's hidden_size: a dense part's columns. Errors name
+    the key at fault, or config.json when every part disagrees with it alike.
+    """
     for suffix in ("weight", "scales", "biases"):
         keys = [f"{prefix}{part}.{suffix}" for part in parts]
         present = [k for k in keys if k in weights]
@@ -343,20 +382,39 @@ def _fuse(weights: dict, prefix: str, parts, fused: str, rows: int) -> None:
             raise ValueError(
                 f"checkpoint has {', '.join(present)} but is missing {', '.join(missing)}"
             )
+        # Weights come first, so their scales are still in `weights` if quantized.
+        quantized = suffix != "weight" or any(f"{prefix}{p}.scales" in weights for p in parts)
         arrays = [weights.pop(k) for k in keys]
-        for k, a in zip(keys, arrays):
-            if a.ndim != 2 or a.shape[0] != rows or a.shape[1:] != arrays[0].shape[1:]:
-                # Weights come first, so their scales are still in `weights` if quantized.
-                quantized = suffix != "weight" or f"{prefix}{parts[0]}.scales" in weights
-                # Same rows, other packed columns: quantized with other bits or group size.
-                hint = (
-                    "; the parts of a fused projection must be quantized alike (same bits and group size)"
-                    if quantized and a.ndim == 2 and a.shape[0] == rows else ""
-                )
-                raise ValueError(
-                    f"{k} has shape {tuple(a.shape)}, expected ({rows}, ...) matching "
-                    f"{keys[0]} {tuple(arrays[0].shape)}{hint}"
-                )
+        shapes = [tuple(a.shape) for a in arrays]
+        for k, shape in zip(keys, shapes):
+            if len(shape) != 2:
+                raise ValueError(f"{k} has shape {shape}, expected 2 dimensions ({rows}, ...)")
+        _check_parts(keys, [s[0] for s in shapes], rows, f"{rows_from} in config.json", "rows")
+        if quantized:
+            # Packed columns depend on bits and group size: the parts must agree.
+            cols = [s[1] for s in shapes]
+            want = max(set(cols), key=lambda c: (cols.count(c), -cols.index(c)))
+            hint = "; the parts of a fused projection must be quantized alike (same bits and group size)"
+            for k, shape in zip(keys, shapes):
+                if shape[1] != want:
+                    raise ValueError(
+                        f"{k} has shape {shape}, expected ({rows}, {want}) as the other parts{hint}"
+                    )
+        else:
+            _check_parts(keys, [s[1] for s in shapes], dim, f"hidden_size {dim} in config.json", "columns")
         # Parts of mixed dtypes (one fp32 projection in a bf16 checkpoint)
         # concatenate in the promoted dtype: none loses precision.
         weights[f"{prefix}{fused}.{suffix}"] = mx.concatenate(arrays, axis=0)
+
+
+def _check_parts(keys, sizes, want: int, source: str, what: str) -> None:
+    """Raise naming the part whose size is not ``want``, or the config if all of them differ."""
+    if all(n == want for n in sizes):
+        return
+    if len(set(sizes)) == 1:
+        raise ValueError(
+            f"config.json does not match the weights: {source} gives {want} {what}, "
+            f"but {', '.join(keys)} have {sizes[0]}"
+        )
+    k, n = next((k, n) for k, n in zip(keys, sizes) if n != want)
+    raise ValueError(f"{k} has {n} {what}, expected {want} ({source}, as the other parts)")
