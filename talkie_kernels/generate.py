@@ -24,10 +24,13 @@ DESCRIPTION = (
     "and must be a Talkie checkpoint, as must --draft-model. "
     "`talkie-kernels init-checkpoint DIR` writes a small random-weight one to try."
 )
-#: mlx-lm's help for these flags names its own default model or any model.
+#: mlx-lm's help for these flags names its own default model or any model (or,
+#: for adapters, does not say that those of mlx-lm's own Talkie load too).
 HELP = {
     "model": "A Talkie checkpoint: a local directory or a Hugging Face repo (required).",
     "draft_model": "A Talkie checkpoint for speculative decoding (loaded with talkie_kernels.load).",
+    "adapter_path": "An mlx-lm adapter directory (adapter_config.json, adapters.safetensors): "
+    "LoRA, DoRA or full, trained on mlx-lm's Talkie or on the fused model.",
 }
 
 

@@ -6,7 +6,10 @@ way: ``mlx_lm.utils._download`` resolves a local path or a Hugging Face repo id
 config and weights with ``get_model_classes`` pointing at
 ``talkie_kernels.models.talkie`` (quantized checkpoints are quantized with the
 config's ``quantization`` before the strict weight load), and
-``mlx_lm.utils.load_tokenizer`` builds the tokenizer wrapper.
+``mlx_lm.utils.load_tokenizer`` builds the tokenizer wrapper. Weights are
+evaluated one fused projection at a time (``evaluate_weights``), and adapters
+of mlx-lm's plain Talkie are mapped onto the fused projections
+(``load_adapters``).
 """
 
 from __future__ import annotations
@@ -118,6 +121,9 @@ def load(
     that). Reads HF checkpoints (bare ``lm_head``), ``mlx_lm.convert`` outputs
     (quantized or not) and checkpoints written by ``talkie-kernels convert``
     (fused keys, quantized ``lm_head``).
+
+    ``adapter_path``: an mlx-lm adapter directory (LoRA, DoRA or full),
+    trained on mlx-lm's plain Talkie or on this model (see ``load_adapters``).
 
     Raises ``CheckpointError`` (a ``ValueError``) naming the path and the
     offending weight for a missing, unexpected or misshaped weight or a
