@@ -15,11 +15,12 @@ import sys
 
 import pytest
 
-from talkie_kernels.configs import _config
+from talkie_kernels.configs import CONFIGS
 
 from checkpoints import write_checkpoint
 
-CONFIG = _config(hidden=512, layers=40, heads=4, vocab=65540)
+# Talkie 13B's 40 layers and vocabulary; a tenth of its width.
+CONFIG = dict(CONFIGS["talkie-13b"], hidden_size=512, num_attention_heads=4, intermediate_size=1408)
 
 # Load, then one short forward (a lazy load reads the weights there).
 MEASURE = """
