@@ -3,9 +3,11 @@
 Same signatures, validation and semantics as ``talkie_kernels.reference``; the
 differences are numerical: every output is computed in fp32 from the inputs and
 rounded to the input dtype once (the reference rounds after each step), and the
-RoPE angle is carried in extended precision (see ``msl/rope.header.metal``), so
-fp32 results stay within 3e-6 of the float64 oracle at any position
-|offset + l| < 2^24 — positions must be exactly representable as fp32.
+RoPE angle is carried in extended precision without ``double`` (see
+``msl/rope.header.metal``): the position is split into two 16-bit halves, each
+exact in fp32, so fp32 results stay at fp32 rounding (~1e-7) of the float64
+oracle at every position ``offset + l``: any int32 offset, and sums past
+2^31 - 1 from an offset array, as the native kernel's.
 
 Kernels: each is a header and a body of plain MSL in ``msl/``
 (``<op>.body.metal``; the norms share ``rms_norm.header.metal``, the RoPE
@@ -42,6 +44,7 @@ the plain-MLX reference, so gradients equal plain MLX's.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from importlib import resources
 
 import mlx.core as mx
@@ -141,15 +144,33 @@ _inv_freq_tables: dict = {}
 _eps_arrays: dict = {}
 
 
+# 2π to 60 digits, for the reduction of the frequency table.
+_TWO_PI = 2 * Fraction("3.14159265358979323846264338327950288419716939937510582097494")
+
+
+def _fp32_pair(values) -> np.ndarray:
+    """(2, n) fp32: exact rationals as hi + lo, hi the fp32 rounding, lo that of the rest."""
+    hi = np.array([float(v) for v in values], dtype=np.float32)
+    lo = np.array([float(v - Fraction(float(h))) for v, h in zip(values, hi)], dtype=np.float32)
+    return np.stack([hi, lo])
+
+
 def _inv_freq_table(head_dim: int, base: float) -> mx.array:
-    """(D,) fp32: base^(-2i/D) for i < D/2 as hi parts, then the lo parts (float64 on the host)."""
+    """(2D,) fp32: four runs of D/2 for the RoPE kernels (msl/rope.header.metal).
+
+    ``f = base^(-2i/D)`` (float64, as the native kernel and the oracle) as
+    fp32 hi and lo parts, then ``g = 2^16 · f`` reduced mod 2π into [-π, π],
+    computed exactly from the float64 ``f``, as hi and lo parts: the kernel
+    splits the position as ``hi · 2^16 + lo`` and takes ``hi · g + lo · f``.
+    """
     key = (head_dim, base)
     table = _inv_freq_tables.get(key)
     if table is None:
         inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-        hi = inv.astype(np.float32)
-        lo = (inv - hi.astype(np.float64)).astype(np.float32)
-        table = _inv_freq_tables[key] = mx.array(np.concatenate([hi, lo]))
+        f = [Fraction(float(v)) for v in inv]
+        g = [v * 2**16 for v in f]
+        g = [v - round(v / _TWO_PI) * _TWO_PI for v in g]
+        table = _inv_freq_tables[key] = mx.array(np.concatenate([*_fp32_pair(f), *_fp32_pair(g)]))
     return table
 
 
@@ -381,9 +402,12 @@ def rope(x: mx.array, offset=0, *, base: float = 1e6) -> mx.array:
     """Talkie's inverse-rotation RoPE.
 
     Shapes: x (B, H, L, D), D even, any strides; offset int, () or (B,) -> (B, H, L, D).
-    Positions ``offset[b] + l`` must satisfy |pos| < 2^24 (exact in fp32).
+    Any int32 offset works (positions ``offset[b] + l`` are never rounded).
 
-    1. ``θ_i = pos · base^(-2i/D)`` in extended precision, reduced mod 2π (fp32 math).
+    1. ``θ_i = pos · base^(-2i/D)`` in extended precision, reduced mod 2π (fp32
+       math: ``pos = hi · 2^16 + lo``, ``θ ≡ hi · (2^16 · base^(-2i/D) mod 2π)
+       + lo · base^(-2i/D)``, products and sums carried error-free): within
+       ~2e-9 of the exact angle (of the float64 frequency) at any position.
     2. ``y1 = x1·cos θ + x2·sin θ``; ``y2 = −x1·sin θ + x2·cos θ`` in fp32,
        rounded once to ``x.dtype``.
     """
@@ -394,7 +418,8 @@ def rope_qk_norm(q, k, head_gain, offset=0, *, base: float = 1e6, eps=None):
     """RoPE, weightless RMSNorm over D and the per-head gain on q, for q and k in one dispatch.
 
     Shapes: q, k (B, H, L, D), any strides; head_gain (H,); offset int, () or
-    (B,) -> (q, k), each (B, H, L, D) row-contiguous. |offset + l| < 2^24.
+    (B,) -> (q, k), each (B, H, L, D) row-contiguous. Any int32 offset works,
+    as in ``rope``.
 
     1. Rotate as in ``rope``, in fp32 (not rounded).
     2. ``scale = rsqrt(mean(y²) + eps)`` over D, fp32.

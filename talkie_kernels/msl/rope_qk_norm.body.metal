@@ -1,6 +1,6 @@
   // Body of talkie_rope_qk_norm (header: rope.header.metal).
   // Inputs: q, k (B, H, L, D) read through their strides; head_gain (H,);
-  // offset (1,) or (B,) int32; inv_freq (D,) fp32; eps fp32 scalar.
+  // offset (1,) or (B,) int32; inv_freq (2D,) fp32; eps fp32 scalar.
   // Outputs: q_out, k_out (B, H, L, D), row-contiguous.
   // Template: T output type; P = ceil(D / 64) rotation pairs per lane; HEADS
   // heads per simdgroup. Grid (32, B * L * ceil(H / HEADS)): one simdgroup
@@ -13,10 +13,9 @@
   const TalkieRopeRows rows = talkie_rope_rows(thread_position_in_grid.y, H, L, HEADS);
   const int b = rows.b;
   const int l = rows.l;
-  // Exact in fp32 for |offset + l| < 2^24.
-  const float pos = float(offset[(offset_shape[0] == 1 ? 0 : b) * offset_strides[0]] + l);
+  const int off = offset[(offset_shape[0] == 1 ? 0 : b) * offset_strides[0]];
   float cos_t[P], sin_t[P];
-  talkie_rope_lane_cos_sin<P>(cos_t, sin_t, lane, half_d, pos, inv_freq);
+  talkie_rope_lane_cos_sin<P>(cos_t, sin_t, lane, half_d, off, l, inv_freq);
 
   for (int h = rows.h_begin; h < rows.h_end; h++) {
     const int64_t q_row = b * q_strides[0] + h * q_strides[1] + l * q_strides[2];
