@@ -176,6 +176,40 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
+def _int_at_least(low: int, high: int | None = None):
+    """An argparse type: an integer >= ``low`` (and < ``high``)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if v < low or (high is not None and v >= high):
+            top = "2**63" if high == 2**63 else str(high)
+            bound = f"an integer >= {low}" + (f" and < {top}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{v} is not {bound}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _names(known, what: str):
+    """An argparse type: comma-separated names, each one of ``known``."""
+
+    def parse(text: str) -> str:
+        names = _split(text)
+        if not names:
+            raise argparse.ArgumentTypeError(f"names no {what}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {unknown}; known: {list(known)}")
+        return text
+
+    parse.__name__ = what
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="talkie-kernels bench",
@@ -188,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--model", metavar="PATH", help="benchmark a real checkpoint (mlx_lm.load vs talkie_kernels.load) instead of the random-weight configs")
-    p.add_argument("--configs", metavar="NAMES", help=f"comma-separated configs from talkie_kernels.configs ({', '.join(CONFIGS)}); default: talkie-8l-512")
-    p.add_argument("--dtypes", metavar="FORMATS", help=f"comma-separated weight formats of the random-weight models ({', '.join(M.WEIGHT_FORMATS)}; "
+    p.add_argument("--configs", metavar="NAMES", type=_names(CONFIGS, "config"), help=f"comma-separated configs from talkie_kernels.configs ({', '.join(CONFIGS)}); default: talkie-8l-512")
+    p.add_argument("--dtypes", metavar="FORMATS", type=_names(M.WEIGHT_FORMATS, "weight format"), help=f"comma-separated weight formats of the random-weight models ({', '.join(M.WEIGHT_FORMATS)}; "
                    f"qN = affine N-bit, group 64, bf16 scales, quantized as mlx_lm.convert -q does); default: {','.join(DEFAULT_FORMATS)}. "
                    "The mx.compile'd reference and generate_step are measured at float32 only")
     p.add_argument("--linear-shapes", action="store_true", help="also time linear at Talkie 13B's decode shapes (5120→15360, 5120→5120, 5120→27392, "
@@ -197,13 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-13b", action="store_true", help=f"also decode one block at Talkie 13B's width ({BLOCK_13B}: hidden 5120, 40 heads × 128, "
                    "intermediate 13696, vocab 65540), q4, against its floor (~1.5 min and ~5 GB of memory on 2 cores; mlx-lm's reference sampled once)")
     p.add_argument("--op-dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"], help="dtype of the per-op inputs (default bfloat16, as Talkie's weights)")
-    p.add_argument("--prompt-len", type=int, metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
-    p.add_argument("--decode-tokens", type=int, metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
-    p.add_argument("--decode-prompt", type=int, metavar="N", help="prompt prefilled (untimed) before decoding (default 16, 4 for quantized weights)")
+    p.add_argument("--prompt-len", type=_int_at_least(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
+    p.add_argument("--decode-tokens", type=_int_at_least(1), metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
+    p.add_argument("--decode-prompt", type=_int_at_least(1), metavar="N", help="prompt prefilled (untimed) before decoding (default 16, 4 for quantized weights)")
     p.add_argument("--no-generate-step", action="store_true", help="skip the second decode measurement, through mlx_lm's generate_step (async_eval pipelining, as mlx_lm.generate runs it)")
-    p.add_argument("--rounds", type=int, metavar="N", help="timed samples per implementation, exactly (default up to 7, fewer to fit a time budget: >= 3, or 1-2 for calls of seconds)")
+    p.add_argument("--rounds", type=_int_at_least(1), metavar="N", help="timed samples per implementation, exactly (default up to 7, fewer to fit a time budget: >= 3, or 1-2 for calls of seconds)")
     p.add_argument("--only", choices=["ops", "models", "linear"], help="run only the per-op, the model or the linear (implies --linear-shapes) benchmarks")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    p.add_argument("--seed", type=_int_at_least(0, 2**63), default=0, help="seed for weights and inputs (0 <= seed < 2**63)")
     p.add_argument("--json", metavar="PATH", help="write the records and metadata as JSON")
     p.add_argument("--plot", metavar="PATH.png", help="draw the speedups against reference (matplotlib, Agg)")
     p.add_argument("--quick", action="store_true", help="a tiny, fast run (used by the tests; numbers are not meaningful)")
@@ -339,7 +373,7 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> li
             progress(f"model {label} {fmt or ''}: building")
             if run.checkpoint:
                 models = M.load_models(run.name)
-                fmt_label = M.model_dtype(models["reference"])
+                fmt_label = M.model_dtype(M.base_model(models))
                 quantized = "bit" in fmt_label  # e.g. "bfloat16 4-bit"
             else:
                 models = M.build_models(run.name, fmt, s.seed)
@@ -354,7 +388,9 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> li
 
 
 def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_label, decode_tokens, decode_prompt):
-    vocab = M.vocab_size(models["reference"])
+    vocab = M.vocab_size(M.base_model(models))
+    if isinstance(models["reference"], BaseException):
+        notes.append(f"{label} {fmt_label}: {models['reference']}")
     check_ids = M.prompt_ids(vocab, decode_prompt, s.seed)
     try:
         agree = M.logits_agreement(models, check_ids)
@@ -365,7 +401,8 @@ def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_lab
     if isinstance(models["fused"], BaseException):
         f = models["fused"]
         notes.append(f"{label} {fmt_label}: fused model unavailable ({type(f).__name__}: {f})")
-    elif fmt in (None, "float32") and label not in graph_nodes and run.name != BLOCK_13B:
+    elif (fmt in (None, "float32") and label not in graph_nodes and run.name != BLOCK_13B
+          and not isinstance(models["reference"], BaseException)):
         nodes = M.decode_nodes(models)
         graph_nodes[label] = nodes
         notes.append(
@@ -412,15 +449,25 @@ def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_lab
 
 
 def _check_args(args) -> str | None:
-    """Why the arguments cannot run, or None."""
-    if args.dtypes:
-        unknown = [f for f in _split(args.dtypes) if f not in M.WEIGHT_FORMATS]
-        if unknown:
-            return f"unknown weight format(s) {unknown}; known: {list(M.WEIGHT_FORMATS)}"
+    """Why the arguments cannot run (for ``parser.error``), or None. Bad values of one flag are
+    rejected by its argparse type; this checks the flags together and the paths."""
+    if args.model and (args.configs or args.dtypes):
+        return "--configs and --dtypes choose the random-weight models: they do not apply with --model"
+    if args.model:
+        path = Path(args.model).expanduser()
+        if not path.exists() and (args.model.startswith(("/", ".", "~")) or args.model.count("/") != 1):
+            return f"--model {args.model}: no such checkpoint directory"
+        if path.exists() and not (path / "config.json").is_file():
+            return f"--model {args.model}: no config.json (not a checkpoint directory)"
+    for flag, value in (("--json", args.json), ("--plot", args.plot)):
+        if value and not Path(value).expanduser().resolve().parent.is_dir():
+            return f"{flag} {value}: directory {Path(value).expanduser().resolve().parent} does not exist"
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            return "--plot needs matplotlib (pip install matplotlib)"
     if args.configs:
-        unknown = [c for c in _split(args.configs) if c not in CONFIGS]
-        if unknown:
-            return f"unknown config(s) {unknown}; known: {list(CONFIGS)}"
         fmts = _split(args.dtypes) if args.dtypes else DEFAULT_FORMATS
         too_big = [c for c in _split(args.configs) if max(_model_bytes(CONFIGS[c], f) for f in fmts) > _memory_bytes()]
         if too_big:
@@ -430,11 +477,11 @@ def _check_args(args) -> str | None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     problem = _check_args(args)
     if problem:
-        print(f"talkie-kernels bench: {problem}", file=sys.stderr)
-        return 2
+        parser.error(problem)
     t0 = time.perf_counter()
 
     import warnings
@@ -468,7 +515,10 @@ def main(argv=None) -> int:
 
         bandwidth = measure_bandwidth(progress)
         if s.do_models:
-            records += run_models(s, progress, notes, graph_nodes)
+            try:
+                records += run_models(s, progress, notes, graph_nodes)
+            except M.CheckpointUnreadable as e:
+                parser.exit(2, f"{parser.prog}: error: {e}\n")
         if s.do_linear:
             records += run_linear(s, progress)
         if s.do_ops:

@@ -176,19 +176,80 @@ def build_models(config: str | dict, weights: str = "float32", seed: int = 0) ->
     return {"reference": ref, "fused": fused}
 
 
+#: Weight names only the fused model has: a ``talkie-kernels convert`` output.
+FUSED_KEY_PARTS = (".attn_qkv.", ".mlp_gate_linear.")
+
+
+class CheckpointUnreadable(ValueError):
+    """Neither ``mlx_lm.load`` nor ``talkie_kernels.load`` reads a ``--model`` checkpoint."""
+
+
+def checkpoint_keys(path: str | Path) -> set[str]:
+    """The weight names of a local checkpoint (from the safetensors headers; empty if none)."""
+    import json
+    import struct
+
+    keys: set[str] = set()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                keys |= set(json.loads(fh.read(n))) - {"__metadata__"}
+        except (OSError, ValueError, struct.error):
+            continue
+    return keys
+
+
+def no_reference_reason(path: str | Path, error: BaseException) -> str:
+    """Why there is no mlx-lm comparison for a checkpoint ``mlx_lm.load`` failed on."""
+    keys = checkpoint_keys(path)
+    if any(part in k for k in keys for part in FUSED_KEY_PARTS) or "lm_head.weight" in keys:
+        why = ("it is a talkie-kernels convert output: fused attn_qkv / mlp_gate_linear projections and "
+               "lm_head.weight with its gain folded in (quantized with -q), which mlx-lm's Talkie model does not have")
+    else:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        why = f"{type(error).__name__}: {first}"
+    return (f"no mlx-lm comparison possible for this checkpoint: mlx_lm.load cannot read it ({why}); "
+            "the fused model is measured alone, against its floor")
+
+
 def load_models(path: str | Path) -> dict[str, Any]:
-    """A real checkpoint: reference via ``mlx_lm.load``, fused via ``talkie_kernels.load``."""
+    """A real checkpoint: reference via ``mlx_lm.load``, fused via ``talkie_kernels.load``.
+
+    Every checkpoint the project writes loads: a Hugging Face layout
+    (``init-checkpoint``) or an ``mlx_lm.convert`` output into both models; a
+    ``talkie-kernels convert`` output (fused keys, quantized lm_head), which
+    ``mlx_lm.load`` rejects, into the fused model only: the reference is then a
+    ``NotApplicable`` saying why (its rows are n/a, the fused rows are
+    measured against their floor). Raises ``CheckpointUnreadable`` when
+    neither loads it.
+    """
     import mlx_lm
 
     import talkie_kernels
 
-    ref = mlx_lm.load(str(path))[0]
+    try:
+        ref = mlx_lm.load(str(path))[0]
+    except Exception as e:
+        ref = NotApplicable(no_reference_reason(path, e))
+        ref.__cause__ = e
     try:
         require_fused_backend()
         fused = talkie_kernels.load(str(path))[0]
     except Exception as e:
         fused = e
+    if isinstance(ref, BaseException) and isinstance(fused, BaseException):
+        raise CheckpointUnreadable(
+            f"{path}: neither mlx_lm.load ({type(ref.__cause__).__name__}: {ref.__cause__}) nor "
+            f"talkie_kernels.load ({type(fused).__name__}: {fused}) reads it"
+        )
     return {"reference": ref, "fused": fused}
+
+
+def base_model(models: dict[str, Any]):
+    """The model whose shape (vocab, dtype) a run reports: the reference, else the fused one."""
+    ref = models["reference"]
+    return models["fused"] if isinstance(ref, BaseException) else ref
 
 
 def model_dtype(model) -> str:
@@ -310,6 +371,8 @@ def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], 
 def model_for(models: dict[str, Any], impl: str):
     """The model object behind an impl (compiled uses the reference model); raises the fused model's build error."""
     m = models["fused" if impl == "fused" else "reference"]
+    if isinstance(m, NotApplicable):  # the note of the run says why
+        raise NotApplicable("mlx_lm.load cannot read this checkpoint: no mlx-lm comparison (see the note)")
     if isinstance(m, BaseException):
         raise RuntimeError(f"fused model unavailable: {type(m).__name__}: {m}") from m
     return m
@@ -336,7 +399,7 @@ def decode_nodes(models: dict[str, Any]) -> dict[str, int]:
 
 def logits_agreement(models: dict[str, Any], ids) -> float | None:
     """max |fused − reference| / max |reference| of the prompt's logits (None without a fused model)."""
-    if isinstance(models.get("fused"), BaseException):
+    if isinstance(models.get("fused"), BaseException) or isinstance(models.get("reference"), BaseException):
         return None
     a = models["reference"](ids).astype(mx.float32)
     b = models["fused"](ids).astype(mx.float32)

@@ -140,11 +140,36 @@ def test_quick_run_prints_the_tables(quick_run, capsys):
     assert rc in (0, 1)
 
 
-def test_unknown_config_or_format_is_rejected(capsys):
-    assert bench.main(["--configs", "no-such-config"]) == 2
-    assert "unknown config" in capsys.readouterr().err
-    assert bench.main(["--dtypes", "float32,q5x"]) == 2
-    assert "unknown weight format" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--configs", "no-such-config"], "argument --configs: unknown config(s) ['no-such-config']"),
+        (["--configs", ","], "argument --configs: names no config"),
+        (["--dtypes", "float32,q5x"], "argument --dtypes: unknown weight format(s) ['q5x']"),
+        (["--op-dtype", "int8"], "argument --op-dtype: invalid choice: 'int8'"),
+        (["--only", "everything"], "argument --only: invalid choice"),
+        (["--seed", "-1"], "argument --seed: -1 is not an integer >= 0 and < 2**63"),
+        (["--seed", str(2**63)], "argument --seed"),
+        (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+        (["--rounds", "0"], "argument --rounds: 0 is not an integer >= 1"),
+        (["--rounds", "-2"], "argument --rounds: -2 is not an integer >= 1"),
+        (["--prompt-len", "0"], "argument --prompt-len: 0 is not an integer >= 1"),
+        (["--prompt-len", "-16"], "argument --prompt-len"),
+        (["--decode-tokens", "0"], "argument --decode-tokens: 0 is not an integer >= 1"),
+        (["--decode-prompt", "-1"], "argument --decode-prompt: -1 is not an integer >= 1"),
+        (["--model", "/no/such/checkpoint"], "--model /no/such/checkpoint: no such checkpoint directory"),
+        (["--model", "."], "no config.json (not a checkpoint directory)"),
+        (["--model", ".", "--dtypes", "q4"], "do not apply with --model"),
+        (["--json", "/no/such/dir/out.json"], "--json /no/such/dir/out.json: directory /no/such/dir does not exist"),
+    ],
+)
+def test_bad_arguments_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: talkie-kernels bench") and message in err
+    assert "Traceback" not in err
 
 
 def test_settings_of_the_flags():
@@ -227,3 +252,72 @@ def test_checkpoint_mode(tmp_path, capsys):
     ref = [r for r in records if r["impl"] == "reference"]
     assert len(ref) == 3 and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in ref)
     assert "bfloat16" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory):
+    from checkpoints import write_checkpoint
+
+    from talkie_kernels.configs import CONFIGS
+
+    return write_checkpoint(tmp_path_factory.mktemp("bench_ckpt") / "hf", CONFIGS["talkie-2l-256"], "bfloat16", seed=2)
+
+
+def _bench_checkpoint(path, tmp_path, capsys):
+    js = tmp_path / f"{path.name}.json"
+    rc = bench.main(["--model", str(path), "--only", "models", "--quick", "--no-generate-step", "--json", str(js)])
+    doc = json.loads(js.read_text())
+    records = doc["records"]
+    assert rc == (1 if any(r["status"] == "error" for r in records) or "error" in doc["metadata"]["read_bandwidth"] else 0)
+    assert {r["phase"] for r in records} == {"prefill", "decode"}
+    fused = [r for r in records if r["impl"] == "fused"]
+    assert len(fused) == 2 and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in fused)
+    decode = [r for r in fused if r["phase"] == "decode"]
+    assert decode[0]["weight_bytes_per_token"] > 0  # measured against its floor
+    return records, doc["notes"], capsys.readouterr().out
+
+
+@pytest.mark.parametrize("writer", ["mlx_lm.convert", "mlx_lm.convert -q"])
+def test_checkpoint_mode_on_mlx_lm_convert_outputs(hf_checkpoint, tmp_path, capsys, writer):
+    """mlx_lm.load reads these: the fused model is compared against mlx-lm's."""
+    from mlx_lm.convert import convert
+
+    dst = tmp_path / writer.replace(" ", "").replace(".", "_")
+    convert(str(hf_checkpoint), str(dst), quantize=writer.endswith("-q"))
+    records, notes, out = _bench_checkpoint(dst, tmp_path, capsys)
+    ref = [r for r in records if r["impl"] == "reference"]
+    assert len(ref) == 2 and all(r["status"] == "ok" for r in ref)
+    assert all(r["speedup_vs_reference"] for r in records if r["impl"] == "fused")
+    assert not any("no mlx-lm comparison" in n for n in notes)
+    if writer.endswith("-q"):
+        assert all(r["dtype"].endswith("4-bit") for r in records)
+
+
+@pytest.mark.parametrize("quantize", [True, False], ids=["-q", "float"])
+def test_checkpoint_mode_on_talkie_kernels_convert_outputs(hf_checkpoint, tmp_path, capsys, quantize):
+    """Fused keys (and a quantized lm_head): mlx_lm.load cannot read it, so the fused
+    model is measured alone against its floor, and the output says why."""
+    dst = tmp_path / ("tkq" if quantize else "tkf")
+    assert cli.main(["convert", "--hf-path", str(hf_checkpoint), "--mlx-path", str(dst), *(["-q"] if quantize else [])]) == 0
+    records, notes, out = _bench_checkpoint(dst, tmp_path, capsys)
+    for r in records:
+        if r["impl"] != "fused":
+            assert r["status"] == "n/a" and "mlx_lm.load cannot read this checkpoint" in r["error"]
+    assert not any(r["speedup_vs_reference"] for r in records)
+    (note,) = [n for n in notes if "no mlx-lm comparison possible" in n]
+    assert "talkie-kernels convert output" in note and "against its floor" in note
+    assert "no mlx-lm comparison possible" in " ".join(out.split())
+
+
+def test_checkpoint_mode_on_an_unreadable_checkpoint(hf_checkpoint, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(hf_checkpoint / "config.json", bad / "config.json")
+    (bad / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--model", str(bad), "--only", "models", "--quick"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "neither mlx_lm.load" in err and "nor talkie_kernels.load" in err and "Traceback" not in err

@@ -1,17 +1,9 @@
-"""``talkie-kernels generate | server | convert | init-checkpoint`` on a tiny random checkpoint,
-and the commands' help texts."""
+"""``talkie-kernels generate | convert | init-checkpoint`` on a tiny random checkpoint, and the
+commands' help texts (the server runs in tests/test_server.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -166,61 +158,6 @@ def test_convert_quantizes_lm_head(ckpt, tmp_path):
     assert isinstance(model.lm_head, nn.QuantizedLinear) and model.lm_head.bits == 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(url, body=None, timeout=30):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def test_server_answers_chat_completion(ckpt):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "talkie_kernels.cli", "server", "--model", str(ckpt),
-         "--host", "127.0.0.1", "--port", str(port), "--max-tokens", "8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
-        # A parent that ignores SIGINT (a background job) would pass that on.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
-            try:
-                _request(f"{base}/health", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    pytest.fail("server did not start within 60 s")
-                time.sleep(0.2)
-        reply = _request(
-            f"{base}/v1/chat/completions",
-            {"model": "default_model", "messages": [{"role": "user", "content": "Hello"}],
-             "max_tokens": 8, "temperature": 0.0},
-            timeout=60,
-        )
-        choice = reply["choices"][0]
-        assert choice["message"]["role"] == "assistant"
-        assert isinstance(choice["message"]["content"], str)
-        assert reply["usage"]["completion_tokens"] >= 1
-    finally:
-        proc.send_signal(signal.SIGINT)  # mlx-lm's server shuts down on KeyboardInterrupt
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-            pytest.fail("server did not shut down on SIGINT")
-
-
 def test_convert_talkie_mixed_recipe(ckpt, tmp_path):
     dst = tmp_path / "mixed"
     argv = ["convert", "--hf-path", str(ckpt), "--mlx-path", str(dst), "-q",
@@ -242,3 +179,39 @@ def test_talkie_mixed_predicate_on_40_layers():
     assert {i for i, b in bits.items() if b == 8} == {14, 37, 38}
     assert set(bits.values()) == {4, 8}
     assert pred("model.embed", None) is False and pred("lm_head", None)["bits"] == 8
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--port", "99999"], "argument --port: 99999 is not a port in [0, 65535]"),
+        (["--port", "-1"], "argument --port: -1 is not a port"),
+        (["--port", "x"], "argument --port: invalid int value"),
+        (["--max-tokens", "0"], "argument --max-tokens: 0 is not >= 1"),
+        (["--decode-concurrency", "0"], "argument --decode-concurrency: 0 is not >= 1"),
+        (["--prefill-step-size", "-4"], "argument --prefill-step-size"),
+        (["--temp", "nan"], "argument --temp: nan is not a finite number >= 0"),
+        (["--top-p", "2"], "argument --top-p: 2.0 is not in [0, 1]"),
+        (["--kv-bits", "7"], "argument --kv-bits: 7 is not one of 2, 3, 4, 5, 6, 8"),
+        (["--chat-template-args", "[1]"], "--chat-template-args: must be a JSON object"),
+        (["--chat-template-args", "{bad"], "argument --chat-template-args: invalid loads value"),
+        (["--log-level", "LOUD"], "argument --log-level: invalid choice"),
+        (["--model", "/no/such/checkpoint"], "--model /no/such/checkpoint: no such directory"),
+        (["--draft-model", "./missing"], "--draft-model ./missing: no such directory"),
+        (["--adapter-path", "/no/adapters"], "--adapter-path /no/adapters: no such directory"),
+    ],
+)
+def test_server_bad_arguments_are_argparse_errors(argv, message, capsys):
+    # Parsed before anything starts: no server, no model load.
+    with pytest.raises(SystemExit) as info:
+        main(["server", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: talkie-kernels server") and message in err
+
+
+def test_server_model_directory_without_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["server", "--model", str(tmp_path)])
+    assert info.value.code == 2
+    assert "no config.json (not a checkpoint directory)" in capsys.readouterr().err
