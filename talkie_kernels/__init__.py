@@ -29,6 +29,7 @@ __all__ = [
     "native_available",
     "backend",
     "load",
+    "sharded_load",
     "reference",
 ]
 
@@ -107,6 +108,14 @@ def load(path_or_repo, **kwargs):
     from .loader import load as _load
 
     return _load(path_or_repo, **kwargs)
+
+
+def sharded_load(path_or_repo, pipeline_group=None, tensor_group=None, **kwargs):
+    """This rank's share of a Talkie checkpoint (tensor or pipeline parallel):
+    ``(model, tokenizer)``, like ``mlx_lm.utils.sharded_load``."""
+    from .distributed import sharded_load as _sharded_load
+
+    return _sharded_load(path_or_repo, pipeline_group, tensor_group, **kwargs)
 
 
 def __getattr__(name):

@@ -41,6 +41,7 @@ from mlx_lm.models.base import (
 )
 
 import talkie_kernels as tk
+from talkie_kernels import distributed
 
 
 @dataclass
@@ -147,6 +148,9 @@ class ActGain(nn.Module):
 
 
 class Attention(nn.Module):
+    # Set by Model.shard: attn_resid's output is then this rank's partial sum.
+    tp_group = None
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim = args.hidden_size
@@ -184,10 +188,13 @@ class Attention(nn.Module):
             output = output.reshape(B, -1)
         else:
             output = output.transpose(0, 2, 1, 3).reshape(B * L, -1)
-        return self.attn_resid(output)
+        out = self.attn_resid(output)
+        return out if self.tp_group is None else mx.distributed.all_sum(out, group=self.tp_group)
 
 
 class MLP(nn.Module):
+    tp_group = None  # as Attention's
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim, hidden_dim = args.hidden_size, args.intermediate_size
@@ -196,7 +203,8 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, lin = mx.split(self.mlp_gate_linear(x), 2, axis=-1)
-        return self.mlp_resid(swiglu(gate, lin))
+        out = self.mlp_resid(swiglu(gate, lin))
+        return out if self.tp_group is None else mx.distributed.all_sum(out, group=self.tp_group)
 
 
 class TransformerBlock(nn.Module):
@@ -223,6 +231,10 @@ class TransformerBlock(nn.Module):
 
 
 class TalkieModel(nn.Module):
+    # Set by pipeline(): this rank runs blocks[start_idx:end_idx].
+    pipeline_group = None
+    start_idx, end_idx = 0, None
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -251,12 +263,27 @@ class TalkieModel(nn.Module):
         # node per token), to stay bit-close to it.
         normed = tk.rms_norm(h, self.eps)
 
+        blocks = self.pipeline_layers
         if cache is None:
-            cache = [None] * len(self.blocks)
+            cache = [None] * len(blocks)
         x = h
-        for block, c in zip(self.blocks, cache):
+        if self.pipeline_group is not None:
+            x, normed = distributed.pipeline_recv(self, x, normed)
+        for block, c in zip(blocks, cache):
             x, normed = block(x, normed, e_x, B, L, mask, c)
+        if self.pipeline_group is not None:
+            normed = distributed.pipeline_send(self, x, normed, cache)
         return normed
+
+    @property
+    def pipeline_layers(self):
+        """This rank's blocks (all of them unless split by ``pipeline``)."""
+        return self.blocks[self.start_idx : self.end_idx]
+
+    def pipeline(self, group, split=None):
+        """Keep this rank's blocks of a pipeline over ``group`` (mlx-lm's convention:
+        rank n-1 runs the first blocks); see ``talkie_kernels.distributed.pipeline``."""
+        distributed.pipeline(self, group, split)
 
 
 class Model(nn.Module):
@@ -344,9 +371,14 @@ class Model(nn.Module):
                 weights[f"lm_head.{n}"] = scaled(weights[f"lm_head.{n}"], g)
         return weights
 
+    def shard(self, group=None):
+        """Tensor parallel over ``group``: heads split across ranks, in place; see
+        ``talkie_kernels.distributed.shard``."""
+        distributed.shard(self, group)
+
     @property
     def layers(self):
-        return self.model.blocks
+        return self.model.pipeline_layers
 
 
 def promote(*arrays: mx.array) -> list:
