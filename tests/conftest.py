@@ -1,9 +1,11 @@
-"""pytest fixtures shared by the op tests (definitions live in impls.py)."""
+"""pytest fixtures shared by the op tests (the backends: impls.py)."""
 
 import pytest
-from impls import IMPLS, Impl
+from impls import FUSED, Impl, get_impl
 
 
-@pytest.fixture(params=IMPLS)
+@pytest.fixture(params=FUSED)
 def impl(request) -> Impl:
-    return Impl(request.param)
+    """The backend a test runs on: the fused ones unless the test parametrizes
+    ``impl`` itself (``indirect=True``)."""
+    return get_impl(request.param)

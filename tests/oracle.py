@@ -13,7 +13,7 @@ import numpy as np
 
 EPS = 1.1920928955078125e-07
 
-#: Relative error bound against the oracle, per dtype (DESIGN §6).
+#: Relative error bound against the oracle, per dtype.
 TOL = {mx.float32: 3e-6, mx.float16: 2e-3, mx.bfloat16: 1.6e-2}
 #: How much worse than plain MLX an implementation may be on the same inputs.
 SLACK = 1.5
@@ -76,6 +76,19 @@ def assert_accurate(got, want, dtype, baseline=None, what=""):
         # inputs; the absolute floor keeps that from failing a correct kernel.
         assert err <= max(SLACK * base_err, 0.25 * tol), msg + f" > {SLACK}× plain MLX"
     assert err <= tol, msg + f" > tolerance {tol:g} for {dtype}"
+
+
+def assert_derivatives_match(fn, reference, primals, cotangents, dtype):
+    """``fn``'s vjp and jvp equal plain MLX's (``reference``), within 10× TOL[dtype]
+    relative to the larger of 1 and the reference's magnitude; the jvp is not zero."""
+    tangents = [mx.random.normal(p.shape, key=mx.random.key(100 + i)).astype(p.dtype) for i, p in enumerate(primals)]
+    vjps = [mx.vjp(f, primals, cotangents)[1] for f in (fn, reference)]
+    jvps = [mx.jvp(f, primals, tangents)[1] for f in (fn, reference)]
+    for kind, (got, want) in (("vjp", vjps), ("jvp", jvps)):
+        for i, (a, b) in enumerate(zip(got, want)):
+            tol = TOL[dtype] * 10 * max(1.0, float(np.abs(to64(b)).max()))
+            np.testing.assert_allclose(to64(a), to64(b), rtol=TOL[dtype] * 10, atol=tol, err_msg=f"{kind} {i}")
+    assert max(float(np.abs(to64(t)).max()) for t in jvps[1]) > 0, "the reference's jvp is zero"
 
 
 def unpack(weight, bits: int) -> np.ndarray:

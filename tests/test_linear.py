@@ -17,17 +17,20 @@ MLX's op, the baseline itself).
 
 from __future__ import annotations
 
+import re
+
 import mlx.core as mx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from impls import DTYPE_IDS, DTYPES, get_impl
+from impls import ALL_IMPLS, DTYPE_IDS, DTYPES, FUSED, Bad, bad_input_test, get_impl
 
 import oracle as O
 import talkie_kernels as tk
 
-BACKENDS = ("reference", "native")
+#: The backends the gradient tests run (Metal's linear is MLX's op, as the reference).
+GRADIENT_IMPLS = ("reference", *FUSED)
 MS = (1, 2, 7, 32, 33, 64)
 BITS = (4, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -336,14 +339,13 @@ OTHER = [("affine", 2), ("affine", 3), ("affine", 5), ("mxfp4", None), ("mxfp8",
 
 @pytest.mark.parametrize("xd", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("mode, bits", OTHER, ids=[f"{m}{b or ''}" for m, b in OTHER])
-@pytest.mark.parametrize("which", BACKENDS + ("public",))
-def test_other_modes_and_bits_are_mlx_op(which, mode, bits, xd):
-    impl = tk if which == "public" else get_impl(which)
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
+def test_other_modes_and_bits_are_mlx_op(impl, mode, bits, xd):
     x, (w, s, b), kw = _mode_case(mode, bits, xd)
     got = impl.linear(x, w, s, b, **kw)
     want = mx.quantized_matmul(x, w, s, b, transpose=True, **kw)
     assert got.dtype == want.dtype and got.shape == want.shape
-    assert mx.array_equal(got, want).item(), f"{which} {mode} bits={bits}: differs from mx.quantized_matmul"
+    assert mx.array_equal(got, want).item(), f"{impl} {mode} bits={bits}: differs from mx.quantized_matmul"
 
 
 def test_public_linear_is_native_on_the_cpu(native):
@@ -360,9 +362,8 @@ def test_public_linear_is_native_on_the_cpu(native):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("which", BACKENDS)
-def test_dense_gradients(which, dtype):
-    impl = get_impl(which)
+@pytest.mark.parametrize("impl", GRADIENT_IMPLS, indirect=True)
+def test_dense_gradients(impl, dtype):
     x, w = rand((2, 5, 96), dtype, 1), rand((37, 96), dtype, 2, 0.1)
     cot = rand((2, 5, 37), dtype, 3)
     _, got = mx.vjp(lambda x, w: impl.linear(x, w), [x, w], [cot])
@@ -370,7 +371,7 @@ def test_dense_gradients(which, dtype):
     want = (O.to64(cot) @ O.to64(w), np.einsum("bln,blk->nk", O.to64(cot), O.to64(x)))
     for name, g, gb, gw in zip(("dx", "dw"), got, base, want):
         assert g.dtype == gb.dtype and g.shape == gb.shape, name
-        assert_no_worse_than_mlx(g, gw, gb, f"{which} {name}")
+        assert_no_worse_than_mlx(g, gw, gb, f"{impl} {name}")
     # mx.grad of a scalar loss, both arguments: d/dx sum(x @ w.T) is the column sums of w.
     def loss(f):
         return lambda x, w: f(x, w).astype(mx.float32).sum()
@@ -379,33 +380,31 @@ def test_dense_gradients(which, dtype):
     base = mx.grad(loss(lambda x, w: x @ w.T), argnums=(0, 1))(x, w)
     want = (np.broadcast_to(O.to64(w).sum(0), x.shape), np.broadcast_to(O.to64(x).sum((0, 1)), w.shape))
     for name, g, gb, gw in zip(("grad x", "grad w"), got, base, want):
-        assert_no_worse_than_mlx(g, gw, gb, f"{which} {name}")
+        assert_no_worse_than_mlx(g, gw, gb, f"{impl} {name}")
 
 
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("which", BACKENDS)
-def test_quantized_gradient_wrt_x(which, dtype, bits):
-    impl = get_impl(which)
+@pytest.mark.parametrize("impl", GRADIENT_IMPLS, indirect=True)
+def test_quantized_gradient_wrt_x(impl, dtype, bits):
     w, s, b = quantized(37, 128, dtype, 32, bits)
     x, cot = rand((3, 4, 128), dtype, 1), rand((3, 4, 37), dtype, 2)
     f = lambda x: impl.linear(x, w, s, b, group_size=32, bits=bits)  # noqa: E731
     _, (got,) = mx.vjp(f, [x], [cot])
     _, (base,) = mx.vjp(lambda x: mlx_linear(x, w, s, b, 32, bits), [x], [cot])
     assert got.dtype == base.dtype and got.shape == base.shape == x.shape
-    assert_no_worse_than_mlx(got, O.to64(cot) @ O.dequantize(w, s, b, 32, bits), base, f"{which} dx")
+    assert_no_worse_than_mlx(got, O.to64(cot) @ O.dequantize(w, s, b, 32, bits), base, f"{impl} dx")
     # And mx.grad with the weight held fixed.
     g = mx.grad(lambda x: f(x).astype(mx.float32).sum())(x)
     gb = mx.grad(lambda x: mlx_linear(x, w, s, b, 32, bits).astype(mx.float32).sum())(x)
-    assert_no_worse_than_mlx(g, np.broadcast_to(O.dequantize(w, s, b, 32, bits).sum(0), x.shape), gb, f"{which} grad")
+    assert_no_worse_than_mlx(g, np.broadcast_to(O.dequantize(w, s, b, 32, bits).sum(0), x.shape), gb, f"{impl} grad")
 
 
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("which", BACKENDS)
-def test_quantized_gradients_wrt_scales_and_biases(which, dtype, bits):
+@pytest.mark.parametrize("impl", GRADIENT_IMPLS, indirect=True)
+def test_quantized_gradients_wrt_scales_and_biases(impl, dtype, bits):
     # What DWQ trains: d/ds and d/db of w = s·q + b, per group.
-    impl = get_impl(which)
     gs = 32
     w, s, b = quantized(37, 128, dtype, gs, bits)
     x, cot = rand((2, 3, 128), dtype, 1), rand((2, 3, 37), dtype, 2)
@@ -417,7 +416,20 @@ def test_quantized_gradients_wrt_scales_and_biases(which, dtype, bits):
     want = (np.einsum("mn,mgk,ngk->ng", c, xg, q), np.einsum("mn,mgk->ng", c, xg))
     for name, g, gb, gw in zip(("d scales", "d biases"), got, base, want):
         assert g.dtype == gb.dtype and g.shape == gb.shape, name
-        assert_no_worse_than_mlx(g, gw, gb, f"{which} {name}")
+        assert_no_worse_than_mlx(g, gw, gb, f"{impl} {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_derivatives_match_mlx(impl, dtype):
+    # vjp and jvp through each fused backend: MLX's op's, dense and quantized.
+    x, cot = rand((3, 96), dtype, 1), [rand((3, 37), dtype, 3)]
+    dense = [x, rand((37, 96), dtype, 2, 0.1)]
+    O.assert_derivatives_match(lambda x, w: impl.linear(x, w), lambda x, w: x @ w.T, dense, cot, dtype)
+    w, s, b = quantized(37, 96, dtype, 32, 4)
+    # (MLX's quantized_matmul has a jvp with respect to x only.)
+    O.assert_derivatives_match(
+        lambda x: impl.linear(x, w, s, b, group_size=32, bits=4), lambda x: mlx_linear(x, w, s, b, 32, 4), [x], cot, dtype
+    )
 
 
 # ---- bad input: one table, every backend ---------------------------------------------
@@ -430,54 +442,72 @@ def _q(N=8, K=128, gs=64, bits=4, dtype=mx.float32):
 X = lambda K=128, dtype=mx.float32: mx.zeros((2, K), dtype)  # noqa: E731
 WQ, SQ, BQ = _q()
 W8, S8, B8 = _q(bits=8)
+MXFP4 = mx.quantize(mx.zeros((8, 128)), mode="mxfp4")
 
-BAD = [
-    # (id, args, kwargs, exception, words in the message after "[linear] ")
-    ("x not an array", ([[1.0] * 128], mx.zeros((8, 128))), {}, TypeError, "x must be an mx.array"),
-    ("x integer", (mx.zeros((2, 128), mx.int32), mx.zeros((8, 128))), {}, TypeError, "x must be float"),
-    ("x scalar", (mx.array(1.0), mx.zeros((8, 1))), {}, ValueError, "dimension"),
-    ("weight not an array", (X(), [[0.0] * 128]), {}, TypeError, "weight must be an mx.array"),
-    ("weight 1-D", (X(), mx.zeros((128,))), {}, ValueError, "weight must have shape"),
-    ("weight 3-D", (X(), mx.zeros((1, 8, 128))), {}, ValueError, "weight must have shape"),
-    ("dense weight integer", (X(), mx.zeros((8, 128), mx.int32)), {}, TypeError, "weight must be float"),
-    ("dense K mismatch", (X(127), mx.zeros((8, 128))), {}, ValueError, "127 features"),
-    ("biases without scales", (X(), mx.zeros((8, 128)), None, BQ), {}, ValueError, "biases were given without scales"),
-    ("group_size on dense", (X(), mx.zeros((8, 128))), dict(group_size=64), ValueError, "group_size and bits"),
-    ("bits on dense", (X(), mx.zeros((8, 128))), dict(bits=4), ValueError, "group_size and bits"),
-    ("mode not a string", (X(), WQ, SQ, BQ), dict(mode=4), TypeError, "mode must be a string"),
-    ("float quantized weight", (X(), mx.zeros((8, 16)), SQ, BQ), {}, TypeError, "must be uint32"),
-    ("scales not an array", (X(), WQ, SQ.tolist(), BQ), {}, TypeError, "scales must be an mx.array"),
-    ("biases not an array", (X(), WQ, SQ, 0.0), {}, TypeError, "biases must be an mx.array"),
-    ("scales integer", (X(), WQ, SQ.astype(mx.int32), BQ), {}, TypeError, "scales must be float"),
-    ("biases integer", (X(), WQ, SQ, BQ.astype(mx.uint8)), {}, TypeError, "biases must be float"),
-    ("affine without biases", (X(), WQ, SQ, None), {}, ValueError, "needs biases"),
-    ("bits 7", (X(), WQ, SQ, BQ), dict(bits=7), ValueError, "bits must be one of"),
-    ("bits 16", (X(), WQ, SQ, BQ), dict(bits=16), ValueError, "bits must be one of"),
-    ("group_size 48", (X(), WQ, SQ, BQ), dict(group_size=48), ValueError, "group_size must be"),
-    ("group_size 16", (X(), WQ, SQ, BQ), dict(group_size=16), ValueError, "group_size must be"),
-    ("group_size float", (X(), WQ, SQ, BQ), dict(group_size=64.0), TypeError, "group_size must be an int"),
-    ("bits bool", (X(), WQ, SQ, BQ), dict(bits=True), TypeError, "bits must be an int"),
-    ("K not a multiple of group_size", (X(96), WQ[:, :12], SQ[:, :1], BQ[:, :1]), {}, ValueError, "not a multiple of group_size"),
-    ("packed width vs bits", (X(), W8, S8, B8), dict(bits=4), ValueError, "does not hold 128 features at 4 bits"),
-    ("packed width vs K", (X(256), WQ, SQ, BQ), {}, ValueError, "does not hold 256 features"),
-    ("scales shape", (X(), WQ, SQ[:, :1], BQ), {}, ValueError, "scales must have shape"),
-    ("biases shape", (X(), WQ, SQ, BQ[:4]), {}, ValueError, "biases must have shape"),
-    ("scales rows", (X(), WQ, SQ[:5], BQ[:5]), {}, ValueError, "scales must have shape"),
-    ("unknown mode", (X(), WQ, SQ, BQ), dict(mode="bogus"), ValueError, "mode"),
-    ("mxfp4 with biases", (X(), *mx.quantize(mx.zeros((8, 128)), mode="mxfp4"), mx.zeros((8, 4))),
-     dict(mode="mxfp4"), ValueError, "[Bb]iases"),
-    ("mxfp4 K mismatch", (X(96), *mx.quantize(mx.zeros((8, 128)), mode="mxfp4")), dict(mode="mxfp4"), ValueError, ""),
-]
-
-
-@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-@pytest.mark.parametrize("which", BACKENDS + ("public",))
-def test_bad_input(which, case):
-    _, args, kwargs, exc, words = case
-    impl = tk if which == "public" else get_impl(which)
-    with pytest.raises(exc, match=rf"^\[linear\] .*{words}") as info:
-        mx.eval(impl.linear(*args, **kwargs))
-    assert type(info.value) is exc
+test_bad_input = bad_input_test("linear", [
+    Bad("x not an array", ([[1.0] * 128], mx.zeros((8, 128))), TypeError, "[linear] x must be an mx.array, got list."),
+    Bad("x integer", (mx.zeros((2, 128), mx.int32), mx.zeros((8, 128))), TypeError,
+        "[linear] x must be float32, float16 or bfloat16, got mlx.core.int32.", cpp=True),
+    Bad("x scalar", (mx.array(1.0), mx.zeros((8, 1))), ValueError,
+        "[linear] x must have at least 1 dimensions, got shape ().", cpp=True),
+    Bad("weight not an array", (X(), [[0.0] * 128]), TypeError, "[linear] weight must be an mx.array, got list."),
+    Bad("weight 1-D", (X(), mx.zeros((128,))), ValueError, "[linear] weight must have shape (N, K), got (128,).", cpp=True),
+    Bad("weight 3-D", (X(), mx.zeros((1, 8, 128))), ValueError,
+        "[linear] weight must have shape (N, K), got (1, 8, 128).", cpp=True),
+    Bad("dense weight integer", (X(), mx.zeros((8, 128), mx.int32)), TypeError,
+        "[linear] weight must be float32, float16 or bfloat16, got mlx.core.int32.", cpp=True),
+    Bad("dense K mismatch", (X(127), mx.zeros((8, 128))), ValueError,
+        "[linear] x has 127 features but weight (8, 128) expects 128 (K).", cpp=True),
+    Bad("biases without scales", (X(), mx.zeros((8, 128)), None, BQ), ValueError,
+        "[linear] biases were given without scales (a quantized weight needs both).", cpp=True),
+    Bad("group_size on dense", (X(), mx.zeros((8, 128))), ValueError,
+        "[linear] group_size and bits apply to a quantized weight; no scales were given.", {"group_size": 64}, cpp=True),
+    Bad("bits on dense", (X(), mx.zeros((8, 128))), ValueError,
+        "[linear] group_size and bits apply to a quantized weight; no scales were given.", {"bits": 4}, cpp=True),
+    Bad("mode not a string", (X(), WQ, SQ, BQ), TypeError, "[linear] mode must be a string, got int.", {"mode": 4}),
+    Bad("float quantized weight", (X(), mx.zeros((8, 16)), SQ, BQ), TypeError,
+        "[linear] a quantized weight must be uint32 (as mx.quantize packs it), got mlx.core.float32.", cpp=True),
+    Bad("scales not an array", (X(), WQ, SQ.tolist(), BQ), TypeError, "[linear] scales must be an mx.array, got list."),
+    Bad("biases not an array", (X(), WQ, SQ, 0.0), TypeError, "[linear] biases must be an mx.array, got float."),
+    Bad("scales integer", (X(), WQ, SQ.astype(mx.int32), BQ), TypeError,
+        "[linear] scales must be float32, float16 or bfloat16, got mlx.core.int32.", cpp=True),
+    Bad("biases integer", (X(), WQ, SQ, BQ.astype(mx.uint8)), TypeError,
+        "[linear] biases must be float32, float16 or bfloat16, got mlx.core.uint8.", cpp=True),
+    Bad("affine without biases", (X(), WQ, SQ, None), ValueError,
+        "[linear] affine quantization needs biases (mx.quantize returns weight, scales, biases).", cpp=True),
+    Bad("bits 7", (X(), WQ, SQ, BQ), ValueError,
+        "[linear] bits must be one of 2, 3, 4, 5, 6, 8 for affine quantization, got 7.", {"bits": 7}, cpp=True),
+    Bad("bits 16", (X(), WQ, SQ, BQ), ValueError,
+        "[linear] bits must be one of 2, 3, 4, 5, 6, 8 for affine quantization, got 16.", {"bits": 16}, cpp=True),
+    Bad("group_size 48", (X(), WQ, SQ, BQ), ValueError,
+        "[linear] group_size must be 32, 64 or 128 for affine quantization, got 48.", {"group_size": 48}, cpp=True),
+    Bad("group_size 16", (X(), WQ, SQ, BQ), ValueError,
+        "[linear] group_size must be 32, 64 or 128 for affine quantization, got 16.", {"group_size": 16}, cpp=True),
+    Bad("group_size float", (X(), WQ, SQ, BQ), TypeError, "[linear] group_size must be an int or None, got float.",
+        {"group_size": 64.0}),
+    Bad("bits bool", (X(), WQ, SQ, BQ), TypeError, "[linear] bits must be an int or None, got bool.", {"bits": True}),
+    Bad("K not a multiple of group_size", (X(96), WQ[:, :12], SQ[:, :1], BQ[:, :1]), ValueError,
+        "[linear] x has 96 features, not a multiple of group_size 64.", cpp=True),
+    Bad("packed width vs bits", (X(), W8, S8, B8), ValueError,
+        "[linear] weight (8, 32) does not hold 128 features at 4 bits (expected (8, 16)).", {"bits": 4}, cpp=True),
+    Bad("packed width vs K", (X(256), WQ, SQ, BQ), ValueError,
+        "[linear] weight (8, 16) does not hold 256 features at 4 bits (expected (8, 32)).", cpp=True),
+    Bad("scales shape", (X(), WQ, SQ[:, :1], BQ), ValueError,
+        "[linear] scales must have shape (8, 2) (N, K/group_size), got (8, 1).", cpp=True),
+    Bad("biases shape", (X(), WQ, SQ, BQ[:4]), ValueError,
+        "[linear] biases must have shape (8, 2) (N, K/group_size), got (4, 2).", cpp=True),
+    Bad("scales rows", (X(), WQ, SQ[:5], BQ[:5]), ValueError,
+        "[linear] scales must have shape (8, 2) (N, K/group_size), got (5, 2).", cpp=True),
+    # Other modes: MLX's quantized_matmul checks them (its messages, behind "[linear] ").
+    Bad("unknown mode", (X(), WQ, SQ, BQ), ValueError,
+        re.compile(r"^\[linear\] \[quantized_matmul\] Invalid quantization mode 'bogus'"), {"mode": "bogus"}, cpp=True),
+    Bad("mxfp4 with biases", (X(), *MXFP4, mx.zeros((8, 4))), ValueError,
+        re.compile(r"^\[linear\] \[quantized_matmul\] Biases must be null for quantization mode 'mxfp4'"),
+        {"mode": "mxfp4"}, cpp=True),
+    Bad("mxfp4 K mismatch", (X(96), *MXFP4), ValueError,
+        re.compile(r"^\[linear\] \[quantized_matmul\] Last dimension of first input with shape \(\.\.\., 96\)"),
+        {"mode": "mxfp4"}, cpp=True),
+])
 
 
 # ---- randomized -----------------------------------------------------------------------

@@ -16,19 +16,14 @@ from importlib import resources
 import mlx.core as mx
 import numpy as np
 import pytest
+from impls import get_impl
 
 import oracle as O
-from talkie_kernels import metal as M
-from talkie_kernels import reference as R
+from talkie_kernels import metal as M  # the module: its kernel factory and kernel table
 from talkie_kernels import testing
 
 MSL = resources.files("talkie_kernels").joinpath("msl")
-
-
-@pytest.fixture
-def emulated():
-    with testing.emulate_metal():
-        yield
+metal, R = get_impl("metal"), get_impl("reference")  # the ops, through the emulator
 
 
 def normal(shape, dtype=mx.float32, seed=0, scale=1.0):
@@ -169,42 +164,42 @@ def test_rope_reduction_constants():
     [0, 5000, 100_000, -100_000, 2**24 - 64, mx.array([-2**23, 3_000_000])],
     ids=["zero", "5000", "1e5", "-1e5", "2^24", "per_seq"],
 )
-def test_rope_fp32_angle_at_extreme_positions(emulated, offset):
+def test_rope_fp32_angle_at_extreme_positions(offset):
     # Plain MLX's fp32 angle is off by ~ulp(θ) here; the extended-precision
     # angle keeps fp32 within 3e-6 of the oracle.
     x = normal((2, 1, 8, 128))
-    O.assert_accurate(M.rope(x, offset), O.rope(x, offset), mx.float32, what=f"rope at {offset}")
+    O.assert_accurate(metal.rope(x, offset), O.rope(x, offset), mx.float32, what=f"rope at {offset}")
 
 
 @pytest.mark.parametrize("D", [2, 6, 96, 128, 192])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
-def test_rope_qk_norm_any_head_dim(emulated, D, dtype):
+def test_rope_qk_norm_any_head_dim(D, dtype):
     q, k = normal((2, 3, 5, D), dtype, 1), normal((2, 3, 5, D), dtype, 2, scale=3.0)
     g = mx.array([0.5, 1.25, 2.0])
     offset = mx.array([4099, -5])
-    got = M.rope_qk_norm(q, k, g, offset)
+    got = metal.rope_qk_norm(q, k, g, offset)
     ref = R.rope_qk_norm(q, k, g, offset)
     for got_x, ref_x, want_x, name in zip(got, ref, O.rope_qk_norm(q, k, g, offset), "qk"):
         O.assert_accurate(got_x, want_x, dtype, baseline=ref_x, what=f"rope_qk_norm {name} D={D}")
-    O.assert_accurate(M.rope(q, offset), O.rope(q, offset), dtype, baseline=R.rope(q, offset), what=f"rope D={D}")
+    O.assert_accurate(metal.rope(q, offset), O.rope(q, offset), dtype, baseline=R.rope(q, offset), what=f"rope D={D}")
 
 
 @pytest.mark.parametrize("D", [1, 33, 8200])
-def test_norms_register_and_looped_paths(emulated, D):
+def test_norms_register_and_looped_paths(D):
     # 8200 > 8 · 1024 takes the looped path; 1 and 33 leave most lanes idle.
     x, y, s = normal((2, D), seed=1, scale=4.0), normal((2, D), seed=2), normal((2, D), seed=3)
-    O.assert_accurate(M.rms_norm(x), O.rms_norm(x), mx.float32, baseline=R.rms_norm(x), what="rms_norm")
-    x_new, normed = M.residual_norm(x, y, mx.array([0.37]), s, mx.array([-0.21]))
+    O.assert_accurate(metal.rms_norm(x), O.rms_norm(x), mx.float32, baseline=R.rms_norm(x), what="rms_norm")
+    x_new, normed = metal.residual_norm(x, y, mx.array([0.37]), s, mx.array([-0.21]))
     want = O.residual_sum(x, y, mx.array([0.37]), s, mx.array([-0.21]))
     O.assert_accurate(x_new, want, mx.float32, what="residual_norm x_new")
     O.assert_accurate(normed, O.rms_norm(x_new), mx.float32, what="residual_norm normed")
 
 
-def test_residual_norm_rounds_once_with_full_precision_gains(emulated):
+def test_residual_norm_rounds_once_with_full_precision_gains():
     # bf16 activations, fp32 gains: the sum is formed in fp32 and rounded once.
     x, y, s = (normal((3, 256), mx.bfloat16, i) for i in range(3))
     g, sg = mx.array([0.3701]), mx.array([-0.2113])
-    x_new, normed = M.residual_norm(x, y, g, s, sg)
+    x_new, normed = metal.residual_norm(x, y, g, s, sg)
     exact = O.residual_sum(x, y, g, s, sg)
     # Round-to-nearest bf16 (unit roundoff 2^-8): within 2^-8 relative of the exact sum, elementwise
     # (plus fp32 rounding of the terms).
@@ -225,12 +220,12 @@ def _assert_grads_equal(got, want):
 def _vjps(op, primals, cotangents, *args, **kwargs):
     """(metal, reference) vjps of ``op(*primals, *args, **kwargs)``."""
     return [
-        mx.vjp(lambda *a: getattr(mod, op)(*a, *args, **kwargs), primals, cotangents)[1]
-        for mod in (M, R)
+        mx.vjp(lambda *a: getattr(impl, op)(*a, *args, **kwargs), primals, cotangents)[1]
+        for impl in (metal, R)
     ]
 
 
-def test_gradients_equal_reference(emulated):
+def test_gradients_equal_reference():
     q = normal((2, 5, 3, 64), seed=1).transpose(0, 2, 1, 3)  # strided, as in the model
     k = normal((2, 3, 5, 64), seed=2)
     g = mx.array([0.5, 1.5, 2.0])
@@ -241,7 +236,7 @@ def test_gradients_equal_reference(emulated):
     _assert_grads_equal(*_vjps("rms_norm", [k], cot[:1], 1e-5))
     _assert_grads_equal(*_vjps("residual_norm", [k, q, mx.array([0.3]), cot[1], mx.array([-0.2])], cot))
     # Only one output used: the other's cotangent is zero.
-    got = mx.grad(lambda x: M.residual_norm(x, q, 0.3)[1].sum())(k)
+    got = mx.grad(lambda x: metal.residual_norm(x, q, 0.3)[1].sum())(k)
     want = mx.grad(lambda x: R.residual_norm(x, q, 0.3)[1].sum())(k)
     _assert_grads_equal([got], [want])
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from impls import ALL_IMPLS, DTYPE_IDS, DTYPES, Impl, get_impl
+from impls import ALL_IMPLS, DTYPE_IDS, DTYPES, Bad, bad_input_test, get_impl
 
 import oracle as O
-from talkie_kernels import reference as R
+
+R = get_impl("reference")  # the baseline: plain MLX
 
 SHAPES = {
     "decode": (1, 1, 5120),
@@ -71,36 +72,62 @@ def test_strided_inputs(impl, dtype):
 def test_gradients_match_plain_mlx(impl, dtype):
     x, y, g, e, sg = make_inputs((2, 3, 96), dtype)
     cot = [mx.random.normal(x.shape, key=mx.random.key(7)).astype(dtype) for _ in range(2)]
-    _, got = mx.vjp(lambda *a: impl.residual_norm(*a), [x, y, g, e, sg], cot)
-    _, want = mx.vjp(lambda *a: R.residual_norm(*a), [x, y, g, e, sg], cot)
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(O.to64(a), O.to64(b), rtol=O.TOL[dtype] * 10, atol=O.TOL[dtype] * 10 * max(1.0, float(np.abs(O.to64(b)).max())))
+    O.assert_derivatives_match(impl.residual_norm, R.residual_norm, [x, y, g, e, sg], cot, dtype)
 
 
-BAD = [
-    ("shape mismatch", lambda: (mx.zeros((2, 8)), mx.zeros((2, 9)), 1.0), ValueError, "same shape"),
-    ("dtype mismatch", lambda: (mx.zeros((2, 8)), mx.zeros((2, 8), mx.float16), 1.0), TypeError, "dtype"),
-    ("integer dtype", lambda: (mx.zeros((2, 8), mx.int32), mx.zeros((2, 8), mx.int32), 1.0), TypeError, "float"),
-    ("skip shape", lambda: (mx.zeros((2, 8)), mx.zeros((2, 8)), 1.0, mx.zeros((1, 8)), 1.0), ValueError, "skip"),
-    ("skip without gain", lambda: (mx.zeros((2, 8)), mx.zeros((2, 8)), 1.0, mx.zeros((2, 8))), ValueError, "skip_gain"),
-    ("gain shape", lambda: (mx.zeros((2, 8)), mx.zeros((2, 8)), mx.ones((2,))), ValueError, "gain"),
-    ("gain type", lambda: (mx.zeros((2, 8)), mx.zeros((2, 8)), "1"), TypeError, "gain"),
-]
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
+def test_float64_gains(impl):
+    # Used in fp32 by every backend: exactly as the same gains in fp32 (they are fp32 values).
+    x, y, g, e, sg = make_inputs((3, 256), mx.bfloat16)
+    got = impl.residual_norm(x, y, g.astype(mx.float64), e, sg.astype(mx.float64))
+    for a, b in zip(got, impl.residual_norm(x, y, g, e, sg)):
+        assert mx.array_equal(a, b).item()
 
 
-@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-@pytest.mark.parametrize("which", ALL_IMPLS)
-def test_bad_input(which, case):
-    _, make, exc, words = case
-    with pytest.raises(exc, match=rf"\[residual_norm\].*{words}"):
-        mx.eval(get_impl(which).residual_norm(*make()))
+X = mx.zeros((2, 8))
+G = mx.ones((1,))
+
+test_bad_input = bad_input_test("residual_norm", [
+    Bad("x not an array", ([0.0], X, G), TypeError, "[residual_norm] x must be an mx.array, got list."),
+    Bad("x integer", (mx.zeros((2, 8), mx.int32), mx.zeros((2, 8), mx.int32), G), TypeError,
+        "[residual_norm] x must be float32, float16 or bfloat16, got mlx.core.int32.", cpp=True),
+    Bad("y integer", (X, mx.zeros((2, 8), mx.int32), G), TypeError,
+        "[residual_norm] y must be float32, float16 or bfloat16, got mlx.core.int32.", cpp=True),
+    Bad("x scalar", (mx.zeros(()), mx.zeros(()), G), ValueError,
+        "[residual_norm] x must have at least 1 dimensions, got shape ().", cpp=True),
+    Bad("x/y shapes", (X, mx.zeros((2, 9)), G), ValueError,
+        "[residual_norm] x and y must have the same shape, got (2, 8) and (2, 9).", cpp=True),
+    Bad("x/y dtypes", (X, mx.zeros((2, 8), mx.bfloat16), G), TypeError,
+        "[residual_norm] x and y must have the same dtype, got mlx.core.float32 and mlx.core.bfloat16.", cpp=True),
+    Bad("gain shape", (X, X, mx.ones((2,))), ValueError, "[residual_norm] gain must have shape (1,), got (2,).", cpp=True),
+    Bad("gain 2-D", (X, X, mx.ones((1, 1))), ValueError, "[residual_norm] gain must have shape (1,), got (1, 1).", cpp=True),
+    Bad("gain integer", (X, X, mx.ones((1,), mx.int32)), TypeError,
+        "[residual_norm] gain must have a floating dtype, got mlx.core.int32.", cpp=True),
+    Bad("gain str", (X, X, "1"), TypeError, "[residual_norm] gain must be a float or an mx.array of shape (1,), got str."),
+    Bad("gain bool", (X, X, True), TypeError, "[residual_norm] gain must be a float or an mx.array of shape (1,), got bool."),
+    Bad("skip without skip_gain", (X, X, G, X), ValueError, "[residual_norm] skip and skip_gain must be given together.", cpp=True),
+    Bad("skip_gain without skip", (X, X, G, None, G), ValueError,
+        "[residual_norm] skip and skip_gain must be given together.", cpp=True),
+    Bad("skip not an array", (X, X, G, [0.0], G), TypeError, "[residual_norm] skip must be an mx.array, got list."),
+    Bad("skip integer", (X, X, G, mx.zeros((2, 8), mx.int32), G), TypeError,
+        "[residual_norm] skip must be float32, float16 or bfloat16, got mlx.core.int32.", cpp=True),
+    Bad("skip shape", (X, X, G, mx.zeros((3, 8)), G), ValueError,
+        "[residual_norm] skip must have the shape of x (2, 8), got (3, 8).", cpp=True),
+    Bad("skip dtype", (X, X, G, mx.zeros((2, 8), mx.float16), G), TypeError,
+        "[residual_norm] skip must have the dtype of x (mlx.core.float32), got mlx.core.float16.", cpp=True),
+    Bad("skip_gain 2-D", (X, X, G, X, mx.ones((1, 1))), ValueError,
+        "[residual_norm] skip_gain must have shape (1,), got (1, 1).", cpp=True),
+    Bad("skip_gain str", (X, X, G, X, "0.5"), TypeError,
+        "[residual_norm] skip_gain must be a float or an mx.array of shape (1,), got str."),
+    Bad("eps negative", (X, X, G), ValueError, "[residual_norm] eps must be positive, got -1.0.", {"eps": -1.0}, cpp=True),
+])
 
 
 def _randomized(data, rows, D, dtype, name):
     seed = data.draw(st.integers(0, 2**16))
     args = list(make_inputs((rows, D), dtype, data.draw(st.booleans()), seed=seed))
     args[2] = data.draw(st.floats(-2.0, 2.0, allow_nan=False, width=32))
-    check(Impl(name), tuple(args), dtype)
+    check(get_impl(name), tuple(args), dtype)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
