@@ -59,6 +59,11 @@ mx::array check_offset(const char* op, const mx::array& offset, int batch, mx::S
   if (!mx::issubdtype(offset.dtype(), mx::integer)) {
     fail_type(op, "offset array must have an integer dtype, got " + fmt(offset.dtype()) + ".");
   }
+  // Wider integers may not fit, and checking values would synchronize.
+  if (offset.dtype().size() > 4 || offset.dtype() == mx::uint32) {
+    fail(op, "offset array must be int32 (as mlx-lm's caches hold it), got " + fmt(offset.dtype()) +
+                 ": its values may not fit in int32.");
+  }
   if (offset.ndim() > 1 || (offset.ndim() == 1 && offset.shape(0) != batch)) {
     fail(op, "offset array must have shape () or (B,) = (" + std::to_string(batch) + ",), got " + fmt(offset.shape()) + ".");
   }

@@ -256,6 +256,8 @@ def rope_qk_norm_args(q, k, head_gain, offset, base, eps):
     op = "rope_qk_norm"
     _check_rope_qk_norm(op, q, k, head_gain)
     offset = check_offset(op, offset, q.shape[0], q.shape[2])
+    if head_gain.dtype == mx.float64:  # as the scalar gains: Metal has no double
+        head_gain = head_gain.astype(mx.float32)
     return q, k, head_gain, offset, check_base(op, base), check_eps(op, eps)
 
 

@@ -78,16 +78,9 @@ def test_offsets_accepted(impl, offset):
         assert mx.array_equal(got, want).item()
 
 
-FLOAT64_HEAD_GAIN_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="metal passes a float64 head_gain to the kernel (the emulator: no float64; a Mac: no double)",
-)
 
 
-@pytest.mark.parametrize(
-    "impl", [pytest.param(n, marks=FLOAT64_HEAD_GAIN_XFAIL) if n == "metal" else n for n in ALL_IMPLS], indirect=True
-)
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
 def test_float64_head_gain(impl):
     # Exactly as the same gains in fp32 (they are fp32 values).
     q, k, g = make_inputs((2, 3, 5, 64), mx.bfloat16)
@@ -131,7 +124,7 @@ test_bad_input = bad_input_test("rope_qk_norm", [
         "[rope_qk_norm] offset array must have an integer dtype, got mlx.core.float32.", cpp=True),
     Bad("offset array int64", (Q, Q, G, mx.array([1, 2], mx.int64)), ValueError,
         "[rope_qk_norm] offset array must be int32 (as mlx-lm's caches hold it), got mlx.core.int64: "
-        "its values may not fit in int32."),
+        "its values may not fit in int32.", cpp=True),
     Bad("last position 2^31", (Q, Q, G, 2**31 - 3), ValueError,
         "[rope_qk_norm] positions offset + l must fit in int32 (offset 2147483645, L = 4)."),
     Bad("numpy offset 2^63", (Q, Q, G, np.uint64(2**63)), ValueError,
