@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 
 import oracle as O
-import talkie_kernels as tk
-from talkie_kernels import metal as M
-from talkie_kernels import testing
+from impls import get_impl
+
+from talkie_kernels import metal as metal_module
+
+METAL = get_impl("metal")  # the Metal kernels, run by the emulator
 
 L = 8
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
@@ -53,9 +55,7 @@ TWO_PI = 2 * Fraction("3.1415926535897932384626433832795028841971693993751058209
 
 @pytest.fixture(scope="module")
 def native():
-    if not tk.native_available():
-        pytest.fail(f"native extension not built: {tk.native.load_error}")
-    return tk.native
+    return get_impl("native")
 
 
 def offset_of(value):
@@ -84,8 +84,7 @@ def test_rope_far_positions(native, case, base, dtype):
     _, value, B = case
     offset = offset_of(value)
     x = normal((B, 3, L, 128), dtype, 0)
-    with testing.emulate_metal():
-        got = M.rope(x, offset, base=base)
+    got = METAL.rope(x, offset, base=base)
     want = O.rope(x, offset, base)
     check_against_native("rope", got, want, native.rope(x, offset, base=base), dtype, f"{case[0]} base {base:g}")
 
@@ -98,8 +97,7 @@ def test_rope_qk_norm_far_positions(native, case, base, dtype):
     offset = offset_of(value)
     q, k = normal((B, 5, L, 128), dtype, 1, True), normal((B, 5, L, 128), dtype, 2, True)
     g = mx.array([0.5, 1.25, 2.0, 0.75, 1.0])
-    with testing.emulate_metal():
-        got = M.rope_qk_norm(q, k, g, offset, base=base)
+    got = METAL.rope_qk_norm(q, k, g, offset, base=base)
     wants = O.rope_qk_norm(q, k, g, offset, base)
     natives = native.rope_qk_norm(q, k, g, offset, base=base)
     for got_x, want_x, native_x, name in zip(got, wants, natives, "qk"):
@@ -110,8 +108,7 @@ def test_rope_decode_at_last_int32_position(native):
     # One token at position 2^31 - 1, the model's decode shape.
     x = normal((1, 40, 1, 128), mx.float32, 3, True)
     for offset in (I32_MAX, I32_MIN):
-        with testing.emulate_metal():
-            got = M.rope_qk_norm(x, x, mx.ones((40,)), offset)[1]
+        got = METAL.rope_qk_norm(x, x, mx.ones((40,)), offset)[1]
         want = O.rope_qk_norm(x, x, mx.ones((40,)), offset)[1]
         check_against_native("rope_qk_norm", got, want, native.rope_qk_norm(x, x, mx.ones((40,)), offset)[1],
                              mx.float32, f"k, decode at {offset}")
@@ -122,8 +119,7 @@ def test_rope_long_prefill_far_positions(native, offset):
     # l >= 2^16: the high half of l enters the position's high half.
     x = normal((1, 1, 70_000, 4), mx.float32, 4)
     offset = offset_of(offset)
-    with testing.emulate_metal():
-        got = M.rope(x, offset)
+    got = METAL.rope(x, offset)
     check_against_native("rope", got, O.rope(x, offset), native.rope(x, offset), mx.float32, "long prefill")
 
 
@@ -148,8 +144,7 @@ def test_rope_angles_exactly_reduced(base):
     offsets += [int(v) for v in rng.integers(I32_MIN, I32_MAX - 3, 23)]
     B, L_, D = len(offsets), 4, 128
     x = mx.concatenate([mx.ones((B, 1, L_, D // 2)), mx.zeros((B, 1, L_, D // 2))], axis=-1)
-    with testing.emulate_metal():
-        got = np.array(M.rope(x, mx.array(offsets, dtype=mx.int32), base=base), dtype=np.float64)
+    got = np.array(METAL.rope(x, mx.array(offsets, dtype=mx.int32), base=base), dtype=np.float64)
     positions = [o + l for o in offsets for l in range(L_)]  # the last offset passes 2^31 - 1
     c, s = exact_cos_sin(positions, D, base)
     want = np.concatenate([c, -s], axis=-1).reshape(B, 1, L_, D)
@@ -162,7 +157,7 @@ def test_table_reduction_parts():
     # The host table: f = base^(-2i/D) (float64) as fp32 hi + lo, and
     # g = 2^16 · f mod 2π in [-π, π] as hi + lo, each pair to ~2^-48 relative.
     D, base = 128, 1e6
-    table = np.array(M._inv_freq_table(D, base), dtype=np.float64).reshape(4, D // 2)
+    table = np.array(metal_module._inv_freq_table(D, base), dtype=np.float64).reshape(4, D // 2)
     inv = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)
     for i, f64 in enumerate(inv):
         f = Fraction(float(f64))

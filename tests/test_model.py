@@ -529,7 +529,7 @@ def test_dora_and_fuse(fp32_path, ids):
 
 def test_decode_graph_nodes(fp32):
     if tk.backend() != "native":
-        pytest.skip("the §8 node budget is for the native CPU ops")
+        pytest.skip("the graph-node budget is for the native CPU ops")
     model, plain, _ = fp32
     fused, ref = decode_step_nodes(model, prompt_len=12), decode_step_nodes(plain, prompt_len=12)
     ratio = sum(fused.values()) / sum(ref.values())
