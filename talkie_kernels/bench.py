@@ -13,7 +13,9 @@ backend, and ``talkie_kernels.models.talkie``).
 * Models: random-weight Talkie-shaped models built in memory from
   ``talkie_kernels.configs`` (no download) in each ``--dtypes`` format
   (float, or quantized in memory as ``mlx_lm.convert -q`` does), or a real
-  checkpoint (``--model``): prefill tokens/s (one prompt forward with a fresh
+  checkpoint (``--model``; a ``talkie-kernels convert`` output, which
+  ``mlx_lm.load`` cannot read, is measured fused-only against its floor, and a
+  note says why there is no mlx-lm comparison): prefill tokens/s (one prompt forward with a fresh
   KV cache) and decode tokens/s (greedy steps with mlx-lm's KVCache after a
   short prompt) with its floor. ``--block-13b`` adds one block at Talkie 13B's
   width, q4, decode only.
@@ -221,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
             "slow, so its rows get fewer samples (the n column says how many)."
         ),
     )
-    p.add_argument("--model", metavar="PATH", help="benchmark a real checkpoint (mlx_lm.load vs talkie_kernels.load) instead of the random-weight configs")
+    p.add_argument("--model", metavar="PATH", help="benchmark a real checkpoint (mlx_lm.load vs talkie_kernels.load) instead of the random-weight configs: "
+                   "a Hugging Face layout (init-checkpoint), an mlx_lm.convert output, or a talkie-kernels convert output, which mlx_lm.load "
+                   "cannot read (fused keys, quantized lm_head): that one is measured fused-only, against its floor, and the output says so")
     p.add_argument("--configs", metavar="NAMES", type=_names(CONFIGS, "config"), help=f"comma-separated configs from talkie_kernels.configs ({', '.join(CONFIGS)}); default: talkie-8l-512")
     p.add_argument("--dtypes", metavar="FORMATS", type=_names(M.WEIGHT_FORMATS, "weight format"), help=f"comma-separated weight formats of the random-weight models ({', '.join(M.WEIGHT_FORMATS)}; "
                    f"qN = affine N-bit, group 64, bf16 scales, quantized as mlx_lm.convert -q does); default: {','.join(DEFAULT_FORMATS)}. "
@@ -456,7 +460,7 @@ def _check_args(args) -> str | None:
     if args.model:
         path = Path(args.model).expanduser()
         if not path.exists() and (args.model.startswith(("/", ".", "~")) or args.model.count("/") != 1):
-            return f"--model {args.model}: no such checkpoint directory"
+            return f"--model {args.model}: no such checkpoint directory (nor a Hugging Face repo id, org/name)"
         if path.exists() and not (path / "config.json").is_file():
             return f"--model {args.model}: no config.json (not a checkpoint directory)"
     for flag, value in (("--json", args.json), ("--plot", args.plot)):

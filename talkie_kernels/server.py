@@ -134,7 +134,7 @@ def _local_path_problem(flag: str, value, *, config: bool) -> str | None:
             return f"{flag} {value}: no config.json (not a checkpoint directory)"
         return None
     if value.startswith(("/", ".", "~")) or value.count("/") != 1:  # not a Hugging Face repo id
-        return f"{flag} {value}: no such directory"
+        return f"{flag} {value}: no such directory (nor a Hugging Face repo id, org/name)"
     return None
 
 
@@ -721,7 +721,14 @@ def robust_serving(module):
 
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    with (sys_argv(PROG, args), talkie_arg_parser(_mlx_server), loading_through_talkie(_mlx_server),
-          robust_serving(_mlx_server)):
-        _mlx_server.main()
+    # Until the HTTP server installs its own handlers (nothing to answer yet), a
+    # signal exits at once, with code 0 as later.
+    early = {s: signal.signal(s, lambda *_: _hard_exit(0)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with (sys_argv(PROG, args), talkie_arg_parser(_mlx_server), loading_through_talkie(_mlx_server),
+              robust_serving(_mlx_server)):
+            _mlx_server.main()
+    finally:
+        for s, h in early.items():
+            signal.signal(s, h)
     return 0

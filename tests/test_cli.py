@@ -71,6 +71,10 @@ def test_help_flags_kept(capsys):
     import argparse
 
     assert mlx_server.argparse is argparse  # the server's parser swap is undone
+    from talkie_kernels import server
+
+    assert mlx_server.ResponseGenerator is not server.TalkieResponseGenerator  # and its serving swap
+    assert mlx_server._run_http_server is not server._run_http_server
 
 
 def test_usage_lists_init_checkpoint(capsys):

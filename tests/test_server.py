@@ -346,3 +346,44 @@ def test_model_that_does_not_load_exits_1(ckpt, tmp_path):
                 proc.kill()
                 proc.wait(timeout=10)
     assert f"cannot load --model {bad}: exiting" in log.read_text()
+
+
+def test_generation_thread_that_dies_fails_its_requests_and_restarts():
+    """In process, with a stand-in model: the requests the thread held get an error, the next run serves."""
+    import types
+
+    from talkie_kernels import server as S
+
+    class Provider:
+        cli_args = types.SimpleNamespace(model="stand-in")
+        model = None
+
+        def load_default(self):
+            self.model = object()
+
+        def reset(self):
+            pass
+
+    class Crashy(S.TalkieResponseGenerator):
+        runs = 0
+
+        def _generate(self):
+            self.model_provider.load_default()
+            Crashy.runs += 1
+            if Crashy.runs == 1:
+                self.requests.get(timeout=10)  # a request arrives, then the loop fails
+                raise RuntimeError("boom")
+            while not self._stop:
+                time.sleep(0.01)
+
+    gen = Crashy(Provider(), None)
+    try:
+        with pytest.raises(S.GenerationFailed, match=r"generation failed \(RuntimeError: boom\)"):
+            gen.generate(None, None)
+        deadline = time.monotonic() + 10
+        while Crashy.runs < 2:
+            assert time.monotonic() < deadline, "generation thread did not restart"
+            time.sleep(0.01)
+        assert gen.generation_available() and gen.is_healthy
+    finally:
+        assert gen.stop_and_join(timeout=5)
