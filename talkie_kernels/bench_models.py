@@ -16,6 +16,7 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from .benchmarking import NotApplicable, dtype_name, require_fused_backend, sync
+from .checkpoint import random_weights
 from .configs import CONFIGS
 
 #: Why there is no ``reference_compiled`` decode number. mlx-lm's KVCache keeps
@@ -64,39 +65,6 @@ def config_args(config: str | dict) -> dict:
     return dict(CONFIGS[config]) if isinstance(config, str) else dict(config)
 
 
-def random_weights(model, dtype=mx.float32, seed: int = 0) -> dict[str, mx.array]:
-    """Random Talkie weights in the checkpoint's key layout, for ``model``'s shapes.
-
-    Realistic scales: embeddings N(0, 1) (they are normalized right away);
-    projections and the bare ``lm_head`` N(0, 1/fan_in). Every gain is drawn
-    away from its init, so each one matters: attn/mlp gains (2·layers)^-1/2 ×
-    U(0.5, 2); embed_skip U(0.05, 0.3) (init 0); head gains and lm_head_gain
-    U(0.5, 2).
-    """
-    from mlx.utils import tree_flatten
-
-    params = dict(tree_flatten(model.parameters()))
-    layers = len(model.layers)
-    keys = mx.random.split(mx.random.key(seed), len(params))
-    out = {}
-    for (name, p), key in zip(sorted(params.items()), keys):
-        if name.endswith("embed.weight"):
-            w = mx.random.normal(p.shape, key=key)
-        elif name == "lm_head" or name.endswith(".weight"):
-            w = mx.random.normal(p.shape, key=key) * p.shape[-1] ** -0.5
-        elif name.endswith(("attn_gain.a_g", "mlp_gain.a_g")):
-            w = (2 * layers) ** -0.5 * mx.random.uniform(0.5, 2.0, p.shape, key=key)
-        elif name.endswith("embed_skip.a_g"):
-            w = mx.random.uniform(0.05, 0.3, p.shape, key=key)
-        elif name.endswith(("head_gain.head_g", "lm_head_gain.w_g")):
-            w = mx.random.uniform(0.5, 2.0, p.shape, key=key)
-        else:
-            raise ValueError(f"random_weights: no rule for parameter {name!r} {p.shape}")
-        out[name] = w.astype(dtype)
-    mx.eval(out)
-    return out
-
-
 def weight_format(name: str) -> tuple[Any, int | None]:
     """``WEIGHT_FORMATS[name]``: (float dtype, bits or None); a clear error otherwise."""
     try:
@@ -124,7 +92,8 @@ def build_reference_model(config: str | dict, weights: str = "float32", seed: in
 
     dtype, bits = weight_format(weights)
     model = talkie.Model(talkie.ModelArgs.from_dict(config_args(config)))
-    model.load_weights(list(model.sanitize(random_weights(model, dtype, seed)).items()))
+    weights = random_weights(config_args(config), seed, dtype)  # the checkpoints' generator
+    model.load_weights(list(model.sanitize(weights).items()))
     if bits:
         nn.quantize(model, QUANT_GROUP_SIZE, bits, class_predicate=_quantizable)
     model.eval()
