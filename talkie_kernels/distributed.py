@@ -292,6 +292,7 @@ def exit_on_lost_peer(grace: float = 3.0) -> None:
 
     def pump():
         tail = b""
+        forward = True
         while True:
             try:
                 data = os.read(read_end, 65536)
@@ -299,7 +300,12 @@ def exit_on_lost_peer(grace: float = 3.0) -> None:
                 return
             if not data:
                 return
-            os.write(real, data)
+            view = memoryview(data)
+            while forward and view:
+                try:
+                    view = view[os.write(real, view):]
+                except OSError:
+                    forward = False  # the real stderr is gone: keep draining the pipe
             tail = (tail + data)[-len(_RING_ABORT) - 65536:]
             if _RING_ABORT in tail:
                 tail = b""
@@ -317,12 +323,14 @@ def exit_on_lost_peer(grace: float = 3.0) -> None:
 
 def _exit_later(fd: int, grace: float) -> None:
     time.sleep(grace)
-    os.write(
-        fd,
-        b"talkie_kernels: a peer of the distributed group is gone (MLX's ring backend "
-        b"aborted its connection); exiting instead of waiting for it forever\n",
-    )
-    os._exit(LOST_PEER_EXIT)
+    try:
+        os.write(
+            fd,
+            b"talkie_kernels: a peer of the distributed group is gone (MLX's ring backend "
+            b"aborted its connection); exiting instead of waiting for it forever\n",
+        )
+    finally:
+        os._exit(LOST_PEER_EXIT)
 
 
 # ---------------------------------------------------------------------------

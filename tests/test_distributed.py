@@ -17,8 +17,10 @@ reference and prints one JSON line of results that the tests check:
   ``model.safetensors.index.json``, launched through ``mlx.launch``): the same,
   plus chunked prefill (mlx-lm evaluates only the caches between chunks);
 * peak memory per rank well below the whole model;
-* a rank that dies mid-generation: the other exits with the ring backend's
-  error instead of hanging.
+* a rank that dies mid-generation (tensor parallel: rank 1; pipeline: rank 0):
+  the other exits with an error instead of hanging (the ring backend's
+  RuntimeError, or ``exit_on_lost_peer`` for the collectives MLX leaves
+  waiting).
 
 The divisibility errors and the pipeline's layer assignment are checked in
 this process with a stand-in group (only ``rank()`` and ``size()`` are used
@@ -140,13 +142,16 @@ def worker(mode: str, path: str, q4_path: str) -> None:
     kind = "tensor_group" if mode == "tp" else "pipeline_group"
     out = {"rank": rank, "size": world.size()}
 
-    if mode == "die":
-        model, tokenizer = tk.sharded_load(path, tensor_group=world)
+    if mode.startswith("die:"):
+        # die:<tp|pp>:<rank that dies>
+        _, split, dies = mode.split(":")
+        group = {"tp": "tensor_group", "pp": "pipeline_group"}[split]
+        model, tokenizer = tk.sharded_load(path, **{group: world})
         from mlx_lm import stream_generate
 
         print(json.dumps({"rank": rank, "loaded": True}), flush=True)
         for i, _ in enumerate(stream_generate(model, tokenizer, PROMPT, max_tokens=1000)):
-            if rank == 1 and i == 2:
+            if rank == int(dies) and i == 2:
                 os._exit(17)  # no goodbye: the socket just closes
         print(json.dumps({"rank": rank, "finished": True}), flush=True)
         return
@@ -368,11 +373,12 @@ def test_pipeline_matches_single_process_under_mlx_launch(ckpts):
     _check_run(_results(o), ckpts, pipeline=True)
 
 
-def test_dead_rank_fails_the_others(ckpts):
-    runs = run_ranks(["die", ckpts["fp32"], ckpts["q4"]], timeout=45)
-    (rc0, o0, e0), (rc1, _, _) = runs
-    assert rc1 == 17
-    assert rc0 is not None, "rank 0 hung after rank 1 died"
+@pytest.mark.parametrize("split,dies", [("tp", 1), ("pp", 0)])
+def test_dead_rank_fails_the_others(ckpts, split, dies):
+    runs = run_ranks([f"die:{split}:{dies}", ckpts["fp32"], ckpts["q4"]], timeout=45)
+    (rc_dead, _, _), (rc0, o0, e0) = runs[dies], runs[1 - dies]
+    assert rc_dead == 17
+    assert rc0 is not None, f"rank {1 - dies} hung after rank {dies} died"
     # The in-flight collective's RuntimeError, or exit_on_lost_peer for the
     # ones queued after it (which MLX's ring backend never completes).
     assert rc0 in (1, LOST_PEER_EXIT) and '"finished"' not in o0, (rc0, o0, e0[-2000:])
