@@ -19,6 +19,12 @@ backend, and ``talkie_kernels.models.talkie``).
   KV cache) and decode tokens/s (greedy steps with mlx-lm's KVCache after a
   short prompt) with its floor. ``--block-13b`` adds one block at Talkie 13B's
   width, q4, decode only.
+* Under ``mlx.launch`` (more than one process), ``--model`` is loaded sharded
+  across the processes (``distributed.maybe_shard``: tensor parallel, or
+  pipeline with ``--pipeline``) and measured fused-only (mlx-lm's model is not
+  sharded); the floor counts this rank's weight bytes; every rank takes the
+  same number of samples (no time budgets: a rank's collectives must meet the
+  others'); only rank 0 prints and writes ``--json`` / ``--plot``.
 * ``--linear-shapes``: ``linear`` at Talkie 13B's decode shapes, bf16/q4/q8,
   GB/s and % of the read bandwidth (``bench_linear.py``).
 * Per-op: rms_norm, rope, rope_qk_norm, residual_norm (with skip) at Talkie's
@@ -112,11 +118,22 @@ class Settings:
             self.models = [ModelRun("talkie-8l-512", args.prompt_len or 64, formats)]
         if args.block_13b:
             self.models.append(ModelRun(BLOCK_13B, 0, ["q4"], DECODE_ONLY))
+        #: The mx.distributed world under mlx.launch (None in one process), and
+        #: whether --model is split by blocks (pipeline) rather than heads.
+        self.group, self.pipeline = None, args.pipeline
         self.no_generate_step = args.no_generate_step
         self.linear_shapes = (BL.QUICK_SHAPES if q else BL.SHAPES_13B) if (args.linear_shapes or args.only == "linear") else ()
         self.do_ops = args.only in (None, "ops")
         self.do_models = args.only in (None, "models")
         self.do_linear = bool(self.linear_shapes) and args.only in (None, "linear")
+
+    def distribute(self, group) -> None:
+        """Run as one rank of ``group``: exact sample counts for the models, whose
+        sharded forward passes are collectives every rank must join alike."""
+        self.group = group
+        if group is not None:
+            self.model_budget_s = {"prefill": None, "decode": None}
+            self.slow_s = {k: v for k, v in self.slow_s.items() if k != "models"}
 
     def decode_lengths(self, quantized: bool) -> tuple[int, int]:
         """(tokens per sample, prompt length) of decode samples: fewer of both for quantized weights."""
@@ -154,6 +171,9 @@ class Settings:
             "models": [{"model": r.name, "prompt_len": r.prompt_len, "formats": r.formats} for r in self.models],
             "linear_shapes": [list(s) for s in self.linear_shapes],
             "seed": self.seed,
+            "distributed": None if self.group is None else {
+                "size": self.group.size(), "parallelism": "pipeline" if self.pipeline else "tensor",
+            },
         }
 
 
@@ -245,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the records and metadata as JSON")
     p.add_argument("--plot", metavar="PATH.png", help="draw the speedups against reference (matplotlib, Agg)")
     p.add_argument("--quick", action="store_true", help="a tiny, fast run (used by the tests; numbers are not meaningful)")
+    p.add_argument("--pipeline", action="store_true", help="under mlx.launch: split --model's blocks across the processes (pipeline parallel) "
+                   "instead of its heads (tensor parallel, the default); no effect in one process")
     return p
 
 
@@ -375,7 +397,11 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> li
         for fmt in run.formats:
             label = Path(run.name).name if run.checkpoint else run.name
             progress(f"model {label} {fmt or ''}: building")
-            if run.checkpoint:
+            if run.checkpoint and s.group is not None:
+                models = _load_sharded(run.name, s, notes)
+                fmt_label = M.model_dtype(models["fused"])
+                quantized = "bit" in fmt_label
+            elif run.checkpoint:
                 models = M.load_models(run.name)
                 fmt_label = M.model_dtype(M.base_model(models))
                 quantized = "bit" in fmt_label  # e.g. "bfloat16 4-bit"
@@ -389,6 +415,32 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> li
             del models
             mx.clear_cache()
     return records
+
+
+class NotSharded(B.NotApplicable):
+    """The reference of a run under mlx.launch: mlx-lm's Talkie cannot be sharded."""
+
+
+def _load_sharded(path: str, s: Settings, notes: list[str]) -> dict:
+    """This rank's share of a checkpoint (the fused model); the reference is n/a."""
+    from .distributed import maybe_shard
+
+    fused = maybe_shard(path, pipeline=s.pipeline)[0]
+    kind = "pipeline (blocks split)" if s.pipeline else "tensor parallel (heads split)"
+    n = s.group.size()
+    notes.append(
+        f"{Path(path).name}: sharded across {n} processes, {kind}, fused only; rates are the "
+        "group's, the decode floor is rank 0's weight bytes ÷ bandwidth"
+    )
+    why = f"mlx-lm's Talkie cannot be sharded: no mlx-lm comparison under mlx.launch ({n} processes)"
+    return {"reference": NotSharded(why), "fused": fused}
+
+
+def _model_for(models: dict, impl: str):
+    ref = models["reference"]
+    if impl != "fused" and isinstance(ref, NotSharded):
+        raise ref
+    return M.model_for(models, impl)
 
 
 def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_label, decode_tokens, decode_prompt):
@@ -422,7 +474,7 @@ def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_lab
         cases = {}
         for impl in impls:
             try:
-                model = M.model_for(models, impl)
+                model = _model_for(models, impl)
                 if phase == "prefill":
                     cases[impl] = M.prefill_case(model, M.prompt_ids(vocab, run.prompt_len, s.seed), impl)
                 else:
@@ -481,11 +533,24 @@ def _check_args(args) -> str | None:
 
 
 def main(argv=None) -> int:
+    from .cli import finish, rank0_output, world
+
     parser = build_parser()
     args = parser.parse_args(argv)
     problem = _check_args(args)
     if problem:
         parser.error(problem)
+    group = world()
+    with rank0_output(group):
+        if group is not None and not args.model:
+            parser.error(f"under mlx.launch ({group.size()} processes) bench measures a sharded checkpoint: give --model")
+        code = _run(parser, args, group)
+        if group is not None:
+            finish(group)
+    return code
+
+
+def _run(parser, args, group) -> int:
     t0 = time.perf_counter()
 
     import warnings
@@ -494,6 +559,7 @@ def main(argv=None) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     s = Settings(args)
+    s.distribute(group)
     console = Console() if sys.stdout.isatty() else Console(width=160)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -539,9 +605,10 @@ def main(argv=None) -> int:
     meta["wall_time_s"] = round(wall, 1)
     meta["loadavg_end"] = B.load_average()
     render(console, meta, records, targets, notes, wall)
-    if args.json:
+    rank0 = group is None or group.rank() == 0
+    if args.json and rank0:
         write_json(args.json, meta, s.as_dict(), records, targets, notes)
-    if args.plot:
+    if args.plot and rank0:
         plot(args.plot, meta, records)
     return 1 if "error" in bandwidth or any(r["status"] == "error" for r in records) else 0
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from .cli import int_in, uncreatable_dir
 from .configs import CONFIGS
 
 EOS = "<|endoftext|>"
@@ -221,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="float32", choices=["float32", "bfloat16"],
         help="weight dtype (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int_in(0, 2**64), default=0,
+        help="random seed, 0 <= seed < 2**64 (default: %(default)s)",
+    )
     return parser
 
 
@@ -229,6 +233,9 @@ def _check_destination(parser, dst: Path) -> None:
     if dst.exists() and not dst.is_dir():
         parser.error(f"DST {dst} exists and is not a directory")
     if not dst.is_dir():
+        problem = uncreatable_dir("DST", str(dst))
+        if problem:
+            parser.error(problem)
         return
     present = sorted(p.name for p in dst.iterdir())
     if not present:

@@ -25,7 +25,9 @@ unquantized, blocks 14, 37 and 38 (of 40; proportionally for other depths)
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
+from .cli import local_path_problem, uncreatable_dir
 from .loader import loading_through_talkie
 
 # `import mlx_lm.convert` would give the function mlx_lm/__init__ re-exports under that name.
@@ -72,6 +74,60 @@ def _refusal(q_mode: str) -> str | None:
     return None
 
 
+#: mlx_lm.utils.quantize_model's (group size, bits) when -q gives neither.
+MODE_DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)}
+
+
+def quantization_problem(mode: str, group_size: int | None, bits: int | None, recipe: str | None) -> str | None:
+    """Why ``mlx.core.quantize`` cannot quantize with these settings, or None.
+
+    mlx-lm quantizes only the layers whose width the group size divides and
+    writes the settings into config.json regardless: an unsupported group size
+    (e.g. 7) gave an unquantized model whose config claims group_size 7.
+    Probed on a small matrix, so the answer is the installed MLX's own.
+    """
+    import mlx.core as mx
+
+    default_gs, default_bits = MODE_DEFAULTS[mode]
+    gs, b = group_size or default_gs, bits or default_bits
+    tries = [(gs, b)] + ([(gs, 8)] if recipe in RECIPES else [])  # talkie_mixed's 8-bit layers
+    for g, nbits in tries:
+        try:
+            if g > 1 << 14:
+                raise ValueError(f"group size {g} is larger than any Talkie layer")
+            mx.eval(mx.quantize(mx.zeros((1, 4 * g)), group_size=g, bits=nbits, mode=mode))
+        except (ValueError, RuntimeError) as e:
+            return (
+                f"-q with --q-mode {mode}, group size {g} and {nbits} bits: MLX cannot quantize "
+                f"with these ({str(e).removeprefix('[quantize] ')})"
+            )
+    return None
+
+
+def check_convert_args(ns) -> str | None:
+    """Why parsed convert flags cannot convert (for ``parser.error``), or None:
+    what mlx_lm.convert raised after loading, or never noticed."""
+    if ns.hf_path is None:
+        return "--hf-path is required"
+    if ns.quantize and ns.dequantize:
+        return "-q/--quantize and -d/--dequantize: choose one"
+    if ns.quant_predicate in RECIPES and (refusal := _refusal(ns.q_mode)):
+        return refusal
+    if ns.quant_predicate is not None and ns.q_mode != "affine":
+        return f"--quant-predicate {ns.quant_predicate}: mlx-lm's recipes quantize with --q-mode affine only"
+    for flag, value in (("--q-group-size", ns.q_group_size), ("--q-bits", ns.q_bits)):
+        if value is not None and value < 1:
+            return f"argument {flag}: {value} is not >= 1"
+    if ns.quantize and (problem := quantization_problem(ns.q_mode, ns.q_group_size, ns.q_bits, ns.quant_predicate)):
+        return problem
+    if Path(ns.mlx_path).expanduser().exists():
+        return (
+            f"--mlx-path {ns.mlx_path} already exists (convert does not write over a path, as "
+            "mlx_lm.convert): delete it or choose a new one"
+        )
+    return local_path_problem("--hf-path", ns.hf_path) or uncreatable_dir("--mlx-path", ns.mlx_path)
+
+
 def convert(hf_path: str, mlx_path: str = "mlx_model", **kwargs) -> None:
     """``mlx_lm.convert.convert`` on the fused model (keyword arguments as there;
     ``quant_predicate="talkie_mixed"`` selects the Talkie recipe)."""
@@ -110,9 +166,8 @@ def main(argv=None) -> int:
                 "of 40 at 8 bits, embedding unquantized, the rest at --q-bits)."
             )
     args = parser.parse_args(argv)
-    if args.hf_path is None:
-        parser.error("--hf-path is required")
-    if args.quant_predicate in RECIPES and (refusal := _refusal(args.q_mode)):
-        parser.error(refusal)
+    problem = check_convert_args(args)
+    if problem:
+        parser.error(problem)
     convert(**vars(args))
     return 0

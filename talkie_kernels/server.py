@@ -79,8 +79,8 @@ DESCRIPTION = (
     "mlx-lm's OpenAI-compatible HTTP server (mlx_lm.server, mlx-lm 0.32.2) on the fused "
     "Talkie model, with the same flags and endpoints; what differs: every model (--model, "
     "--draft-model, a model named in a request) loads with talkie_kernels.load, so it "
-    "must be a Talkie checkpoint; distributed serving (mlx.launch, --pipeline) is not "
-    "routed through the fused model; invalid requests (an empty prompt, ...) get a 400 "
+    "must be a Talkie checkpoint; it runs in one process (under mlx.launch it "
+    "refuses to start, exit code 2: run generate there); invalid requests (an empty prompt, ...) get a 400 "
     "and the server keeps serving; SIGINT/SIGTERM exit with code 0, answering the "
     "requests in flight with what they generated (finish_reason \"abort\"); a request "
     "whose client disconnected stops generating at the next decode step. "
@@ -719,8 +719,27 @@ def robust_serving(module):
         module.ResponseGenerator, module._run_http_server = saved
 
 
+def distributed_refusal(size: int) -> str:
+    """What the server says when started as one of ``size`` processes (mlx.launch)."""
+    return (
+        f"{PROG}: error: the server runs in a single process, but this is one of {size} "
+        "processes (started by mlx.launch): run it without mlx.launch; to generate with a "
+        "model sharded across machines, run generate under mlx.launch instead, e.g.\n"
+        "  mlx.launch --backend ring --hostfile hosts.json -- /path/to/.venv/bin/talkie-kernels generate "
+        "--model PATH --prompt \"...\"\n"
+    )
+
+
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if not {"-h", "--help"} & set(args):
+        from .cli import world
+
+        group = world()
+        if group is not None:
+            if group.rank() == 0:
+                sys.stderr.write(distributed_refusal(group.size()))
+            return 2
     # Until the HTTP server installs its own handlers (nothing to answer yet), a
     # signal exits at once, with code 0 as later.
     early = {s: signal.signal(s, lambda *_: _hard_exit(0)) for s in (signal.SIGINT, signal.SIGTERM)}

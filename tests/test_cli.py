@@ -36,6 +36,51 @@ def test_generate_without_chat_template_and_quiet(ckpt, capsys):
     assert out.strip() and "Generation:" not in out
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "/nonexistent"], "--model /nonexistent: no such directory"),
+        (["--model", "no-such-dir"], "--model no-such-dir: no such directory (nor a Hugging Face repo id"),
+        (["--model", "TMP"], "--model TMP: no config.json (not a checkpoint directory)"),
+        (["--max-tokens", "0"], "argument --max-tokens: 0 is not >= 1 (or -1: no limit)"),
+        (["--max-tokens", "-3"], "argument --max-tokens: -3 is not >= 1"),
+        (["--seed", "-1"], "argument --seed: -1 is not an integer >= 0 and < 2**64"),
+        (["--seed", str(2**64)], "argument --seed"),
+        (["--temp", "-1"], "argument --temp: -1.0 is not a finite number >= 0"),
+        (["--temp", "inf"], "argument --temp: inf is not a finite number"),
+        (["--top-p", "2"], "argument --top-p: 2.0 is not in [0, 1]"),
+        (["--min-p", "-0.5"], "argument --min-p: -0.5 is not in [0, 1]"),
+        (["--top-k", "-1"], "argument --top-k: -1 is not >= 0"),
+        (["--xtc-probability", "2"], "argument --xtc-probability: 2.0 is not in [0, 1]"),
+        (["--xtc-threshold", "0.7"], "argument --xtc-threshold: 0.7 is not in [0, 0.5]"),
+        (["--min-tokens-to-keep", "0"], "argument --min-tokens-to-keep: 0 is not >= 1"),
+        (["--max-kv-size", "0"], "argument --max-kv-size: 0 is not >= 1"),
+        (["--prefill-step-size", "0"], "argument --prefill-step-size: 0 is not >= 1"),
+        (["--kv-bits", "7"], "argument --kv-bits: 7 is not one of 2, 3, 4, 5, 6, 8"),
+        (["--kv-group-size", "7"], "argument --kv-group-size: 7 is not one of 32, 64, 128"),
+        (["--quantized-kv-start", "-1"], "argument --quantized-kv-start: -1 is not >= 0"),
+        (["--num-draft-tokens", "0"], "argument --num-draft-tokens: 0 is not >= 1"),
+        (["--chat-template-config", "{bad"], "argument --chat-template-config: not JSON"),
+        (["--chat-template-config", "[1]"], "argument --chat-template-config: must be a JSON object"),
+        (["--image", "x.png"], "argument --image: Talkie is a text model"),
+        (["--adapter-path", "/no/adapters"], "--adapter-path /no/adapters: no such directory"),
+        (["--draft-model", "./missing"], "--draft-model ./missing: no such directory"),
+        (["--prompt-cache-file", "/no/cache.safetensors"], "--prompt-cache-file /no/cache.safetensors: no such file"),
+    ],
+)
+def test_generate_bad_arguments_are_argparse_errors(ckpt, tmp_path, argv, message, capsys):
+    # Refused before any model loads (a load would print to stdout).
+    argv = [str(tmp_path) if a == "TMP" else a for a in argv]
+    message = message.replace("TMP", str(tmp_path))
+    model = [] if "--model" in argv else ["--model", str(ckpt)]
+    with pytest.raises(SystemExit) as info:
+        main(["generate", *model, *argv])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("usage: talkie-kernels generate") and message in err
+    assert out == ""
+
+
 def test_generate_flags(capsys):
     with pytest.raises(SystemExit) as info:
         main(["generate", "--prompt", "hi"])
@@ -75,6 +120,13 @@ def test_help_flags_kept(capsys):
 
     assert mlx_server.ResponseGenerator is not server.TalkieResponseGenerator  # and its serving swap
     assert mlx_server._run_http_server is not server._run_http_server
+
+
+def test_help_says_how_commands_run_under_mlx_launch(capsys):
+    text = _help("generate", capsys)
+    assert "--pipeline" in text and "Under mlx.launch" in text and "only rank 0 prints" in text
+    assert "--pipeline" in _help("bench", capsys)
+    assert "under mlx.launch it refuses to start, exit code 2" in _help("server", capsys)
 
 
 def test_usage_lists_init_checkpoint(capsys):
@@ -122,17 +174,27 @@ def test_init_checkpoint_options(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--config", "talkie-70b"], "invalid choice: 'talkie-70b' (choose from 'talkie-13b', 'talkie-8l-512'"),
-        (["--dtype", "float64"], "invalid choice: 'float64'"),
-        (["--seed", "x"], "invalid int value"),
+        (["DST", "--config", "talkie-70b"], "invalid choice: 'talkie-70b' (choose from 'talkie-13b', 'talkie-8l-512'"),
+        (["DST", "--dtype", "float64"], "invalid choice: 'float64'"),
+        (["DST", "--seed", "x"], "invalid int value"),
+        (["DST", "--seed", "-1"], "argument --seed: -1 is not an integer >= 0 and < 2**64"),
+        (["DST", "--seed", str(2**64)], f"argument --seed: {2**64} is not an integer >= 0"),
+        (["/proc/x"], "DST /proc/x: cannot be created"),
+        (["/proc/x/y"], "DST /proc/x/y: cannot be created"),
+        (["FILE/x"], "/x: cannot be created (Not a directory)"),
+        (["FILE"], "exists and is not a directory"),
     ],
 )
 def test_init_checkpoint_bad_arguments(tmp_path, capsys, argv, message):
+    (tmp_path / "file").write_text("")
+    subs = {"DST": str(tmp_path / "x"), "FILE": str(tmp_path / "file")}
+    argv = [a.replace("DST", subs["DST"]).replace("FILE", subs["FILE"]) for a in argv]
     with pytest.raises(SystemExit) as info:
-        main(["init-checkpoint", str(tmp_path / "x"), *argv])
+        main(["init-checkpoint", *argv])
     assert info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("usage: talkie-kernels init-checkpoint") and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written
 
 
 def test_init_checkpoint_missing_destination(capsys):
@@ -173,6 +235,39 @@ def test_convert_talkie_mixed_recipe(ckpt, tmp_path):
     # 2 layers: blocks 14·2//40 = 0 and 37·2//40 = 38·2//40 = 1 keep 8 bits.
     assert model.layers[0].attn.attn_qkv.bits == 8
     assert model.layers[1].mlp.mlp_resid.bits == 8
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--hf-path", "/nonexistent"], "--hf-path /nonexistent: no such directory"),
+        (["--hf-path", "TMP"], "--hf-path TMP: no config.json"),
+        (["--mlx-path", "CKPT"], "--mlx-path CKPT already exists"),
+        (["--mlx-path", "/proc/x"], "--mlx-path /proc/x: cannot be created"),
+        (["-q", "--q-group-size", "7"], "group size 7 and 4 bits: MLX cannot quantize with these"),
+        (["-q", "--q-group-size", "0"], "argument --q-group-size: 0 is not >= 1"),
+        (["-q", "--q-bits", "7"], "group size 64 and 7 bits: MLX cannot quantize"),
+        (["-q", "--q-mode", "mxfp4", "--q-group-size", "64"], "--q-mode mxfp4, group size 64"),
+        (["-q", "--quant-predicate", "talkie_mixed", "--q-group-size", "16"], "group size 16 and 4 bits"),
+        (["-q", "--quant-predicate", "talkie_mixed", "--q-mode", "mxfp4"], "talkie_mixed is an affine recipe"),
+        (["-q", "--quant-predicate", "mixed_3_6", "--q-mode", "nvfp4"], "mlx-lm's recipes quantize with --q-mode affine only"),
+        (["-q", "-d"], "-q/--quantize and -d/--dequantize: choose one"),
+        (["--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
+    ],
+)
+def test_convert_bad_arguments_are_argparse_errors(ckpt, tmp_path, argv, message, capsys):
+    subs = {"TMP": str(tmp_path), "CKPT": str(ckpt)}
+    argv = [subs.get(a, a) for a in argv]
+    for k, v in subs.items():
+        message = message.replace(k, v)
+    hf = [] if "--hf-path" in argv else ["--hf-path", str(ckpt)]
+    dst = [] if "--mlx-path" in argv else ["--mlx-path", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as info:
+        main(["convert", *hf, *dst, *argv])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("usage: talkie-kernels convert") and message in err
+    assert out == "" and not (tmp_path / "out").exists()
 
 
 def test_talkie_mixed_predicate_on_40_layers():
