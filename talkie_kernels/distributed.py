@@ -32,7 +32,10 @@ only.
 
 Both run on any ``mx.distributed`` backend; the ring backend (TCP, or
 Thunderbolt between Macs) cannot split a group, so tensor and pipeline
-parallelism are used one at a time there.
+parallelism are used one at a time there. ``exit_on_lost_peer`` (installed by
+``sharded_load``) ends a rank whose ring peer died instead of letting it wait
+forever; ``share_cores`` (called by ``maybe_shard``) splits a host's cores
+among its ranks for the native ops.
 """
 
 from __future__ import annotations
@@ -182,8 +185,8 @@ def shard(model, group: Optional[mx.distributed.Group] = None) -> None:
     """``Model.shard(group)``: split every block's heads and MLP across ``group``, in place.
 
     Checks everything first (``ValueError``, nothing changed), then slices the
-    arrays (lazily: sharding a lazily loaded model reads only each rank's part
-    when it is evaluated, one full layer at a time at most).
+    arrays. The slices are lazy: on a lazily loaded model, evaluating one reads
+    its full array once and keeps only the rank's part.
     """
     group = group or mx.distributed.init()
     n = group.size()
@@ -389,9 +392,10 @@ def sharded_load(
     ``ValueError`` before any weight is read. A pipeline stage loads only its
     blocks (with ``model.safetensors.index.json`` a downloaded repo fetches
     only their files; without it, every file is opened but only the stage's
-    arrays are read); a tensor-parallel rank reads each block whole once and
-    keeps its slices. Weights are evaluated one block at a time, so a rank's
-    peak memory is its share plus about one block.
+    arrays are read); a tensor-parallel rank reads each projection whole once
+    and keeps its slices. Weights are evaluated one projection at a time, so a
+    rank's peak memory is its share plus about one projection (a fused one's
+    parts and their concatenation).
     """
     from mlx_lm.utils import load_model, load_tokenizer
 
