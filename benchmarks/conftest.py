@@ -23,15 +23,13 @@ from talkie_kernels import bench_linear as BL
 from talkie_kernels import bench_models as M
 from talkie_kernels import benchmarking as B
 
-#: Timed rounds per benchmark (after one warm-up round).
-OP_ROUNDS = 7
-MODEL_ROUNDS = {"prefill": 3, "decode": 7}
-LINEAR_ROUNDS = 5
-#: A sample of chained op calls lasts about this long for the eager reference.
-OP_SAMPLE_MS = 25.0
-#: A round of linear calls lasts about this long (each implementation calibrated on itself).
-LINEAR_SAMPLE_MS = 25.0
-OP_DTYPE = mx.bfloat16
+#: Timed rounds per benchmark (after one warm-up round) and sample lengths:
+#: the same defaults as ``talkie-kernels bench`` (benchmarking.DEFAULTS).
+OP_ROUNDS = LINEAR_ROUNDS = B.DEFAULTS.rounds
+MODEL_ROUNDS = {"prefill": B.DEFAULTS.min_rounds, "decode": B.DEFAULTS.rounds}
+OP_SAMPLE_MS = B.DEFAULTS.op_sample_ms
+LINEAR_SAMPLE_MS = B.DEFAULTS.linear_sample_ms
+OP_DTYPE = B.parse_dtype(B.DEFAULTS.op_dtype)
 #: Weight format of the models (a ``bench_models.WEIGHT_FORMATS`` name).
 MODEL_FORMAT = "float32"
 

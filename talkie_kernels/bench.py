@@ -77,13 +77,12 @@ class Settings:
     def __init__(self, args):
         q = args.quick
         self.quick = q
-        self.rounds_ops = args.rounds or (2 if q else 7)
-        self.rounds_models = args.rounds or (2 if q else 7)
-        self.rounds_linear = args.rounds or (2 if q else 7)
-        self.min_rounds = 2 if q else 3
+        d = B.QUICK if q else B.DEFAULTS
+        self.rounds_ops = self.rounds_models = self.rounds_linear = args.rounds or d.rounds
+        self.min_rounds = d.min_rounds
         self.op_seq_len = {"decode": 1, "prefill": 8 if q else 512}
-        self.op_sample_ms = 1.0 if q else 25.0
-        self.linear_sample_ms = 1.0 if q else 25.0
+        self.op_sample_ms = d.op_sample_ms
+        self.linear_sample_ms = d.linear_sample_ms
         # Seconds of timed samples per implementation of one workload: samples
         # are cut to fit, never below min_rounds unless one takes slow_s or more
         # (MLX's quantized matmul: 12 s per 64-token talkie-8l-512 q4 prefill,
@@ -100,7 +99,7 @@ class Settings:
             self.slow_s = {"models": 3.0, "linear": 1.0}
         self.decode_tokens_arg, self.decode_prompt_arg = args.decode_tokens, args.decode_prompt
         self.seed = args.seed
-        self.op_dtype = args.op_dtype
+        self.op_dtype = args.op_dtype or d.op_dtype
         formats = _split(args.dtypes) if args.dtypes else list(QUICK_FORMATS if q else DEFAULT_FORMATS)
         if args.model:
             # A checkpoint has its own weights: one "format", named by the checkpoint.
@@ -254,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "13696→5120, 5120→65540) for bf16, q4, q8 vs MLX: GB/s and %% of read bandwidth (~1.5 min on 2 cores; MLX's slowest q4/q8 calls sampled once)")
     p.add_argument("--block-13b", action="store_true", help=f"also decode one block at Talkie 13B's width ({BLOCK_13B}: hidden 5120, 40 heads × 128, "
                    "intermediate 13696, vocab 65540), q4, against its floor (~1.5 min and ~5 GB of memory on 2 cores; mlx-lm's reference sampled once)")
-    p.add_argument("--op-dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"], help="dtype of the per-op inputs (default bfloat16, as Talkie's weights)")
+    p.add_argument("--op-dtype", choices=["float32", "float16", "bfloat16"], help=f"dtype of the per-op inputs (default {B.DEFAULTS.op_dtype}, as Talkie's weights)")
     p.add_argument("--prompt-len", type=_int_at_least(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
     p.add_argument("--decode-tokens", type=_int_at_least(1), metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
     p.add_argument("--decode-prompt", type=_int_at_least(1), metavar="N", help="prompt prefilled (untimed) before decoding (default 16, 4 for quantized weights)")
@@ -608,8 +607,10 @@ def _run(parser, args, group) -> int:
     rank0 = group is None or group.rank() == 0
     if args.json and rank0:
         write_json(args.json, meta, s.as_dict(), records, targets, notes)
+        console.print(f"wrote {Path(args.json).resolve()}")
     if args.plot and rank0:
         plot(args.plot, meta, records)
+        console.print(f"wrote {Path(args.plot).resolve()}")
     return 1 if "error" in bandwidth or any(r["status"] == "error" for r in records) else 0
 
 

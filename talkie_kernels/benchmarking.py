@@ -37,6 +37,28 @@ import numpy as np
 from . import reference
 from .configs import TALKIE_HEAD_DIM, TALKIE_HEADS, TALKIE_HIDDEN
 
+@dataclass(frozen=True)
+class Defaults:
+    """The sampling a bench starts from, in one place: ``talkie-kernels bench``
+    (``bench.Settings``, which flags override) and the pytest-benchmark suites
+    (``benchmarks/conftest.py``) both read it."""
+
+    #: Timed samples per implementation of an op, model workload or linear shape.
+    rounds: int = 7
+    #: The fewest samples a time budget may cut a workload to.
+    min_rounds: int = 3
+    #: A sample of chained op calls lasts about this long for the eager reference.
+    op_sample_ms: float = 25.0
+    #: A sample of linear calls lasts about this long (each implementation on itself).
+    linear_sample_ms: float = 25.0
+    #: dtype of the per-op inputs (Talkie's weights are bf16).
+    op_dtype: str = "bfloat16"
+
+
+DEFAULTS = Defaults()
+#: ``talkie-kernels bench --quick``: seconds, for a smoke test.
+QUICK = Defaults(rounds=2, min_rounds=2, op_sample_ms=1.0, linear_sample_ms=1.0)
+
 IMPLS = ("reference", "reference_compiled", "fused")
 PHASES = ("prefill", "decode")
 OPS = ("rms_norm", "rope", "rope_qk_norm", "residual_norm")

@@ -6,6 +6,8 @@ Only the shape of the output is checked here; timings are never asserted on
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 
@@ -21,12 +23,18 @@ from talkie_kernels.benchmarking import IMPLS, OPS, interleaved
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     js, png = out / "bench.json", out / "speedups.png"
-    rc = cli.main(["bench", "--quick", "--linear-shapes", "--json", str(js), "--plot", str(png)])
-    return rc, js, png
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        rc = cli.main(["bench", "--quick", "--linear-shapes", "--json", str(js), "--plot", str(png)])
+    return rc, js, png, printed.getvalue()
+
+
+def test_quick_run_says_where_it_wrote(quick_run):
+    _, js, png, printed = quick_run
+    assert f"wrote {js.resolve()}" in printed and f"wrote {png.resolve()}" in printed
 
 
 def test_quick_run_writes_json_and_plot(quick_run):
-    rc, js, png = quick_run
+    rc, js, png, _ = quick_run
     doc = json.loads(js.read_text())
     records, meta = doc["records"], doc["metadata"]
     # An implementation that fails, or a bandwidth that cannot be measured, is
@@ -67,7 +75,7 @@ def test_quick_run_writes_json_and_plot(quick_run):
 
 
 def test_quick_run_models_at_each_format(quick_run):
-    _, js, _ = quick_run
+    _, js, _, _ = quick_run
     doc = json.loads(js.read_text())
     models = [r for r in doc["records"] if r["kind"] == "model"]
     by = {(r["dtype"], r["phase"], r["method"], r["impl"]): r for r in models}
@@ -101,7 +109,7 @@ def test_quick_run_models_at_each_format(quick_run):
 
 
 def test_quick_run_linear_table(quick_run):
-    _, js, _ = quick_run
+    _, js, _, _ = quick_run
     doc = json.loads(js.read_text())
     rows = [r for r in doc["records"] if r["kind"] == "linear"]
     assert {(r["name"], r["dtype"], r["impl"]) for r in rows} == {
