@@ -46,6 +46,7 @@ from typing import Any
 from . import bench_linear as BL
 from . import bench_models as M
 from . import benchmarking as B
+from .cli import int_in
 from .bench_report import plot, render, write_json
 from .bench_targets import check_targets
 from .configs import CONFIGS
@@ -197,24 +198,6 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
-def _int_at_least(low: int, high: int | None = None):
-    """An argparse type: an integer >= ``low`` (and < ``high``)."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-        if v < low or (high is not None and v >= high):
-            top = "2**63" if high == 2**63 else str(high)
-            bound = f"an integer >= {low}" + (f" and < {top}" if high is not None else "")
-            raise argparse.ArgumentTypeError(f"{v} is not {bound}")
-        return v
-
-    parse.__name__ = "int"
-    return parse
-
-
 def _names(known, what: str):
     """An argparse type: comma-separated names, each one of ``known``."""
 
@@ -254,13 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-13b", action="store_true", help=f"also decode one block at Talkie 13B's width ({BLOCK_13B}: hidden 5120, 40 heads × 128, "
                    "intermediate 13696, vocab 65540), q4, against its floor (~1.5 min and ~5 GB of memory on 2 cores; mlx-lm's reference sampled once)")
     p.add_argument("--op-dtype", choices=["float32", "float16", "bfloat16"], help=f"dtype of the per-op inputs (default {B.DEFAULTS.op_dtype}, as Talkie's weights)")
-    p.add_argument("--prompt-len", type=_int_at_least(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
-    p.add_argument("--decode-tokens", type=_int_at_least(1), metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
-    p.add_argument("--decode-prompt", type=_int_at_least(1), metavar="N", help="prompt prefilled (untimed) before decoding (default 16, 4 for quantized weights)")
+    p.add_argument("--prompt-len", type=int_in(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
+    p.add_argument("--decode-tokens", type=int_in(1), metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
+    p.add_argument("--decode-prompt", type=int_in(1), metavar="N", help="prompt prefilled (untimed) before decoding (default 16, 4 for quantized weights)")
     p.add_argument("--no-generate-step", action="store_true", help="skip the second decode measurement, through mlx_lm's generate_step (async_eval pipelining, as mlx_lm.generate runs it)")
-    p.add_argument("--rounds", type=_int_at_least(1), metavar="N", help="timed samples per implementation, exactly (default up to 7, fewer to fit a time budget: >= 3, or 1-2 for calls of seconds)")
+    p.add_argument("--rounds", type=int_in(1), metavar="N", help="timed samples per implementation, exactly (default up to 7, fewer to fit a time budget: >= 3, or 1-2 for calls of seconds)")
     p.add_argument("--only", choices=["ops", "models", "linear"], help="run only the per-op, the model or the linear (implies --linear-shapes) benchmarks")
-    p.add_argument("--seed", type=_int_at_least(0, 2**63), default=0, help="seed for weights and inputs (0 <= seed < 2**63)")
+    p.add_argument("--seed", type=int_in(0, 2**63), default=0, help="seed for weights and inputs (0 <= seed < 2**63)")
     p.add_argument("--json", metavar="PATH", help="write the records and metadata as JSON")
     p.add_argument("--plot", metavar="PATH.png", help="draw the speedups against reference (matplotlib, Agg)")
     p.add_argument("--quick", action="store_true", help="a tiny, fast run (used by the tests; numbers are not meaningful)")

@@ -70,6 +70,7 @@ from pathlib import Path
 from queue import Empty as QueueEmpty
 from queue import Queue
 
+from .cli import local_path_problem
 from .loader import loading_through_talkie, sys_argv
 
 _mlx_server = importlib.import_module("mlx_lm.server")
@@ -124,20 +125,6 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
-def _local_path_problem(flag: str, value, *, config: bool) -> str | None:
-    """Why a ``--model``-like value cannot be a checkpoint, if it names a local path."""
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    if path.exists():
-        if config and not (path / "config.json").is_file():
-            return f"{flag} {value}: no config.json (not a checkpoint directory)"
-        return None
-    if value.startswith(("/", ".", "~")) or value.count("/") != 1:  # not a Hugging Face repo id
-        return f"{flag} {value}: no such directory (nor a Hugging Face repo id, org/name)"
-    return None
-
-
 def check_server_args(ns) -> str | None:
     """Why parsed server flags cannot serve (for ``parser.error``), or None.
 
@@ -168,9 +155,9 @@ def check_server_args(ns) -> str | None:
             return f"argument {flag}: {value} is not {want}"
     if not isinstance(ns.chat_template_args, dict):
         return "argument --chat-template-args: must be a JSON object"
-    return (_local_path_problem("--model", ns.model, config=True)
-            or _local_path_problem("--draft-model", ns.draft_model, config=True)
-            or _local_path_problem("--adapter-path", ns.adapter_path, config=False))
+    return (local_path_problem("--model", ns.model, config=True)
+            or local_path_problem("--draft-model", ns.draft_model, config=True)
+            or local_path_problem("--adapter-path", ns.adapter_path, config=False))
 
 
 @contextlib.contextmanager

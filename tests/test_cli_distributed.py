@@ -13,18 +13,14 @@ code.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from talkie_kernels.configs import CONFIGS
 
+import ring
 from checkpoints import write_checkpoint
 
 SCRIPT = Path(sys.executable).with_name("talkie-kernels")
@@ -39,86 +35,20 @@ def ckpt(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("cli-dist") / "fp32", CONFIGS["talkie-2l-256"])
 
 
-def _env() -> dict:
-    env = dict(os.environ, TALKIE_KERNELS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for k in ("MLX_RANK", "MLX_HOSTFILE"):
-        env.pop(k, None)
-    return env
-
-
-def _free_ports(n: int) -> list:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _kill(p: subprocess.Popen) -> None:
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _communicate(p: subprocess.Popen, timeout: float):
-    try:
-        o, e = p.communicate(timeout=timeout)
-        return p.returncode, o, e
-    except subprocess.TimeoutExpired:
-        _kill(p)
-        o, e = p.communicate()
-        return None, o, e
-
-
 def single(args, timeout=TIMEOUT):
     """``talkie-kernels *args`` in one process -> (returncode, stdout, stderr)."""
-    p = subprocess.Popen([str(SCRIPT), *args], env=_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    return _communicate(p, timeout)
+    return ring.communicate(ring.start([SCRIPT, *args]), timeout)
 
 
 def ranks(args, n=2, timeout=TIMEOUT):
     """``talkie-kernels *args`` as ranks 0..n-1 of a ring on 127.0.0.1 ->
     [(returncode, stdout, stderr)] per rank (returncode None: killed at the timeout)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump([[f"127.0.0.1:{p}"] for p in _free_ports(n)], f)
-    procs = []
-    try:
-        for r in range(n):
-            env = _env() | {"MLX_RANK": str(r), "MLX_HOSTFILE": f.name}
-            procs.append(subprocess.Popen(
-                [str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, stdin=subprocess.DEVNULL, start_new_session=True,
-            ))
-        return [_communicate(p, timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                _kill(p)
-        os.unlink(f.name)
+    return ring.run_ranks([SCRIPT, *args], n, timeout)
 
 
 def launch(args, n=2, timeout=TIMEOUT):
-    """``mlx.launch --backend ring --hosts 127.0.0.1 -n N -- talkie-kernels *args`` ->
-    (returncode, stdout, stderr) of mlx.launch (which exits 0 whatever the ranks do)."""
-    for _ in range(20):  # mlx.launch listens on starting-port + rank
-        port = _free_ports(1)[0]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            break
-        except OSError:
-            continue
-    cmd = [str(Path(sys.executable).with_name("mlx.launch")), "--backend", "ring", "--hosts", "127.0.0.1",
-           "-n", str(n), "--starting-port", str(port), "--env", "TALKIE_KERNELS_NUM_THREADS=1",
-           "--", str(SCRIPT), *args]
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    return _communicate(p, timeout)
+    """``mlx.launch ... -- talkie-kernels *args`` -> (returncode, stdout, stderr) of mlx.launch."""
+    return ring.run_launch(["--", SCRIPT, *args], n, timeout)
 
 
 @pytest.fixture(scope="module")

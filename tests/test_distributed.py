@@ -32,17 +32,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 import pytest
 
 from talkie_kernels.distributed import LOST_PEER_EXIT
+
+import ring
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
@@ -193,98 +191,15 @@ def worker(mode: str, path: str, q4_path: str) -> None:
 # Launching
 
 
-def _free_ports(n: int) -> list:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _env() -> dict:
-    env = dict(os.environ, TALKIE_KERNELS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("MLX_RANK", None)
-    env.pop("MLX_HOSTFILE", None)
-    return env
-
-
-def _kill(p: subprocess.Popen) -> None:
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def run_ranks(args, n=2, timeout=RUN_TIMEOUT):
     """Run ``python this_file worker *args`` as ranks 0..n-1 of a ring on
-    127.0.0.1 -> [(returncode, stdout, stderr)] per rank. A rank still running
-    at the timeout is killed and its returncode is None."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump([[f"127.0.0.1:{p}"] for p in _free_ports(n)], f)
-    procs = []
-    try:
-        for r in range(n):
-            env = _env() | {"MLX_RANK": str(r), "MLX_HOSTFILE": f.name}
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(HERE), "worker", *map(str, args)],
-                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                    start_new_session=True,
-                )
-            )
-        results = []
-        for p in procs:
-            try:
-                o, e = p.communicate(timeout=timeout)
-                results.append((p.returncode, o, e))
-            except subprocess.TimeoutExpired:
-                _kill(p)
-                o, e = p.communicate()
-                results.append((None, o, e))
-        return results
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                _kill(p)
-        os.unlink(f.name)
+    127.0.0.1 -> [(returncode, stdout, stderr)] per rank (None: killed at the timeout)."""
+    return ring.run_ranks([sys.executable, HERE, "worker", *args], n, timeout)
 
 
 def run_launch(args, n=2, timeout=RUN_TIMEOUT):
     """The same through ``mlx.launch --backend ring`` -> (returncode, stdout, stderr)."""
-    launch = Path(sys.executable).with_name("mlx.launch")
-    # The console script, or the same entry point without it.
-    cmd = [str(launch)] if launch.exists() else [
-        sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"
-    ]
-    # mlx.launch listens on starting-port + rank: two consecutive free ports.
-    for _ in range(20):
-        port = _free_ports(1)[0]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            break
-        except OSError:
-            continue
-    cmd += [
-        "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(n),
-        "--starting-port", str(port), "--python", sys.executable,
-        "--env", "TALKIE_KERNELS_NUM_THREADS=1",
-        str(HERE), "worker", *map(str, args),
-    ]
-    p = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        o, e = p.communicate(timeout=timeout)
-        return p.returncode, o, e
-    except subprocess.TimeoutExpired:
-        _kill(p)
-        o, e = p.communicate()
-        return None, o, e
+    return ring.run_launch(["--python", sys.executable, HERE, "worker", *args], n, timeout)
 
 
 def _results(stdout: str) -> dict:
