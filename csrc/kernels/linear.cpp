@@ -382,62 +382,60 @@ constexpr int64_t kSideBySideMinBytes = 4096;
 
 #if TK_VW == 16
 // q4 codes against bf16 x on CPUs with AVX512-BF16 (Zen 4, Sapphire Rapids):
-// vdpbf16ps multiplies 32 bf16 pairs and accumulates in fp32, twice the work
-// per instruction of the fp32 path. A code c becomes the bf16 128 + c with
-// one OR (0x4300 | c: bf16 holds 128..255 exactly), so
+// vdpbf16ps multiplies 32 bf16 pairs and accumulates in fp32. A code c
+// becomes the bf16 128 + c by pairing its byte with the byte 0x43 (bf16
+// holds 128..255 exactly), so
 //   y = sum_g s_g·D_g + (b_g - 128·s_g)·Σx_g,  D_g = sum (128 + c)·x.
-// The products are exact (x is bf16), sums are fp32. x comes as bf16 in
-// 64-column chunks, even columns then odd ones (linear_x_bf16), matching the
-// codes' nibble order.
-// One 64-column chunk c of NR rows of codes and MR rows of x: D[m*NR + r] += (128 + code)·x.
-template <int MR, int NR>
-__attribute__((target("avx512bf16"), always_inline)) inline void q4_bf16_chunk(
-    const LinearArgs& a, const RowBlock<WeightKind::q4, NR>& rows, int64_t m0, int64_t c, __m512* D) {
-  const __m512i low4 = _mm512_set1_epi16(0x000F), magic = _mm512_set1_epi16(0x4300);
-  __m512i lo[NR], hi[NR];
-  rows.prefetch_next(2 * c);  // (a 64-column chunk is two 32-column blocks)
-  rows.prefetch_next(2 * c + 1);
-  for (int r = 0; r < NR; ++r) {
-    const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows.row[r] + c * 32)));
-    lo[r] = _mm512_ternarylogic_epi32(v, low4, magic, 0xEA);  // (v & 15) | 0x4300
-    hi[r] = _mm512_or_si512(_mm512_srli_epi16(v, 4), magic);
-  }
-  for (int m = 0; m < MR; ++m) {
-    const uint16_t* xr = a.xbf + (m0 + m) * a.K + c * 64;
-    const __m512bh xl = (__m512bh)_mm512_loadu_si512(xr);
-    const __m512bh xh = (__m512bh)_mm512_loadu_si512(xr + 32);
-    for (int r = 0; r < NR; ++r) {
-      D[m * NR + r] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(D[m * NR + r], (__m512bh)lo[r], xl), (__m512bh)hi[r], xh);
-    }
+// The products are exact (x is bf16), sums are fp32. Per 128-column chunk of
+// a row: one 64-byte load, two masks (low and high nibbles), four byte
+// unpacks against 0x43, four dot products, one scaled add. The unpacks work
+// within 128-bit lanes, so x comes as bf16 in the matching order
+// (cpu/linear.cpp, q4_bf16_x), and each fp32 lane of D belongs to one group:
+// lanes 4j..4j+3 to code bytes 16j..16j+15, i.e. columns 32j..32j+31.
+template <int GS>
+__attribute__((target("avx512bf16"), always_inline)) inline __m512 q4_bf16_scales(const float* s) {
+  if constexpr (GS == 128) {
+    return _mm512_set1_ps(s[0]);
+  } else {
+    // GS 64: lanes 0-7 group 0, 8-15 group 1; GS 32: four lanes per group.
+    const __m512i idx = GS == 64 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+                                 : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    // (Reads 4 floats: for GS 64 the next two are the row's later scales or
+    // its biases, RowBlock's buffer either way.)
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(s)));
   }
 }
 
-template <int MR, int NR>
+template <int MR, int NR, int GS>
 __attribute__((target("avx512bf16"))) void q4_bf16_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
   const RowBlock<WeightKind::q4, NR> rows(a, n0);
-  const int64_t gs = a.group_size, groups = a.K / gs;
+  const int64_t chunks = a.K / 128, groups = a.K / GS;
+  const __m512i low4 = _mm512_set1_epi8(0x0F), magic = _mm512_set1_epi8(0x43);
   __m512 acc[MR][NR];
   for (int m = 0; m < MR; ++m) {
     for (int r = 0; r < NR; ++r) {
       acc[m][r] = _mm512_setzero_ps();
     }
   }
-  for (int64_t g0 = 0; g0 < groups; g0 += gs == 32 ? 2 : 1) {
-    __m512 D[MR * NR];
-    for (auto& d : D) {
-      d = _mm512_setzero_ps();
-    }
-    for (int64_t c = g0 * gs / 64; c < (g0 * gs + (gs == 32 ? 64 : gs)) / 64; ++c) {
-      q4_bf16_chunk<MR, NR>(a, rows, m0, c, D);
-    }
-    // Group 32: a chunk's fp32 lanes 0-7 are group g0, lanes 8-15 group g0 + 1.
-    const int span = gs == 32 ? 2 : 1;
+  for (int64_t c = 0; c < chunks; ++c) {
+    rows.prefetch_next(4 * c);  // (a chunk is four 32-column blocks, one cache line)
     for (int r = 0; r < NR; ++r) {
-      const float* sc = rows.scale[r] + g0;
-      const __m512 sv = span == 2 ? _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sc[0]), _mm512_set1_ps(sc[1]))
-                                  : _mm512_set1_ps(sc[0]);
+      const __m512i v = _mm512_loadu_si512(rows.row[r] + c * 64);
+      const __m512i lo = _mm512_and_si512(v, low4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      const __m512bh w0 = (__m512bh)_mm512_unpacklo_epi8(lo, magic);
+      const __m512bh w1 = (__m512bh)_mm512_unpackhi_epi8(lo, magic);
+      const __m512bh w2 = (__m512bh)_mm512_unpacklo_epi8(hi, magic);
+      const __m512bh w3 = (__m512bh)_mm512_unpackhi_epi8(hi, magic);
+      const __m512 sv = q4_bf16_scales<GS>(rows.scale[r] + c * (128 / GS));
       for (int m = 0; m < MR; ++m) {
-        acc[m][r] = _mm512_fmadd_ps(D[m * NR + r], sv, acc[m][r]);
+        const uint16_t* xr = a.xbf + (m0 + m) * a.K + c * 128;
+        // Two chains of two, so the four dot products overlap.
+        __m512 d0 = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, (__m512bh)_mm512_loadu_si512(xr));
+        __m512 d1 = _mm512_dpbf16_ps(_mm512_setzero_ps(), w2, (__m512bh)_mm512_loadu_si512(xr + 64));
+        d0 = _mm512_dpbf16_ps(d0, w1, (__m512bh)_mm512_loadu_si512(xr + 32));
+        d1 = _mm512_dpbf16_ps(d1, w3, (__m512bh)_mm512_loadu_si512(xr + 96));
+        acc[m][r] = _mm512_fmadd_ps(_mm512_add_ps(d0, d1), sv, acc[m][r]);
       }
     }
   }
@@ -456,7 +454,14 @@ void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
 #if TK_VW == 16
   if constexpr (W == WeightKind::q4 && MR <= 2) {
     if (a.xbf != nullptr) {
-      return q4_bf16_tile<MR, NR>(a, n0, m0);
+      switch (a.group_size) {
+        case 32:
+          return q4_bf16_tile<MR, NR, 32>(a, n0, m0);
+        case 64:
+          return q4_bf16_tile<MR, NR, 64>(a, n0, m0);
+        default:
+          return q4_bf16_tile<MR, NR, 128>(a, n0, m0);
+      }
     }
   }
 #endif
