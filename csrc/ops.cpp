@@ -346,7 +346,9 @@ mx::array linear(
   mx::Shape out_shape(x.shape().begin(), x.shape().end() - 1);
   out_shape.push_back(N);
   const int M = std::accumulate(x.shape().begin(), x.shape().end() - 1, 1, std::multiplies<int>());
-  std::vector<mx::array> inputs = {mx::reshape(x, {M, K}, s), w};
+  // (No reshape nodes for a 2-D x: at decode sizes each node costs as much as the product.)
+  const bool flat = x.ndim() == 2;
+  std::vector<mx::array> inputs = {flat ? x : mx::reshape(x, {M, K}, s), w};
   if (quantized) {
     inputs.push_back(*scales);
     inputs.push_back(*biases);
@@ -371,7 +373,7 @@ mx::array linear(
                   std::make_shared<TalkieLinear>(s, fallback, kind, group_size),
                   inputs)
       : fallback(inputs)[0];
-  return mx::reshape(out, out_shape, s);
+  return flat ? out : mx::reshape(out, out_shape, s);
 }
 
 } // namespace tk
