@@ -447,24 +447,43 @@ __attribute__((target("avx512bf16"))) void q4_bf16_tile(const LinearArgs& a, int
     }
   }
 }
+
+// Rows 8 at a time: their work is independent (no registers shared across
+// rows), and 8 streams keep more of memory's latency hidden than 4 (one core,
+// 5120 -> 15360: 11.5 -> 13.9 GB/s; two cores: 21.3 -> 25.8).
+constexpr int kBf16NR = 8;
+
+template <int MR, int GS>
+void q4_bf16_rows_mr(const LinearArgs& a, int64_t begin, int64_t end) {
+  int64_t n = begin;
+  for (; n + kBf16NR <= end; n += kBf16NR) {
+    q4_bf16_tile<MR, kBf16NR, GS>(a, n, 0);
+  }
+  for (; n < end; ++n) {
+    q4_bf16_tile<MR, 1, GS>(a, n, 0);
+  }
+}
+
+template <int GS>
+void q4_bf16_rows_gs(const LinearArgs& a, int64_t begin, int64_t end) {
+  return a.M == 1 ? q4_bf16_rows_mr<1, GS>(a, begin, end) : q4_bf16_rows_mr<2, GS>(a, begin, end);
+}
+
+// Output rows [begin, end) when a.xbf is set (M <= 2; see cpu/linear.cpp).
+void q4_bf16_rows(const LinearArgs& a, int64_t begin, int64_t end) {
+  switch (a.group_size) {
+    case 32:
+      return q4_bf16_rows_gs<32>(a, begin, end);
+    case 64:
+      return q4_bf16_rows_gs<64>(a, begin, end);
+    default:
+      return q4_bf16_rows_gs<128>(a, begin, end);
+  }
+}
 #endif
 
 template <WeightKind W, int MR, int NR>
 void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
-#if TK_VW == 16
-  if constexpr (W == WeightKind::q4 && MR <= 2) {
-    if (a.xbf != nullptr) {
-      switch (a.group_size) {
-        case 32:
-          return q4_bf16_tile<MR, NR, 32>(a, n0, m0);
-        case 64:
-          return q4_bf16_tile<MR, NR, 64>(a, n0, m0);
-        default:
-          return q4_bf16_tile<MR, NR, 128>(a, n0, m0);
-      }
-    }
-  }
-#endif
   const RowBlock<W, NR> rows(a, n0);
   const int64_t whole = a.K / kLinearBlock;
   // Dense weights are one group of every whole block.
@@ -567,6 +586,13 @@ void decode_rows(const LinearArgs& a, int64_t n0) {
 
 template <WeightKind W>
 void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
+#if TK_VW == 16
+  if constexpr (W == WeightKind::q4) {
+    if (a.xbf != nullptr) {
+      return q4_bf16_rows(a, begin, end);
+    }
+  }
+#endif
   int64_t n = begin;
   // Rows of w read side by side are separate streams for the hardware
   // prefetcher. Long rows: NR streams keep more reads in flight (measured on
