@@ -397,9 +397,9 @@ def sharded_load(
     rank's peak memory is its share plus about one projection (a fused one's
     parts and their concatenation).
     """
-    from mlx_lm.utils import load_model, load_tokenizer
+    from mlx_lm.utils import load_tokenizer
 
-    from .loader import CheckpointError, get_model_classes
+    from .loader import get_model_classes, load_model_only
     from .models import talkie
 
     if pipeline_group is None and tensor_group is None:
@@ -453,18 +453,7 @@ def sharded_load(
 
         return build, args_class
 
-    try:
-        model, config = load_model(
-            model_path,
-            lazy=True,
-            strict=True,
-            model_config=model_config,
-            get_model_classes=model_classes,
-        )
-    except CheckpointError as e:
-        raise CheckpointError(f"{model_path}: {e}") from None
-    except ValueError as e:
-        raise CheckpointError(f"{model_path}: cannot load as Talkie: {e}") from e
+    model, config = load_model_only(model_path, lazy=True, model_config=model_config, model_classes=model_classes)
     if "sanitize" in vars(model):
         object.__delattr__(model, "sanitize")
     if tensor_group is not None:

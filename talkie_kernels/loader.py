@@ -44,8 +44,13 @@ def get_model_classes(config: dict):
     return talkie.Model, talkie.ModelArgs
 
 
-def load_model_only(model_path, *, lazy: bool = False, model_config=None, strict=True, **kw):
-    """``(model, config)`` for a local checkpoint directory, errors naming the path."""
+def load_model_only(
+    model_path, *, lazy: bool = False, model_config=None, strict=True, model_classes=get_model_classes, **kw
+):
+    """``(model, config)`` for a local checkpoint directory, errors naming the path.
+
+    ``model_classes``: ``load_model``'s ``get_model_classes`` hook (the Talkie
+    classes; ``distributed.sharded_load`` passes one that builds a stage)."""
     model_path = Path(model_path)
     if not (model_path / "config.json").exists():
         raise FileNotFoundError(f"{model_path}: no config.json (not a model directory)")
@@ -57,7 +62,7 @@ def load_model_only(model_path, *, lazy: bool = False, model_config=None, strict
             lazy=True,
             strict=strict,
             model_config=model_config,
-            get_model_classes=get_model_classes,
+            get_model_classes=model_classes,
             **kw,
         )
     except CheckpointError as e:
