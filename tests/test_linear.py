@@ -55,6 +55,14 @@ def quantized(N, K, dtype, group_size, bits, seed=1, bias_dtype=None):
     return w, s, b
 
 
+def weight(N, K, dtype, bits, seed=1, group_size=64):
+    """``linear``'s arguments after x for an (N, K) weight: dense (``bits`` None)
+    or affine-quantized -> (positional, keyword)."""
+    if bits is None:
+        return (rand((N, K), dtype, seed, K**-0.5),), {}
+    return quantized(N, K, dtype, group_size, bits, seed), dict(group_size=group_size, bits=bits)
+
+
 def mlx_linear(x, w, s=None, b=None, group_size=None, bits=None, mode="affine"):
     """MLX's own op: the baseline."""
     if s is None:
@@ -161,11 +169,8 @@ def test_hard_activations(native, activations, dtype, bits, M):
     else:
         x = x + 100.0
     x = x.astype(dtype)
-    if bits is None:
-        check(native, x, rand((19, K), dtype, 2, K**-0.5), what=activations)
-    else:
-        w, s, b = quantized(19, K, dtype, 64, bits)
-        check(native, x, w, s, b, 64, bits, what=activations)
+    args, kw = weight(19, K, dtype, bits, seed=2)
+    check(native, x, *args, **kw, what=activations)
 
 
 def x_layouts(M, K, dtype, seed=0):
@@ -199,11 +204,8 @@ def test_non_contiguous_x(native, kind, layout, M):
     dtype, bits = WEIGHTS[kind]
     K, N = 128, 21
     x = dict(x_layouts(M, K, dtype, seed=M))[layout]
-    if bits is None:
-        check(native, x, rand((N, K), dtype, 3, K**-0.5), what=layout)
-    else:
-        w, s, b = quantized(N, K, dtype, 64, bits)
-        check(native, x, w, s, b, 64, bits, what=layout)
+    args, kw = weight(N, K, dtype, bits, seed=3)
+    check(native, x, *args, **kw, what=layout)
 
 
 @pytest.mark.parametrize("M", (1, 40))
@@ -212,11 +214,8 @@ def test_many_output_rows(native, kind, M):
     # Enough output rows to be split across threads (odd, so the split is uneven).
     dtype, bits = WEIGHTS[kind]
     x = rand((M, 256), dtype, M)
-    if bits is None:
-        check(native, x, rand((1031, 256), dtype, 1, 256**-0.5), what="N=1031")
-    else:
-        w, s, b = quantized(1031, 256, dtype, 64, bits)
-        check(native, x, w, s, b, 64, bits, what="N=1031")
+    args, kw = weight(1031, 256, dtype, bits)
+    check(native, x, *args, **kw, what="N=1031")
 
 
 @pytest.mark.parametrize("M", (1, 33))
@@ -225,12 +224,9 @@ def test_long_rows(native, kind, M):
     # Talkie 13B's widest input (intermediate 13696): fp32 accumulation over long rows.
     dtype, bits = WEIGHTS[kind]
     x = rand((M, 13696), dtype, M)
-    if bits is None:
-        check(native, x, rand((9, 13696), dtype, 1, 13696**-0.5), what="K=13696")
-    else:
-        for group_size in (64, 128):
-            w, s, b = quantized(9, 13696, dtype, group_size, bits)
-            check(native, x, w, s, b, group_size, bits, what="K=13696")
+    for group_size in (64,) if bits is None else (64, 128):
+        args, kw = weight(9, 13696, dtype, bits, group_size=group_size)
+        check(native, x, *args, **kw, what="K=13696")
 
 
 @pytest.mark.parametrize("kind", WEIGHTS)
@@ -252,16 +248,12 @@ def test_non_contiguous_weight(native, kind):
 @pytest.mark.parametrize("kind", WEIGHTS)
 def test_empty_x(native, kind):
     dtype, bits = WEIGHTS[kind]
-    if bits is None:
-        w, extra, kw = rand((9, 128), dtype), (), {}
-    else:
-        w, s, b = quantized(9, 128, dtype, 64, bits)
-        extra, kw = (s, b), dict(group_size=64, bits=bits)
-    got = native.linear(mx.zeros((0, 128), dtype), w, *extra, **kw)
+    args, kw = weight(9, 128, dtype, bits)
+    got = native.linear(mx.zeros((0, 128), dtype), *args, **kw)
     mx.eval(got)
     # MLX 0.32.4's CPU quantized_matmul dies of SIGFPE on an empty x: its
     # output dtype comes from a one-row x instead.
-    want = mlx_linear(mx.zeros((1, 128), dtype), w, *extra, **kw)
+    want = mlx_linear(mx.zeros((1, 128), dtype), *args, **kw)
     assert got.shape == (0, 9) and got.dtype == want.dtype
 
 
@@ -309,10 +301,7 @@ def test_isa_and_threads(native, isa, restore_threads, kind):
     for M in (1, 2, 7, 33, 64):
         for n_out in (37, 515):
             x = rand((M, 192), xdtype, M)
-            if bits is None:
-                args, kw = (rand((n_out, 192), dtype, n_out, 192**-0.5),), {}
-            else:
-                args, kw = quantized(n_out, 192, dtype, 64, bits, seed=n_out), dict(group_size=64, bits=bits)
+            args, kw = weight(n_out, 192, dtype, bits, seed=n_out)
             N.set_num_threads(2)
             two = check(native, x, *args, **kw, what=f"isa={isa} M={M}")
             N.set_num_threads(1)
