@@ -11,7 +11,8 @@ message starts with ``[op_name]``, and receives the same normalized values:
   ``mx.array`` of shape () or (B,) (narrower integer arrays are widened;
   wider ones are refused: they may not fit, and checking values would cost a
   synchronization per call).
-* gains: fp32 ``mx.array`` of shape (1,) (Python floats and any float dtype).
+* gains: ``mx.array`` of shape (1,) in a float dtype every backend reads
+  (a Python float becomes fp32, a float64 array fp32: Metal has no double).
 
 The C++ op functions (``csrc/ops.cpp``) keep their own checks of the arrays
 (the C++ API can be called directly), with the same messages.
@@ -111,7 +112,8 @@ def check_offset(op: str, offset, batch: int, length: int):
 
 
 def check_gain(op: str, name: str, gain) -> mx.array:
-    """A scalar gain: Python float or mx.array of shape (1,) or (); returned as fp32 (1,)."""
+    """A scalar gain: Python float or mx.array of shape (1,) or () -> shape (1,); fp32
+    for a float and for float64, else its own dtype (no cast node per call)."""
     if isinstance(gain, numbers.Real) and not isinstance(gain, bool):
         return mx.array([float(gain)], dtype=mx.float32)
     if not isinstance(gain, mx.array):
@@ -121,8 +123,8 @@ def check_gain(op: str, name: str, gain) -> mx.array:
     if gain.size != 1 or gain.ndim > 1:
         _fail(op, f"{name} must have shape (1,), got {gain.shape}.")
     gain = gain.reshape(1)
-    # Every backend computes with an fp32 gain (a float64 one too: Metal has no double).
-    return gain if gain.dtype == mx.float32 else gain.astype(mx.float32)
+    # Every backend reads the gain into fp32; Metal cannot take a float64 one.
+    return gain.astype(mx.float32) if gain.dtype == mx.float64 else gain
 
 
 def check_pair(op: str, a_name: str, a, b_name: str, b) -> None:
@@ -262,7 +264,7 @@ def rope_qk_norm_args(q, k, head_gain, offset, base, eps):
 
 
 def residual_norm_args(x, y, gain, skip, skip_gain, eps):
-    """-> (x, y, gain, skip, skip_gain, eps), gains as fp32 (1,) arrays."""
+    """-> (x, y, gain, skip, skip_gain, eps), gains as (1,) arrays (see check_gain)."""
     op = "residual_norm"
     gain, skip_gain = _check_residual_norm(op, x, y, gain, skip, skip_gain)
     return x, y, gain, skip, skip_gain, check_eps(op, eps)
