@@ -38,6 +38,7 @@ the targets (``bench_targets.py``), versions, device and backend
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from . import benchmarking as B
 from .cli import int_in
 from .bench_report import plot, render, write_json
 from .bench_targets import check_targets
-from .configs import CONFIGS
+from .configs import CONFIGS, WIDTH_13B
 
 #: The default run: talkie-8l-512 at these formats, prefill on 64 tokens (MLX's
 #: CPU matmuls make 512 too slow for a 2-minute run; ``--prompt-len 512``).
@@ -58,6 +59,10 @@ from .configs import CONFIGS
 DEFAULT_FORMATS = ("float32", "bfloat16", "q4", "q8")
 QUICK_FORMATS = ("float32", "q4")
 BLOCK_13B = "talkie-1l-13b-width"
+#: ``--block-13b``'s weight formats: the decode-step targets at 13B width.
+BLOCK_13B_FORMATS = ("q4", "q8", "bfloat16")
+#: Configs measured fused-only against their floor (mlx-lm: seconds per token).
+FUSED_ONLY = ("talkie-4l-13b-width",)
 DECODE_ONLY = (("decode", "step_loop"),)
 #: Workloads that time the same MLX matmuls again at every format: measured for
 #: float32 (and checkpoints) only.
@@ -70,6 +75,7 @@ class ModelRun:
     def __init__(self, name: str, prompt_len: int, formats, workloads=M.MODEL_WORKLOADS, checkpoint: bool = False):
         self.name, self.prompt_len, self.formats, self.workloads = name, prompt_len, list(formats), workloads
         self.checkpoint = checkpoint
+        self.fused_only = name in FUSED_ONLY
 
 
 class Settings:
@@ -108,7 +114,7 @@ class Settings:
         elif args.configs:
             self.models = [
                 # At 13B width MLX's prefill takes minutes: decode only, as --block-13b.
-                ModelRun(n, 0, formats, DECODE_ONLY) if n == BLOCK_13B
+                ModelRun(n, 0, formats, DECODE_ONLY) if n in WIDTH_13B
                 else ModelRun(n, args.prompt_len or (16 if q else dict(M.DEFAULT_MODELS).get(n, 512)), formats)
                 for n in _split(args.configs)
             ]
@@ -117,7 +123,7 @@ class Settings:
         else:
             self.models = [ModelRun("talkie-8l-512", args.prompt_len or 64, formats)]
         if args.block_13b:
-            self.models.append(ModelRun(BLOCK_13B, 0, ["q4"], DECODE_ONLY))
+            self.models.append(ModelRun(BLOCK_13B, 0, BLOCK_13B_FORMATS, DECODE_ONLY))
         #: The mx.distributed world under mlx.launch (None in one process), and
         #: whether --model is split by blocks (pipeline) rather than heads.
         self.group, self.pipeline = None, args.pipeline
@@ -126,6 +132,7 @@ class Settings:
         self.do_ops = args.only in (None, "ops")
         self.do_models = args.only in (None, "models")
         self.do_linear = bool(self.linear_shapes) and args.only in (None, "linear")
+        self.all_isas = args.all_isas
 
     def distribute(self, group) -> None:
         """Run as one rank of ``group``: exact sample counts for the models, whose
@@ -171,6 +178,7 @@ class Settings:
             "models": [{"model": r.name, "prompt_len": r.prompt_len, "formats": r.formats} for r in self.models],
             "linear_shapes": [list(s) for s in self.linear_shapes],
             "seed": self.seed,
+            "all_isas": self.all_isas,
             "distributed": None if self.group is None else {
                 "size": self.group.size(), "parallelism": "pipeline" if self.pipeline else "tensor",
             },
@@ -181,12 +189,12 @@ def _split(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _model_bytes(config: dict, fmt: str) -> int:
-    """Weights of the reference and the fused model together (two copies; quantized ones are drawn in bf16)."""
+def _model_bytes(config: dict, fmt: str, copies: int = 2) -> int:
+    """Weights of the reference and the fused model together (``copies`` of them; quantized ones are drawn in bf16)."""
     H, I, V, L = config["hidden_size"], config["intermediate_size"], config["vocab_size"], config["num_hidden_layers"]
     A = config["num_attention_heads"] * config["head_dim"]
     params = 2 * V * H + L * (4 * H * A + 3 * H * I)
-    return 2 * params * (4 if fmt == "float32" else 2)
+    return copies * params * (4 if fmt == "float32" else 2)
 
 
 def _memory_bytes() -> int:
@@ -236,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "13696→5120, 5120→65540) for bf16, q4, q8 vs MLX: GB/s and %% of read bandwidth (~1.5 min on 2 cores; MLX's slowest q4/q8 calls sampled once)")
     p.add_argument("--block-13b", action="store_true", help=f"also decode one block at Talkie 13B's width ({BLOCK_13B}: hidden 5120, 40 heads × 128, "
                    "intermediate 13696, vocab 65540), q4, against its floor (~1.5 min and ~5 GB of memory on 2 cores; mlx-lm's reference sampled once)")
+    p.add_argument("--all-isas", action="store_true", help="run the native measurements once per instruction-set table "
+                   "this CPU offers from x86-64-v3 up (talkie_kernels.native.ops.available_isas(): e.g. v3 = AVX2 and v4 = AVX-512, "
+                   "plus their VNNI tables), each row and target naming its table; takes that many times as long. Default: the best table only")
     p.add_argument("--op-dtype", choices=["float32", "float16", "bfloat16"], help=f"dtype of the per-op inputs (default {B.DEFAULTS.op_dtype}, as Talkie's weights)")
     p.add_argument("--prompt-len", type=int_in(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
     p.add_argument("--decode-tokens", type=int_in(1), metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
@@ -274,7 +285,7 @@ def _record(base: dict, impl: str, res, work_tokens: int | None = None) -> dict:
 def _add_speedups(records: list[dict]) -> None:
     def key(r):
         return (r["kind"], r["model"], r.get("op"), r.get("name"), r["phase"], r.get("method"), r.get("dtype"),
-                tuple(r.get("shape") or ()))
+                tuple(r.get("shape") or ()), r.get("isa"))
 
     refs = {key(r): r for r in records if r["impl"] == "reference" and r["median_ms"]}
     for r in records:
@@ -388,7 +399,7 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> li
                 fmt_label = M.model_dtype(M.base_model(models))
                 quantized = "bit" in fmt_label  # e.g. "bfloat16 4-bit"
             else:
-                models = M.build_models(run.name, fmt, s.seed)
+                models = (M.build_fused_only if run.fused_only else M.build_models)(run.name, fmt, s.seed)
                 fmt_label = fmt
                 quantized = M.weight_format(fmt)[1] is not None
             decode_tokens, decode_prompt = s.decode_lengths(quantized)
@@ -507,11 +518,40 @@ def _check_args(args) -> str | None:
             return "--plot needs matplotlib (pip install matplotlib)"
     if args.configs:
         fmts = _split(args.dtypes) if args.dtypes else DEFAULT_FORMATS
-        too_big = [c for c in _split(args.configs) if max(_model_bytes(CONFIGS[c], f) for f in fmts) > _memory_bytes()]
+        too_big = [c for c in _split(args.configs)
+                   if max(_model_bytes(CONFIGS[c], f, 1 if c in FUSED_ONLY else 2) for f in fmts) > _memory_bytes()]
         if too_big:
-            return (f"{too_big} would not fit in memory twice (reference + fused); "
+            return (f"{too_big} would not fit in memory (reference + fused, or fused alone for {', '.join(FUSED_ONLY)}); "
                     "use --model with a quantized checkpoint")
     return None
+
+
+def _isas(all_isas: bool) -> list:
+    """The kernel tables to measure: the one in use, or with ``all_isas`` every
+    table this CPU runs from x86-64-v3 up (the baseline copy is not judged on
+    speed); ``[None]`` without the native extension."""
+    from . import native
+
+    if native.ops is None:
+        return [None]
+    if not all_isas:
+        return [native.ops.isa()]
+    return [t for t in native.ops.available_isas() if t != "base"] or [native.ops.isa()]
+
+
+@contextlib.contextmanager
+def _using_isa(isa):
+    """The native kernels run on table ``isa`` inside, on the previous one after."""
+    from . import native
+
+    before = native.ops.isa() if native.ops is not None else None
+    if isa is not None and isa != before:
+        native.ops.use_isa(isa)
+    try:
+        yield
+    finally:
+        if before is not None and native.ops.isa() != before:
+            native.ops.use_isa(before)
 
 
 def main(argv=None) -> int:
@@ -552,6 +592,8 @@ def _run(parser, args, group) -> int:
               + (len(s.linear_shapes) * len(BL.FORMATS) if s.do_linear else 0))
     records: list[dict] = []
     graph_nodes: dict[str, dict[str, int]] = {}
+    isas = _isas(s.all_isas)
+    groups = 2 + (groups - 2) * len(isas)
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=Console(stderr=True), transient=True,
@@ -566,15 +608,21 @@ def _run(parser, args, group) -> int:
             bar.update(task, description=desc)
 
         bandwidth = measure_bandwidth(progress)
-        if s.do_models:
-            try:
-                records += run_models(s, progress, notes, graph_nodes)
-            except M.CheckpointUnreadable as e:
-                parser.exit(2, f"{parser.prog}: error: {e}\n")
-        if s.do_linear:
-            records += run_linear(s, progress)
-        if s.do_ops:
-            records += run_ops(s, progress)
+        for isa in isas:
+            with _using_isa(isa):
+                new: list[dict] = []
+                if s.do_models:
+                    try:
+                        new += run_models(s, progress, notes, graph_nodes)
+                    except M.CheckpointUnreadable as e:
+                        parser.exit(2, f"{parser.prog}: error: {e}\n")
+                if s.do_linear:
+                    new += run_linear(s, progress)
+                if s.do_ops:
+                    new += run_ops(s, progress)
+            for r in new:
+                r["isa"] = isa
+            records += new
         bandwidth = measure_bandwidth(progress, bandwidth)
         bar.update(task, completed=groups)
 
@@ -582,6 +630,7 @@ def _run(parser, args, group) -> int:
     _add_speedups(records)
     targets = check_targets(records, graph_nodes)
     meta["read_bandwidth"] = bandwidth
+    meta["isas"] = isas
     meta["graph_nodes_per_decoded_token"] = graph_nodes
     wall = time.perf_counter() - t0
     meta["wall_time_s"] = round(wall, 1)

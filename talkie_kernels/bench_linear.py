@@ -34,7 +34,7 @@ SHAPES_13B = (
 )
 #: ``--quick``: tiny stand-ins, so the tests run the table in seconds.
 QUICK_SHAPES = (("attn_qkv", 256, 768), ("lm_head", 256, 512))
-FORMATS = ("bfloat16", "q4", "q8")
+FORMATS = ("bfloat16", "q4", "q6", "q8")
 
 #: Copies of a weight are read in turn until their total is this many times the
 #: last-level cache (see ``rotation``).

@@ -145,6 +145,43 @@ def build_models(config: str | dict, weights: str = "float32", seed: int = 0) ->
     return {"reference": ref, "fused": fused}
 
 
+class FusedOnly(NotApplicable):
+    """The reference of a fused-only run (``build_fused_only``): why mlx-lm is not timed."""
+
+    def __init__(self):
+        super().__init__(
+            "mlx-lm not timed: at this size its CPU matmuls take seconds per token (the one-block "
+            "talkie-1l-13b-width rows of --block-13b compare the two)"
+        )
+
+
+def build_fused_only(config: str | dict, weights: str = "float32", seed: int = 0) -> dict[str, Any]:
+    """``{"reference": NotApplicable, "fused": model}``: the fused model alone, no mlx-lm twin.
+
+    The same random weights as ``build_models`` would draw, quantized as
+    ``mlx_lm.convert -q`` does (every projection; the bare ``lm_head`` stays
+    in the float dtype), so its decode rows read what the twin-built models
+    read, in half the memory and without mlx-lm's seconds-long quantized calls.
+    """
+    import mlx.nn as nn
+
+    from .models.talkie import Model, ModelArgs
+
+    dtype, bits = weight_format(weights)
+    try:
+        require_fused_backend()
+        model = Model(ModelArgs.from_dict(config_args(config)))
+        model.load_weights(list(model.sanitize(random_weights(config_args(config), seed, dtype)).items()))
+        if bits:
+            nn.quantize(model, QUANT_GROUP_SIZE, bits,
+                        class_predicate=lambda path, m: path != "lm_head" and _quantizable(path, m))
+        model.eval()
+        mx.eval(model.parameters())
+    except Exception as e:  # reported as the fused rows' error, as in build_models
+        model = e
+    return {"reference": FusedOnly(), "fused": model}
+
+
 #: Weight names only the fused model has: a ``talkie-kernels convert`` output.
 FUSED_KEY_PARTS = (".attn_qkv.", ".mlp_gate_linear.")
 
@@ -340,6 +377,8 @@ def generate_step_case(model, prompt, n_tokens: int, impl: str) -> Callable[[], 
 def model_for(models: dict[str, Any], impl: str):
     """The model object behind an impl (compiled uses the reference model); raises the fused model's build error."""
     m = models["fused" if impl == "fused" else "reference"]
+    if isinstance(m, FusedOnly):
+        raise m
     if isinstance(m, NotApplicable):  # the note of the run says why
         raise NotApplicable("mlx_lm.load cannot read this checkpoint: no mlx-lm comparison (see the note)")
     if isinstance(m, BaseException):

@@ -48,6 +48,11 @@ def _fmt_mb(n):
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
+def _isa_tag(r) -> str:
+    """`` (v3)`` on the rows of a run over several instruction sets (``bench --all-isas``)."""
+    return f" ({r['isa']})" if r.get("several_isas") else ""
+
+
 def phase_label(r) -> str:
     return "decode (generate_step)" if r.get("method") == "generate_step" else r["phase"]
 
@@ -70,6 +75,8 @@ def _header(console, meta: dict) -> None:
         f"device {meta['device']} · backend [bold]{meta['backend']}[/bold] · {meta['machine']}, "
         f"{meta['processor']}, {meta['cpu_count']} cores · Python {meta['python']}"
     )
+    if meta.get("isas") and meta["isas"] != [None]:
+        header += f"\nnative kernels' instruction set(s) measured: {', '.join(meta['isas'])}"
     if meta.get("loadavg_start"):
         header += (
             f"\nload average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']} "
@@ -114,19 +121,19 @@ def _models_table(models: list[dict], footnotes: list[str]):
         t.add_column(col, justify=just)
     prev = None
     for r in models:
-        key = (r["model"], r["dtype"], r["phase"], r["method"])
+        key = (r["model"], r.get("isa"), r["dtype"], r["phase"], r["method"])
         if prev is not None and key != prev:
             t.add_section()
         if key != prev and r["phase"] == "decode" and r.get("weight_bytes_per_token"):
             floor = r.get("floor_tokens_per_s")
-            t.add_row(r["model"], r["dtype"], phase_label(r), "", f"floor: {_fmt_mb(r['weight_bytes_per_token'])}/token",
+            t.add_row(r["model"] + _isa_tag(r), r["dtype"], phase_label(r), "", f"floor: {_fmt_mb(r['weight_bytes_per_token'])}/token",
                       "", "", "", f"{floor:.1f}" if floor else "-", "", "")
         prev = key
         ok = r["status"] == "ok"
         tokens = f"{r['tokens']}" + ("/sample" if r["phase"] == "decode" else "")
         of_floor = r.get("of_floor")
         t.add_row(
-            r["model"], r["dtype"], phase_label(r), tokens, r["impl"], str(r["samples"]) if ok else "",
+            r["model"] + _isa_tag(r), r["dtype"], phase_label(r), tokens, r["impl"], str(r["samples"]) if ok else "",
             _cell(r, footnotes), _fmt_range(r) if ok else "",
             f"{r['tokens_per_s']:.1f}" if ok else "",
             _fmt_x(r["speedup_vs_reference"]) if ok else "",
@@ -149,7 +156,7 @@ def _linear_table(rows: list[dict], footnotes: list[str]):
         t.add_column(col, justify=just)
     prev = None
     for r in rows:
-        key = (r["name"], r["dtype"])
+        key = (r["name"], r.get("isa"), r["dtype"])
         if prev is not None and key != prev:
             t.add_section()
         prev = key
@@ -157,7 +164,7 @@ def _linear_table(rows: list[dict], footnotes: list[str]):
         _, K, N = r["shape"]
         pct = r.get("pct_of_read_bandwidth")
         t.add_row(
-            r["name"], f"{K}→{N}", f"{r['dtype']} ({_fmt_mb(r['weight_bytes'])})", r["impl"],
+            r["name"] + _isa_tag(r), f"{K}→{N}", f"{r['dtype']} ({_fmt_mb(r['weight_bytes'])})", r["impl"],
             str(r["samples"]) if ok else "", str(r["calls_per_sample"] or ""), _cell(r, footnotes),
             _fmt_range(r) if ok else "", f"{r['gbps']:.2f}" if ok else "", f"{pct:.0f}%" if ok and pct else "",
             _fmt_x(r["speedup_vs_reference"]) if ok else "",
@@ -174,14 +181,14 @@ def _ops_table(ops: list[dict], footnotes: list[str]):
         t.add_column(col, justify=just)
     prev = None
     for r in ops:
-        key = (r["op"], r["phase"])
+        key = (r["op"], r.get("isa"), r["phase"])
         if prev is not None and key != prev:
             t.add_section()
         prev = key
         ok = r["status"] == "ok"
         op_name = r["op"] + (" +skip" if r["op"] == "residual_norm" else "")
         t.add_row(
-            op_name, r["phase"], "×".join(map(str, r["shape"])), r["dtype"], r["impl"], str(r["samples"]) if ok else "",
+            op_name + _isa_tag(r), r["phase"], "×".join(map(str, r["shape"])), r["dtype"], r["impl"], str(r["samples"]) if ok else "",
             _cell(r, footnotes), _fmt_range(r) if ok else "", _fmt_x(r["speedup_vs_reference"]) if ok else "",
         )
     return t
@@ -201,8 +208,16 @@ def _targets_table(targets: list[dict]):
     return t
 
 
+def _mark_isas(records: list[dict]) -> None:
+    """Flag every row for an ISA tag when the run measured more than one instruction set."""
+    several = len({r.get("isa") for r in records}) > 1
+    for r in records:
+        r["several_isas"] = several
+
+
 def render(console, meta: dict, records: list[dict], targets: list[dict], notes: list[str], wall_s: float):
     footnotes: list[str] = []
+    _mark_isas(records)
     _header(console, meta)
     for kind, table in (("model", _models_table), ("linear", _linear_table), ("op", _ops_table)):
         rows = [r for r in records if r["kind"] == kind]
@@ -234,16 +249,17 @@ def write_json(path: str, meta: dict, settings: dict, records: list[dict], targe
 
 def _plot_label(r) -> str:
     if r["kind"] == "model":
-        return f"{r['model']} {r['dtype']} {phase_label(r)}"
+        return f"{r['model']}{_isa_tag(r)} {r['dtype']} {phase_label(r)}"
     if r["kind"] == "linear":
         _, K, N = r["shape"]
-        return f"{r['name']} {K}→{N} {r['dtype']}"
-    return f"{r['op']} {r['phase']}"
+        return f"{r['name']}{_isa_tag(r)} {K}→{N} {r['dtype']}"
+    return f"{r['op']}{_isa_tag(r)} {r['phase']}"
 
 
 def plot(path: str, meta: dict, records: list[dict]) -> None:
     import matplotlib
 
+    _mark_isas(records)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

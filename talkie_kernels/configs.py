@@ -35,7 +35,14 @@ CONFIGS = {
     # vocab): its decode reads 13B-sized projections and lm_head
     # (`talkie-kernels bench --block-13b`).
     "talkie-1l-13b-width": _config(hidden=5120, layers=1, heads=40, vocab=65540),
+    # Four such blocks: a model-level decode row that the weights dominate
+    # (~1.6 G parameters read per token; `--configs talkie-4l-13b-width`).
+    "talkie-4l-13b-width": _config(hidden=5120, layers=4, heads=40, vocab=65540),
 }
+
+#: Configs at the released model's width: decode only in the bench (MLX's CPU
+#: prefill at this width takes minutes).
+WIDTH_13B = ("talkie-1l-13b-width", "talkie-4l-13b-width")
 
 #: The per-op shapes of the real model, decode (L=1) and prefill (L=512).
 TALKIE_HEADS, TALKIE_HEAD_DIM, TALKIE_HIDDEN = 40, 128, 5120

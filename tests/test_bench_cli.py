@@ -13,8 +13,9 @@ import time
 
 import pytest
 
+import talkie_kernels as tk
 from talkie_kernels import bench, bench_linear, cli
-from talkie_kernels.bench import BLOCK_13B, QUICK_FORMATS
+from talkie_kernels.bench import BLOCK_13B, BLOCK_13B_FORMATS, QUICK_FORMATS
 from talkie_kernels.bench_models import COMPILED_DECODE_NA, MODEL_WORKLOADS
 from talkie_kernels.benchmarking import IMPLS, OPS, interleaved
 
@@ -187,8 +188,16 @@ def test_settings_of_the_flags():
         ("talkie-8l-512", 64, ["float32", "bfloat16", "q4", "q8"])]
     assert not s.do_linear and s.decode_lengths(False) == (32, 16) and s.decode_lengths(True) == (4, 4)
     s = bench.Settings(parse(["--block-13b", "--linear-shapes", "--dtypes", "bfloat16"]))
-    assert [(r.name, r.formats) for r in s.models] == [("talkie-8l-512", ["bfloat16"]), (BLOCK_13B, ["q4"])]
+    assert [(r.name, r.formats) for r in s.models] == [("talkie-8l-512", ["bfloat16"]),
+                                                       (BLOCK_13B, list(BLOCK_13B_FORMATS))]
+    assert BLOCK_13B_FORMATS == ("q4", "q8", "bfloat16")
     assert s.workloads(s.models[1], "q4") == [("decode", "step_loop", ("reference", "fused"))]
+    assert not s.models[1].fused_only and not s.all_isas
+    # Four blocks at 13B width: decode only, fused alone.
+    s4 = bench.Settings(parse(["--configs", "talkie-4l-13b-width", "--dtypes", "q4,bfloat16", "--all-isas"]))
+    (run,) = s4.models
+    assert (run.name, run.formats, run.fused_only, s4.all_isas) == ("talkie-4l-13b-width", ["q4", "bfloat16"], True, True)
+    assert s4.workloads(run, "q4") == [("decode", "step_loop", ("reference", "fused"))]
     assert s.do_linear and s.linear_shapes == bench_linear.SHAPES_13B
     assert [(n, K, N) for n, K, N in bench_linear.SHAPES_13B] == [
         ("attn_qkv", 5120, 15360), ("attn_resid", 5120, 5120), ("mlp_gate_linear", 5120, 27392),
@@ -237,7 +246,7 @@ def test_help_through_the_router(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--json", "--plot", "--model", "--quick", "--dtypes", "--prompt-len", "--decode-tokens",
-                 "--no-generate-step", "--linear-shapes", "--block-13b", "--only"):
+                 "--no-generate-step", "--linear-shapes", "--block-13b", "--all-isas", "--only"):
         assert flag in out
 
 
@@ -329,3 +338,38 @@ def test_checkpoint_mode_on_an_unreadable_checkpoint(hf_checkpoint, tmp_path, ca
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "neither mlx_lm.load" in err and "nor talkie_kernels.load" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not tk.native_available(), reason="the native extension is not built")
+def test_all_isas_measures_every_table_from_v3_up(tmp_path):
+    """``--all-isas``: each row and each target names its instruction set; the table in use is restored."""
+    isas = [t for t in tk.native.ops.available_isas() if t != "base"]
+    if len(isas) < 2:
+        pytest.skip(f"this CPU runs {isas or 'only the baseline'}: one table, nothing to compare")
+    before = tk.native.ops.isa()
+    js = tmp_path / "isas.json"
+    bench.main(["--quick", "--only", "linear", "--all-isas", "--json", str(js)])
+    doc = json.loads(js.read_text())
+    assert tk.native.ops.isa() == before
+    assert doc["metadata"]["isas"] == isas
+    for isa in isas:
+        rows = [r for r in doc["records"] if r["isa"] == isa]
+        assert {(r["name"], r["dtype"], r["impl"]) for r in rows} == {
+            (name, fmt, impl) for name, _, _ in bench_linear.QUICK_SHAPES for fmt in bench_linear.FORMATS
+            for impl in bench_linear.IMPLS}
+        labels = [t["target"] for t in doc["targets"] if t["target"].endswith(f" ({isa})")]
+        assert len(labels) == len(doc["targets"]) // len(isas)
+
+
+@pytest.mark.skipif(not tk.native_available(), reason="the native extension is not built")
+def test_fused_only_model_has_no_reference_rows(monkeypatch):
+    """A FUSED_ONLY config runs the fused model alone; its reference rows are n/a, saying why."""
+    monkeypatch.setattr(bench, "FUSED_ONLY", ("talkie-2l-256",))
+    args = bench.build_parser().parse_args(["--quick", "--configs", "talkie-2l-256", "--dtypes", "q4"])
+    s = bench.Settings(args)
+    records = bench.run_models(s, lambda desc: None, notes := [], {})
+    ref = [r for r in records if r["impl"] == "reference"]
+    fused = [r for r in records if r["impl"] == "fused"]
+    assert ref and all(r["status"] == "n/a" and "mlx-lm not timed" in r["error"] for r in ref)
+    assert fused and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in fused)
+    assert any("mlx-lm not timed" in n for n in notes)
