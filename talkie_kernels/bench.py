@@ -143,7 +143,8 @@ class Settings:
             self.slow_s = {k: v for k, v in self.slow_s.items() if k != "models"}
 
     def decode_lengths(self, quantized: bool) -> tuple[int, int]:
-        """(tokens per sample, prompt length) of decode samples: fewer of both for quantized weights."""
+        """(tokens per sample, prompt length) of decode samples: fewer of both for quantized
+        weights (MLX's slow quantized matmul) and for 13B-width models (seconds per sample)."""
         tokens, prompt = (
             (4, 4) if self.quick
             else (M.QUANTIZED_DECODE_TOKENS, M.QUANTIZED_DECODE_PROMPT) if quantized
@@ -402,7 +403,7 @@ def run_models(s: Settings, progress, notes: list[str], graph_nodes: dict) -> li
                 models = (M.build_fused_only if run.fused_only else M.build_models)(run.name, fmt, s.seed)
                 fmt_label = fmt
                 quantized = M.weight_format(fmt)[1] is not None
-            decode_tokens, decode_prompt = s.decode_lengths(quantized)
+            decode_tokens, decode_prompt = s.decode_lengths(quantized or run.name in WIDTH_13B)
             records += _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_label,
                                   decode_tokens, decode_prompt)
             del models
