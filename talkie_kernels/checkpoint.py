@@ -10,9 +10,13 @@ directory with
   ``talkie_kernels.configs``, ``eos_token_id``, and ``talkie_kernels_random_init``
   recording the config name and seed);
 * ``model.safetensors`` with the HF keys (``lm_head`` bare, ``lm_head_gain.w_g``);
-* ``tokenizer.json`` + ``tokenizer_config.json``: a byte-level BPE trained with
-  the ``tokenizers`` library on a fixed corpus, with a chat template, so
+* ``tokenizer.json`` + ``tokenizer_config.json``: a byte-level BPE over the
+  ASCII bytes with one id per row of the embedding (``make_tokenizer``: every
+  id decodes to its own non-empty string), with a chat template, so
   ``transformers.AutoTokenizer`` (and so ``mlx_lm.load``) loads it offline.
+
+``model.safetensors`` is written one tensor at a time (``save_one_by_one``):
+a 13B-sized checkpoint needs the memory of its largest tensor, not all of them.
 
 Weights are normal with std ``fan_in**-0.5`` (the embedding std 1). Gains are
 drawn away from their init values so each one matters: ``attn_gain`` and
@@ -25,16 +29,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from collections import deque
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from .cli import int_in, uncreatable_dir
 from .configs import CONFIGS
 
 EOS = "<|endoftext|>"
-SPECIAL_TOKENS = [EOS, "<|user|>", "<|assistant|>", "<|system|>"]
+UNK = "<|unk|>"  # any character outside ASCII
+SPECIAL_TOKENS = [EOS, "<|user|>", "<|assistant|>", "<|system|>", UNK]
 
 #: A plain-text chat template (jinja) in the shape transformers expects.
 CHAT_TEMPLATE = (
@@ -58,32 +66,60 @@ _CORPUS = [
 ]
 
 
-def make_tokenizer(path, vocab_size: int = 384):
+def make_tokenizer(path, vocab_size: int):
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``path``.
 
-    Returns the ``tokenizers.Tokenizer``. ``vocab_size`` includes the 256
-    byte-level symbols and the special tokens; it must not exceed the model's.
+    Returns the ``tokenizers.Tokenizer``, with exactly ``vocab_size`` ids (the
+    model's), each decoding to a distinct non-empty string:
+
+    1. the special tokens, then the 128 ASCII bytes (byte-level: a generated
+       id is a character, not a piece of one; other characters encode as
+       ``<|unk|>``);
+    2. merges learned from a small fixed corpus (real-looking words);
+    3. then merges of printable characters onto tokens, shortest first
+       ("ab", ..., "abc", ...), until the vocabulary is full.
+
+    (Before, a BPE trained on the corpus alone covered 384 of 512 ids: most
+    generated ids decoded to nothing.)
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
+    ascii_chars, printable = ascii_alphabet()
+    if vocab_size < len(SPECIAL_TOKENS) + len(ascii_chars):
+        raise ValueError(f"vocab_size {vocab_size}: the tokenizer needs at least "
+                         f"{len(SPECIAL_TOKENS) + len(ascii_chars)} ids")
+    tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=ascii_chars,
+        limit_alphabet=len(ascii_chars),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    spec = json.loads(tok.to_str())
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    queue = deque(printable)
+    while len(vocab) < vocab_size:
+        left = queue.popleft()
+        for right in printable:
+            if len(vocab) == vocab_size:
+                break
+            if left + right not in vocab:
+                vocab[left + right] = len(vocab)
+                merges.append([left, right])
+                queue.append(left + right)
+    tok = Tokenizer.from_str(json.dumps(spec))
     tok.save(str(path / "tokenizer.json"))
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "eos_token": EOS,
         "bos_token": None,
-        "unk_token": None,
+        "unk_token": UNK,
         "pad_token": EOS,
         "model_max_length": 2048,
         "clean_up_tokenization_spaces": False,
@@ -91,6 +127,15 @@ def make_tokenizer(path, vocab_size: int = 384):
     }
     (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     return tok
+
+
+def ascii_alphabet() -> tuple[list[str], list[str]]:
+    """Byte-level BPE's characters for the 128 ASCII bytes, and for the printable
+    ones (0x20-0x7E). GPT-2's mapping: bytes 0x21-0x7E stand for themselves, the
+    bytes that are not printable get U+0100 on in byte order (0x00-0x20 are
+    U+0100-U+0120, space U+0120 "Ġ"; 0x7F is U+0121)."""
+    visible = [chr(b) for b in range(0x21, 0x7F)]
+    return visible + [chr(0x100 + i) for i in range(34)], visible + [chr(0x120)]
 
 
 def random_weights(config: dict, seed: int = 0, dtype="float32") -> dict[str, mx.array]:
@@ -146,6 +191,42 @@ def num_parameters(config: dict) -> int:
     return 2 * vocab * dim + layers * block + 1
 
 
+#: safetensors' names of the dtypes written here.
+SAFETENSORS_DTYPES = {mx.float32: "F32", mx.bfloat16: "BF16", mx.float16: "F16"}
+
+
+def _safetensors_header(weights: dict[str, mx.array]) -> bytes:
+    """The header of a safetensors file of ``weights`` (their data in this order)."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, w in weights.items():
+        header[name] = {"dtype": SAFETENSORS_DTYPES[w.dtype], "shape": list(w.shape),
+                        "data_offsets": [offset, offset + w.nbytes]}
+        offset += w.nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return len(text).to_bytes(8, "little") + text
+
+
+def safetensors_size(weights: dict[str, mx.array]) -> int:
+    """Bytes of the safetensors file of ``weights`` (lazy arrays: nothing is evaluated)."""
+    return len(_safetensors_header(weights)) + sum(w.nbytes for w in weights.values())
+
+
+def save_one_by_one(path, weights: dict[str, mx.array]) -> None:
+    """``mx.save_safetensors`` for lazy ``weights``, evaluating and writing one tensor
+    at a time: the peak memory is about one tensor (``mx.save_safetensors``
+    evaluates them all first: a 13B-sized checkpoint was heading past 24 GB).
+    ``weights`` is emptied as it is written."""
+    with open(path, "wb") as f:
+        f.write(_safetensors_header(weights))
+        for name in list(weights):
+            w = weights.pop(name)
+            mx.eval(w)
+            # Bit-for-bit through an unsigned view: numpy has no bfloat16.
+            f.write(memoryview(np.asarray(w.view({4: mx.uint32, 2: mx.uint16}[w.itemsize]))))
+            del w
+
+
 def write_checkpoint(
     path, config: dict, dtype: str = "float32", seed: int = 0, *, name: str | None = None
 ) -> Path:
@@ -159,10 +240,8 @@ def write_checkpoint(
         raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(path, vocab_size=min(384, config["vocab_size"]))
-    mx.save_safetensors(
-        str(path / "model.safetensors"), random_weights(config, seed, dtype), metadata={"format": "pt"}
-    )
+    tok = make_tokenizer(path, vocab_size=config["vocab_size"])
+    save_one_by_one(path / "model.safetensors", random_weights(config, seed, dtype))
     full = dict(config)
     full.update(
         architectures=["TalkieForCausalLM"],
@@ -252,14 +331,32 @@ def _check_destination(parser, dst: Path) -> None:
         )
 
 
+def disk_problem(dst: Path, size: int) -> str | None:
+    """Why the file system of ``dst`` cannot take ``size`` bytes of weights, or None
+    (a model.safetensors already there is written over, so its space counts)."""
+    existing = next(p for p in (dst, *dst.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    old = dst / "model.safetensors"
+    free += old.stat().st_size if old.is_file() else 0
+    if size > free:
+        return (f"DST {dst}: the weights take {_human_bytes(size)}, but its file system has "
+                f"{_human_bytes(free)} free")
+    return None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     dst = Path(args.dst).expanduser()
     _check_destination(parser, dst)
     config = CONFIGS[args.config]
+    size = safetensors_size(random_weights(config, args.seed, args.dtype))  # lazy: nothing drawn
+    problem = disk_problem(dst, size)
+    if problem:
+        parser.error(problem)
     print(f"writing a random-weight {_describe(args.config)} checkpoint, {args.dtype}, "
-          f"seed {args.seed}, to {dst} ...", flush=True)
+          f"seed {args.seed}, to {dst}: {_human_bytes(size)} of weights, written one tensor "
+          "at a time ...", flush=True)
     write_checkpoint(dst, config, args.dtype, args.seed, name=args.config)
     for name in FILES:
         size = (dst / name).stat().st_size

@@ -54,6 +54,8 @@ def load_model_only(
     model_path = Path(model_path)
     if not (model_path / "config.json").exists():
         raise FileNotFoundError(f"{model_path}: no config.json (not a model directory)")
+    check_config(model_path, model_config)
+    check_weight_files(model_path)
     try:
         # Loaded lazily and evaluated here, one fused projection at a time (see
         # evaluate_weights).
@@ -74,6 +76,84 @@ def load_model_only(
     if not lazy:
         evaluate_weights(model)
     return model, config
+
+
+def check_config(model_path: Path, model_config=None) -> tuple[dict, "talkie.ModelArgs"]:
+    """``config.json`` (with ``model_config`` over it), checked before any weight is
+    read: ``CheckpointError`` naming the file and the field, else ``(config, args)``."""
+    path = model_path / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a JSON {type(config).__name__}, expected an object of config fields")
+    config.update(model_config or {})
+    try:
+        get_model_classes(config)
+        return config, talkie.ModelArgs.from_dict(config)
+    except ValueError as e:
+        raise CheckpointError(f"{model_path}: {e}") from None
+
+
+def check_weight_files(model_path: Path) -> None:
+    """The safetensors files, checked before they are read: each shard that
+    ``model.safetensors.index.json`` names is present, and each file's header
+    is whole and its tensors end within the file (a truncated or empty file
+    was "Unable to read 8 bytes from file", naming neither file nor tensor)."""
+    index = model_path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index with a weight_map ({e!r})") from None
+        missing = sorted(str(s) for s in shards if not (model_path / str(s)).is_file())
+        if missing:
+            raise CheckpointError(f"{index} names {', '.join(missing)}: no such file in {model_path}")
+    for f in sorted(model_path.glob("model*.safetensors")):
+        _check_safetensors(f)
+
+
+def _check_safetensors(path: Path) -> None:
+    # The format: an 8-byte little-endian header length N, N bytes of JSON
+    # ({name: {dtype, shape, data_offsets: [begin, end]}}), then the data.
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else None
+        if n is None or n > size - 8:
+            raise CheckpointError(f"{path}: not a safetensors file ({size} bytes: no whole header)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON: {e})") from None
+    data = size - 8 - n
+    for name, info in header.items() if isinstance(header, dict) else ():
+        end = info.get("data_offsets", [0, 0])[1] if isinstance(info, dict) else 0
+        if name != "__metadata__" and isinstance(end, int) and end > data:
+            raise CheckpointError(
+                f"{path}: tensor {name} ends at byte {end} of the data, which has {data} "
+                "(the file is truncated)"
+            )
+
+
+#: The files ``transformers.AutoTokenizer`` builds a tokenizer from.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_tokenizer(model_path: Path, tokenizer, vocab_size: int) -> None:
+    """The tokenizer's ids within the model's vocabulary: an id past the embedding
+    crashes inside MLX's ``take`` (a segfault, as in mlx-lm)."""
+    ids = tokenizer.get_vocab().values()
+    top = max(ids) if ids else -1
+    if top >= vocab_size:
+        raise CheckpointError(
+            f"{model_path}: the tokenizer has ids up to {top}, but config.json's vocab_size is "
+            f"{vocab_size} (the model's embedding has rows 0 to {vocab_size - 1})"
+        )
+    eos = [e for e in tokenizer.eos_token_ids if not 0 <= e < vocab_size]
+    if eos:
+        raise CheckpointError(f"{model_path}: eos token id {eos[0]} is outside config.json's vocab_size {vocab_size}")
 
 
 #: The config.json fields that set the shape of each parameter (by name ending).
@@ -143,6 +223,17 @@ def load(
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such model directory")
     model_path = _download(path, revision=revision)
+    if not any((model_path / f).exists() for f in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{model_path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)}); a Talkie "
+            "checkpoint carries its tokenizer"
+        )
+    config, args = check_config(model_path, model_config)
+    # The tokenizer first: its problems are found before any weight is read.
+    tokenizer = load_tokenizer(
+        model_path, tokenizer_config, eos_token_ids=config.get("eos_token_id", None)
+    )
+    check_tokenizer(model_path, tokenizer, args.vocab_size)
     model, config = load_model_only(
         model_path,
         lazy=lazy,
@@ -152,9 +243,6 @@ def load(
     if adapter_path is not None:
         model = load_adapters(model, adapter_path)
         model.eval()
-    tokenizer = load_tokenizer(
-        model_path, tokenizer_config, eos_token_ids=config.get("eos_token_id", None)
-    )
     if return_config:
         return model, tokenizer, config
     return model, tokenizer

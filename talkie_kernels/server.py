@@ -27,8 +27,19 @@ for the duration of ``main``; mlx-lm's site-packages are not edited):
   template refuses the messages) is a 400 from the generation thread, which
   keeps running: in mlx-lm one empty prompt raised inside its batch loop, killed
   the thread, and every later request got a 404 ``generation thread died``. If
-  that thread does die of something else, the requests it held get a 503 and
-  it restarts (while the model is loaded).
+  that thread does die of something else, the requests it held get a 500 and
+  it restarts (while the model is loaded; ``MAX_RESTARTS`` per burst of
+  failures: a run that answered tokens resets the count). The sampling and
+  logits fields are checked against the model's vocabulary and MLX's int32
+  indices (``request_checks``).
+* **A request that fails, fails alone.** Its sampler and logits processors
+  are guarded (``_request_sampler``): one that raises fails its request with
+  a 500 while the batch step its neighbours share completes (greedy stands
+  in); its stop words are prepared where a failure is its own 400. Any error
+  while a request is handled is a 400/500 with a JSON body (an error event
+  once a stream began). ``/v1/models`` lists the served model.
+* **Long prompts share the time** (``fair_batching.FairBatchGenerator``): a
+  request arriving during a long prompt is answered between its chunks.
 * **SIGINT and SIGTERM exit with code 0** within about a second, idle or
   generating: the requests in flight are answered with what they generated so
   far (``finish_reason: "abort"``), the generation thread gets up to
@@ -39,7 +50,8 @@ for the duration of ``main``; mlx-lm's site-packages are not edited):
   handled even when the shell started the server with SIGINT ignored.
 * **A client that disconnects stops its generation at the next decode step.**
   The handler checks its socket at every token (and while the prompt is
-  processed or the request waits in the queue); on EOF it stops the request's
+  processed or the request waits in the queue; a prompt stops at its next
+  chunk); on EOF it stops the request's
   generation context, so the generation thread drops it after the step in
   progress. mlx-lm only noticed when a streamed write failed, and a
   non-streaming request generated on to ``max_tokens``. The server logs
@@ -52,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import io
 import json
@@ -65,15 +78,32 @@ import threading
 import time
 import types
 import warnings
+from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from queue import Empty as QueueEmpty
 from queue import Queue
 
+import mlx.core as mx
+
 from .cli import local_path_problem
+from .fair_batching import FairBatchGenerator
 from .loader import loading_through_talkie, sys_argv
+from .request_checks import (
+    INTEGER_FIELDS,
+    NUMBER_FIELDS,
+    RequestError,
+    check_fields,
+    check_logit_bias,
+    check_messages,
+    check_prompt,
+    check_stop,
+    is_int,
+    model_limits,
+)
 
 _mlx_server = importlib.import_module("mlx_lm.server")
+_make_sampler, _make_logits_processors = _mlx_server._make_sampler, _mlx_server._make_logits_processors
 
 PROG = "talkie-kernels server"
 DESCRIPTION = (
@@ -175,12 +205,14 @@ def talkie_arg_parser(module):
 # Requests between the handlers and the generation thread
 
 
-class RequestError(ValueError):
-    """A request the server cannot serve as sent: answered with a 400."""
-
-
 class GenerationFailed(RuntimeError):
-    """The generation thread died holding this request: answered with a 500 (or an error event)."""
+    """The generation thread died holding this request, or the request failed in it:
+    answered with a 500 (or an error event)."""
+
+
+class _PromptStopped(Exception):
+    """Raised from a prompt's progress report once its client left: ends the prompt
+    of a request served alone (mlx-lm's ``_serve_single`` answers it on the queue)."""
 
 
 class _ClientGone(BaseException):
@@ -215,40 +247,120 @@ class _RequestQueue(Queue):
     """The queue the generation thread answers one request on, which counts its tokens.
 
     Once the request is ``abandoned`` (its client left), a generation context
-    put on it is stopped at once and every token still put on it is logged.
+    put on it is stopped at once and every token or prompt chunk still put on
+    it is logged; a request served alone (``stop_prompt_on_abandon``) stops
+    its prompt at the next chunk. Once it ``fail``-ed, its answer is that
+    error and nothing more is queued.
     """
 
-    def __init__(self, label: str, on_abandon=lambda: None):
+    def __init__(self, label: str, owner: "TalkieResponseGenerator | None" = None):
         super().__init__()
         self.label = label
-        self._on_abandon = on_abandon
+        self._owner = owner
         self.ctx = None
         self.tokens = 0
         self.tokens_after_abandon = 0
+        self.chunks_after_abandon = 0
         self.abandoned = False
         self.aborted = False
+        self.failure: GenerationFailed | None = None
+        self.stop_prompt_on_abandon = False
 
     def put(self, item, block=True, timeout=None):
+        if self.failure is not None and item is not _ABORT:
+            return
         if isinstance(item, _mlx_server.GenerationContext):
             self.ctx = item
             if self.abandoned:
                 item.stop()
         elif isinstance(item, _mlx_server.Response):
             self.tokens += 1
+            if self._owner is not None:
+                self._owner.tokens_served += 1
             if self.abandoned:
                 self.tokens_after_abandon += 1
                 log.debug(
                     "request %s: decode step after its client disconnected (%d)",
                     self.label, self.tokens_after_abandon,
                 )
+        elif isinstance(item, tuple) and self.abandoned:  # (tokens processed, total): a prompt chunk
+            self.chunks_after_abandon += 1
+            log.debug("request %s: prompt chunk after its client disconnected (%d)",
+                      self.label, self.chunks_after_abandon)
+            if self.stop_prompt_on_abandon:
+                raise _PromptStopped(f"request {self.label}: client disconnected")
         super().put(item, block, timeout)
+
+    def _stop(self) -> None:
+        if self.ctx is not None:
+            self.ctx.stop()
+        if self._owner is not None:
+            self._owner.stop_pending = True
 
     def abandon(self) -> None:
         if not self.abandoned:
             self.abandoned = True
-            if self.ctx is not None:
-                self.ctx.stop()
-            self._on_abandon()
+            self._stop()
+
+    def fail(self, error: Exception) -> None:
+        """This request alone failed in the generation thread: answer it with ``error``."""
+        if self.failure is None:
+            log.error("request %s failed: %s: %s", self.label, type(error).__name__, error)
+            self.failure = GenerationFailed(
+                f"this request failed ({type(error).__name__}: {error}); other requests are unaffected"
+            )
+            Queue.put(self, self.failure)
+            self._stop()
+
+
+@dataclass
+class _QueuedArguments(_mlx_server.GenerationArguments):
+    """mlx-lm's arguments of a request, with the queue it is answered on."""
+
+    queue: _RequestQueue | None = None
+
+
+def _guard(q: _RequestQueue | None, fn, fallback):
+    """``fn`` for request ``q``: once it (or making it) raised, ``q`` fails and ``fallback``
+    stands in, so the batch step its neighbours share completes."""
+    if q is None:
+        return fn
+
+    def call(*args):
+        if q.failure is None:
+            try:
+                return fn(*args)
+            except Exception as e:
+                q.fail(e)
+        return fallback(*args)
+
+    return call
+
+
+def _request_sampler(args, tokenizer):
+    """mlx-lm's ``_make_sampler`` whose failures fail the request alone (greedy stands in)."""
+    q = getattr(args, "queue", None)
+    try:
+        sampler = _make_sampler(args, tokenizer)
+    except Exception as e:
+        if q is None:
+            raise
+        q.fail(e)
+        sampler = None
+    return _guard(q, sampler, lambda logprobs: mx.argmax(logprobs, axis=-1))
+
+
+def _request_logits_processors(args):
+    """mlx-lm's ``_make_logits_processors`` whose failures fail the request alone."""
+    q = getattr(args, "queue", None)
+    try:
+        processors = _make_logits_processors(args)
+    except Exception as e:
+        if q is None:
+            raise
+        q.fail(e)
+        return []
+    return [_guard(q, p, lambda tokens, logits: logits) for p in processors]
 
 
 class _StopAwareBudget:
@@ -278,6 +390,8 @@ class TalkieResponseGenerator(_mlx_server.ResponseGenerator):
         self._outstanding_lock = threading.Lock()
         #: A request was stopped: end the current batch time budget after this step.
         self.stop_pending = False
+        #: Tokens answered since the start: a failed run that answered some was healthy.
+        self.tokens_served = 0
         super().__init__(*args, **kwargs)  # starts the thread
 
     @property
@@ -288,9 +402,6 @@ class TalkieResponseGenerator(_mlx_server.ResponseGenerator):
     def _time_budget(self, budget):  # mlx-lm's __init__ assigns its TimeBudget here
         self._stop_aware_budget = _StopAwareBudget(budget, self)
 
-    def _request_stopped(self) -> None:
-        self.stop_pending = True
-
     # -- the generation thread
 
     def _tokenize(self, tokenizer, request, args):
@@ -300,10 +411,22 @@ class TalkieResponseGenerator(_mlx_server.ResponseGenerator):
             raise RequestError(f"cannot tokenize the request: {type(e).__name__}: {e}") from e
         if len(out[0]) == 0:
             raise RequestError("the prompt is empty: it tokenizes to 0 tokens")
+        # The model this request is served with (it may be one the request named).
+        args.sampling.top_k = model_limits(
+            args.sampling.top_k, args.logits.logit_bias, self.model_provider.model.args.vocab_size
+        )
+        try:  # made here, where a failure answers this request alone; cached for the batch loop
+            self._make_state_machine(self.model_provider.model_key, tokenizer, args.stop_words)
+        except Exception as e:
+            raise RequestError(f"cannot use the stop words: {type(e).__name__}: {e}") from e
         return out
 
+    def _serve_single(self, request, stream):
+        request[0].stop_prompt_on_abandon = True  # its prompt is one call: stop it from the progress report
+        super()._serve_single(request, stream)
+
     def _run_generate(self):
-        restarts = 0
+        restarts, served = 0, 0
         while True:
             try:
                 self._generate()
@@ -315,7 +438,9 @@ class TalkieResponseGenerator(_mlx_server.ResponseGenerator):
                     log.error("cannot load --model %s: exiting", self.cli_args.model)
                     _hard_exit(1)
                 self._fail_outstanding(GenerationFailed(f"generation failed ({type(e).__name__}: {e}); request dropped"))
-                restarts += 1
+                # The budget is per burst of failures: a run that answered tokens was healthy.
+                restarts = 1 if self.tokens_served > served else restarts + 1
+                served = self.tokens_served
                 if self._stop or self.model_provider.model is None or restarts > MAX_RESTARTS:
                     self._generation_failed = True
                     return
@@ -366,11 +491,14 @@ class TalkieResponseGenerator(_mlx_server.ResponseGenerator):
         ``register(queue)`` until the handler calls ``release(queue)`` after
         writing its answer: shutdown waits for those answers.
         """
-        q = _RequestQueue(label, self._request_stopped)
+        q = _RequestQueue(label, self)
         if not self.generation_available():
             raise RuntimeError("generation thread died")
         self._register(q)
         register(q)
+        if generation_args is not None:
+            fields = {f.name: getattr(generation_args, f.name) for f in dataclasses.fields(generation_args)}
+            generation_args = _QueuedArguments(**fields, queue=q)
         try:
             self.requests.put((q, request, generation_args))
             ctx = self._wait(q, gone)
@@ -432,68 +560,12 @@ class _HandlerView:
         except RequestError:
             h.error_status = 400
             raise
+        except GenerationFailed:
+            h.error_status = 500
+            raise
         except RuntimeError:
             h.error_status = 503
             raise
-
-
-# --------------------------------------------------------------------------
-# Validation
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _check_content(i: int, content) -> None:
-    where = f"messages[{i}].content"
-    if content is None or isinstance(content, str):
-        return
-    if not isinstance(content, list):
-        raise RequestError(f"{where} must be a string, a list of text parts or null, not {type(content).__name__}")
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise RequestError(
-                f"{where}[{j}] must be a text part {{\"type\": \"text\", \"text\": \"...\"}} "
-                "(Talkie is a text model)"
-            )
-
-
-def check_messages(messages) -> None:
-    if not isinstance(messages, list):
-        raise RequestError(f"messages must be a list, not {type(messages).__name__}")
-    if not messages:
-        raise RequestError("messages is empty: nothing to answer")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise RequestError(f"messages[{i}] must be an object with a role and content")
-        if not isinstance(m.get("role"), str) or not m["role"]:
-            raise RequestError(f"messages[{i}].role must be a non-empty string")
-        _check_content(i, m.get("content"))
-        calls = m.get("tool_calls")
-        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
-            raise RequestError(f"messages[{i}].tool_calls must be a list of objects")
-
-
-def check_prompt(prompt) -> None:
-    if not isinstance(prompt, str):
-        raise RequestError(f"prompt must be a string, not {type(prompt).__name__}")
-    if not prompt:
-        raise RequestError("prompt is empty: nothing to complete")
-
-
-def check_stop(stop) -> None:
-    words = [stop] if isinstance(stop, str) else stop
-    if stop is None:
-        return
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise RequestError("stop must be a string or a list of strings")
-    if any(w == "" for w in words):
-        raise RequestError("stop words must not be empty")
 
 
 # --------------------------------------------------------------------------
@@ -506,6 +578,7 @@ class TalkieAPIHandler(_mlx_server.APIHandler):
     def __init__(self, response_generator, *args, **kwargs):
         self.error_status = None
         self.request_queue = None
+        self.headers_sent = False
         super().__init__(_HandlerView(response_generator, self), *args, **kwargs)
 
     def log_message(self, format, *args):  # noqa: A002 (BaseHTTPRequestHandler's name)
@@ -570,34 +643,71 @@ class TalkieAPIHandler(_mlx_server.APIHandler):
         except (ValueError, RecursionError) as e:
             return self._error(400, f"Invalid JSON in request body: {e}")
         rfile, self.rfile = self.rfile, io.BytesIO(raw)
+        self.headers_sent = False
         try:
             super().do_POST()
+        except (_ClientGone, BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as e:
+            self._answer_failure(e)
         finally:
             self.rfile = rfile
+
+    def end_headers(self):
+        self.headers_sent = True
+        super().end_headers()
+
+    def _answer_failure(self, e: Exception) -> None:
+        """Any error while this request was prepared, generated or written: a 400 (the
+        request's fault) or 500 with a JSON body, or, once a stream began, an error event."""
+        if isinstance(e, (RequestError, GenerationFailed)):
+            status, message = (400 if isinstance(e, RequestError) else 500), str(e)
+            log.error("request %s: %s", getattr(self, "request_id", "?"), message)
+        else:
+            status, message = 500, f"request failed ({type(e).__name__}: {e})"
+            log.exception("request %s: %s", getattr(self, "request_id", "?"), message)
+        self.close_connection = True
+        if not self.headers_sent:
+            self._headers_buffer = []  # a 200 may be buffered: replaced by the error
+            self._error(status, message)
+        elif getattr(self, "stream", False):
+            self.wfile.write(f"data: {json.dumps({'error': message})}\n\n".encode())
+            self.wfile.flush()
+
+    def handle_models_request(self):
+        """The served model (mlx-lm listed the Hugging Face cache's mlx models, and
+        answered a 200 with no body when there was no cache directory)."""
+        provider = self.response_generator.model_provider
+        names = [provider.cli_args.model, provider.model_key[0] if provider.model_key else None]
+        ids = []
+        for name in names:
+            if name is not None:
+                path = Path(name).expanduser()
+                ident = str(path.resolve()) if path.exists() else name
+                if ident not in ids:
+                    ids.append(ident)
+        wanted = self.path[len("/v1/models/"):] if self.path.startswith("/v1/models/") else None
+        models = [{"id": i, "object": "model", "created": self.created}
+                  for i in ids if wanted is None or i == wanted or i.lstrip("/") == wanted]
+        body = json.dumps({"object": "list", "data": models}).encode()
+        self._set_completion_headers(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def validate_model_parameters(self) -> None:
         b = self.body
         # mlx-lm wants floats here; JSON writes 0 and 1 as integers.
         for name in ("xtc_probability", "xtc_threshold"):
-            if _is_int(getattr(self, name)):
+            if is_int(getattr(self, name)):
                 setattr(self, name, float(getattr(self, name)))
+        check_logit_bias(self.logit_bias)  # before mlx-lm's float(): a list there was a TypeError
         super().validate_model_parameters()
-        for name in ("max_tokens", "top_k", "num_draft_tokens", "repetition_context_size",
-                     "presence_context_size", "frequency_context_size", "top_logprobs"):
-            if not _is_int(getattr(self, name)):
-                raise RequestError(f"{name} must be an integer")
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-                     "frequency_penalty", "xtc_probability", "xtc_threshold"):
-            if not _is_number(getattr(self, name)):
-                raise RequestError(f"{name} must be a finite number")
-        if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed < 2**64):
-            raise RequestError("seed must be an integer in [0, 2**64)")
-        if self.logit_bias is not None:
-            if not all(math.isfinite(v) and k >= 0 for k, v in self.logit_bias.items()):
-                raise RequestError("logit_bias must map token ids >= 0 to finite numbers")
-            vocab = getattr(getattr(self.response_generator.model_provider.model, "args", None), "vocab_size", None)
-            if vocab is not None and any(k >= vocab for k in self.logit_bias):
-                raise RequestError(f"logit_bias names a token id outside the vocabulary (size {vocab})")
+        check_fields({name: getattr(self, name) for name in (*INTEGER_FIELDS, *NUMBER_FIELDS, "seed")})
+        provider = self.response_generator.model_provider
+        if provider.model is not None and self.requested_model in ("default_model", provider.cli_args.model):
+            # The generation thread checks again against the model it serves with.
+            model_limits(self.top_k, self.logit_bias, provider.model.args.vocab_size)
         if not isinstance(self.requested_draft_model, str):
             raise RequestError("draft_model must be a string")
         if self.stream_options is not None and not (
@@ -624,19 +734,6 @@ class TalkieAPIHandler(_mlx_server.APIHandler):
                 isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())
             ):
                 raise RequestError("role_mapping must map names to strings")
-
-    def handle_completion(self, request, stop_words):
-        try:
-            super().handle_completion(request, stop_words)
-        except GenerationFailed as e:
-            log.error("request %s: %s", getattr(self, "request_id", "?"), e)
-            self.close_connection = True
-            if self.stream:  # headers sent: end the stream with an error event
-                self.wfile.write(f"data: {json.dumps({'error': str(e)})}\n\n".encode())
-                self.wfile.flush()
-            else:  # the 200 is still in the header buffer
-                self._headers_buffer = []
-                self._error(500, str(e))
 
     def generate_response(self, text, finish_reason, *args, **kwargs):
         q = self.request_queue
@@ -698,12 +795,18 @@ def _run_http_server(host, port, response_generator, server_class=ThreadingHTTPS
 @contextlib.contextmanager
 def robust_serving(module):
     """Within the block, ``module`` serves with this file's generator, handler and shutdown."""
-    saved = module.ResponseGenerator, module._run_http_server
-    module.ResponseGenerator, module._run_http_server = TalkieResponseGenerator, _run_http_server
+    names = ("ResponseGenerator", "_run_http_server", "_make_sampler", "_make_logits_processors",
+             "BatchGenerator")
+    saved = [getattr(module, name) for name in names]
+    ours = (TalkieResponseGenerator, _run_http_server, _request_sampler, _request_logits_processors,
+            FairBatchGenerator)
+    for name, value in zip(names, ours):
+        setattr(module, name, value)
     try:
         yield
     finally:
-        module.ResponseGenerator, module._run_http_server = saved
+        for name, value in zip(names, saved):
+            setattr(module, name, value)
 
 
 def distributed_refusal(size: int) -> str:

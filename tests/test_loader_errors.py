@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
 
 import talkie_kernels as tk
+from talkie_kernels.checkpoint import make_tokenizer
 from talkie_kernels.cli import main
 from talkie_kernels.configs import CONFIGS
 from talkie_kernels.convert import convert
@@ -96,3 +101,96 @@ def test_convert_refuses_talkie_mixed_with_another_mode(base, tmp_path, capsys):
     assert info.value.code == 2
     assert "talkie_mixed" in capsys.readouterr().err
     assert not dst.exists()
+
+
+# ---- found at load, before the weights are read, naming the file and the field --------
+
+
+def raw_copy(base, tmp_path, config_text=None):
+    dst = tmp_path / "bad"
+    shutil.copytree(base, dst)
+    if config_text is not None:
+        (dst / "config.json").write_text(config_text)
+    return dst
+
+
+def config_with(base, **fields) -> str:
+    cfg = json.loads((base / "config.json").read_text())
+    cfg.update(fields)
+    return json.dumps(cfg)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"hidden_size": "256"}, "config.json: hidden_size must be a positive integer, got '256'"),
+        ({"hidden_size": 256.0}, "hidden_size must be a positive integer, got 256.0"),
+        ({"num_hidden_layers": None}, "num_hidden_layers must be a positive integer, got None"),
+        ({"num_attention_heads": True}, "num_attention_heads must be a positive integer, got True"),
+        ({"hidden_size": -256}, "hidden_size must be a positive integer, got -256"),
+        ({"vocab_size": 0}, "vocab_size must be a positive integer, got 0"),
+        ({"rms_norm_eps": "1e-6"}, "rms_norm_eps must be a finite number, got '1e-6'"),
+        ({"rope_theta": 0}, "rope_theta must be > 0, got 0"),
+        ({"rope_theta": -1e6}, "rope_theta must be > 0"),
+        ({"head_dim": 127}, "head_dim must be even"),
+    ],
+    ids=["string", "float", "null", "bool", "negative", "zero-vocab", "eps-string", "theta-0", "theta-neg",
+         "odd-head_dim"],
+)
+def test_bad_config_field_is_named_before_weights_are_read(base, tmp_path, fields, message):
+    bad = raw_copy(base, tmp_path, config_with(base, **fields))
+    (bad / "model.safetensors").write_bytes(b"")  # never read: the config is refused first
+    with pytest.raises(CheckpointError, match=re.escape(message)) as info:
+        tk.load(bad)
+    assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [("[1, 2]", "a JSON list, expected an object"),
+                                           ("{", "cannot read it as JSON")], ids=["list", "broken"])
+def test_config_that_is_not_an_object(base, tmp_path, text, message):
+    bad = raw_copy(base, tmp_path, text)
+    with pytest.raises(CheckpointError, match=re.escape(f"{bad / 'config.json'}: {message}")):
+        tk.load(bad)
+
+
+def test_empty_safetensors_names_the_file(base, tmp_path):
+    bad = raw_copy(base, tmp_path)
+    (bad / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=re.escape(f"{bad / 'model.safetensors'}: not a safetensors file")):
+        tk.load(bad)
+
+
+def test_truncated_safetensors_names_the_tensor(base, tmp_path):
+    # What a killed convert leaves behind.
+    bad = raw_copy(base, tmp_path)
+    f = bad / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor \S+ ends at byte \d+ .* truncated"):
+        tk.load(bad)
+
+
+def test_shard_named_in_the_index_but_absent(base, tmp_path):
+    bad = raw_copy(base, tmp_path)
+    names = list(mx.load(str(bad / "model.safetensors")))
+    (bad / "model.safetensors").rename(bad / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {n: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, n in enumerate(names)}}
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"index\.json names model-00002-of-00002\.safetensors: no such file"):
+        tk.load(bad)
+
+
+def test_missing_tokenizer_files_are_named(base, tmp_path):
+    # transformers said "You need to have sentencepiece or tiktoken installed".
+    bad = raw_copy(base, tmp_path)
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no tokenizer \(none of tokenizer\.json, tokenizer\.model"):
+        tk.load(bad)
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(base, tmp_path):
+    # Its ids past the embedding crashed inside MLX's take (rc 139), as in mlx-lm.
+    bad = raw_copy(base, tmp_path)
+    make_tokenizer(bad, CONFIG["vocab_size"] + 64)
+    with pytest.raises(CheckpointError, match=rf"tokenizer has ids up to {CONFIG['vocab_size'] + 63}, but config"
+                                              rf"\.json's vocab_size is {CONFIG['vocab_size']}"):
+        tk.load(bad)

@@ -285,6 +285,15 @@ def test_threads_bitwise_equal(threads, dtype):
         assert same(a, b)
 
 
+@pytest.mark.parametrize("n", [0, -1])
+def test_set_num_threads_refuses_below_one(n):
+    # As TALKIE_KERNELS_NUM_THREADS does (these silently meant one thread).
+    before = X.num_threads()
+    with pytest.raises(ValueError, match=rf"\[set_num_threads\] n must be >= 1, got {n}"):
+        X.set_num_threads(n)
+    assert X.num_threads() == before
+
+
 # ---- the Primitives -----------------------------------------------------------------
 
 

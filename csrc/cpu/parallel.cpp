@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <atomic>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -68,6 +70,11 @@ int num_threads() {
 }
 
 void set_num_threads(int n) {
+  // As TALKIE_KERNELS_NUM_THREADS refuses values below 1 (0 and -1 silently
+  // meant one thread).
+  if (n < 1) {
+    throw std::invalid_argument("[set_num_threads] n must be >= 1, got " + std::to_string(n));
+  }
   g_threads.store(std::clamp(n, 1, hardware_threads()), std::memory_order_relaxed);
 }
 

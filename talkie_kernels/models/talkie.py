@@ -28,6 +28,7 @@ Attribute names are checkpoint keys; the fused ones are ``attn.attn_qkv`` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
@@ -59,6 +60,21 @@ class ModelArgs(BaseModelArgs):
     rms_norm_eps: float = 1.1920928955078125e-07
 
     def __post_init__(self):
+        # Every field is checked here, so a bad config.json is one message naming
+        # the field (not a TypeError in the first layer built from it, a "math
+        # domain error", or a failure at the first forward pass).
+        for name in SIZE_FIELDS:
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"config.json: {name} must be a positive integer, got {value!r}")
+        if self.head_dim % 2:
+            raise ValueError(f"config.json: head_dim must be even (RoPE rotates pairs), got {self.head_dim}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+                raise ValueError(f"config.json: {name} must be a finite number, got {value!r}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"config.json: rope_theta must be > 0, got {self.rope_theta}")
         # mlx-lm's plain model runs a config's rms_norm_eps of 0 (mx.fast.rms_norm
         # takes it); the fused ops take a positive eps: the smallest fp32 one,
         # which leaves the norm of every row that is not all zeros as it was.
@@ -66,6 +82,11 @@ class ModelArgs(BaseModelArgs):
             self.rms_norm_eps = TINY_EPS
         elif not self.rms_norm_eps > 0:
             raise ValueError(f"config.json: rms_norm_eps must be >= 0, got {self.rms_norm_eps}")
+
+
+#: The config.json fields that are sizes: positive integers.
+SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim",
+               "intermediate_size", "vocab_size", "max_position_embeddings")
 
 
 #: The smallest positive fp32 (subnormal): a zero eps for the fused ops.
