@@ -109,6 +109,37 @@ NB_MODULE(_native, m) {
       "x @ weight.T, dense or MLX-quantized (mx.quantized_matmul's semantics, transpose=True).");
 
   m.def(
+      "scaled_dot_product_attention",
+      [](const mx::array& q, const mx::array& k, const mx::array& v, double scale, const std::string& mask_mode,
+         const std::optional<mx::array>& mask) {
+        return tk::scaled_dot_product_attention(q, k, v, scale, mask_mode, mask);
+      },
+      "q"_a,
+      "k"_a,
+      "v"_a,
+      "scale"_a,
+      "mask_mode"_a,
+      "mask"_a.none(),
+      "Attention (mx.fast.scaled_dot_product_attention's semantics); mask_mode '', 'causal' or 'array'.");
+
+  m.def(
+      "quantized_scaled_dot_product_attention",
+      [](const mx::array& q, const std::vector<mx::array>& q_keys, const std::vector<mx::array>& q_values,
+         double scale, const std::string& mask_mode, const std::optional<mx::array>& mask, int group_size,
+         int bits) {
+        return tk::quantized_scaled_dot_product_attention(q, q_keys, q_values, scale, mask_mode, mask, group_size, bits);
+      },
+      "q"_a,
+      "q_keys"_a,
+      "q_values"_a,
+      "scale"_a,
+      "mask_mode"_a,
+      "mask"_a.none(),
+      "group_size"_a,
+      "bits"_a,
+      "Attention over mx.quantize'd K/V (mlx-lm's quantized_scaled_dot_product_attention).");
+
+  m.def(
       "memory_read_gbps",
       &tk::memory_read_gbps,
       "nbytes"_a = int64_t(1) << 29,
