@@ -255,12 +255,14 @@ void decode_item(const AttentionArgs& a, int64_t item, float* scratch) {
       st[1] = st[1] * alpha + lsum;
       // 3. acc = alpha·acc + Σ_j p_j·v_j.
       float* acc = sc.acc + r * ldv;
+      // (The block's sum is formed on its own, then added: the error grows
+      // with S/kBlk + kBlk rather than S.)
       for (int64_t i = 0; i < ldv; i += kVec) {
-        fvec o = vload<fvec>(acc + i) * alpha;
+        fvec o{};
         for (int64_t j = 0; j < nb; ++j) {
           o += p[j] * vload<fvec>(sc.vp + j * ldv + i);
         }
-        vstore(acc + i, o);
+        vstore(acc + i, vload<fvec>(acc + i) * alpha + o);
       }
     }
   }
@@ -316,11 +318,7 @@ inline void values_tile(const float* vp, int64_t ldv, const float* st, const flo
   for (int64_t d0 = 0; d0 < ldv; d0 += 4) {
     for (int64_t c = 0; c < Rp; c += 2 * kVec) {
       const fvec a0 = vload<fvec>(alpha + c), a1 = vload<fvec>(alpha + c + kVec);
-      fvec acc[4][2];
-      for (int i = 0; i < 4; ++i) {
-        acc[i][0] = vload<fvec>(ot + (d0 + i) * Rp + c) * a0;
-        acc[i][1] = vload<fvec>(ot + (d0 + i) * Rp + c + kVec) * a1;
-      }
+      fvec acc[4][2] = {};  // the block's own sum, added at the end (see decode_item)
       for (int64_t j = 0; j < nb; ++j) {
         const fvec p0 = vload<fvec>(st + j * Rp + c), p1 = vload<fvec>(st + j * Rp + c + kVec);
 #pragma GCC unroll 4
@@ -331,8 +329,8 @@ inline void values_tile(const float* vp, int64_t ldv, const float* st, const flo
         }
       }
       for (int i = 0; i < 4; ++i) {
-        vstore(ot + (d0 + i) * Rp + c, acc[i][0]);
-        vstore(ot + (d0 + i) * Rp + c + kVec, acc[i][1]);
+        vstore(ot + (d0 + i) * Rp + c, vload<fvec>(ot + (d0 + i) * Rp + c) * a0 + acc[i][0]);
+        vstore(ot + (d0 + i) * Rp + c + kVec, vload<fvec>(ot + (d0 + i) * Rp + c + kVec) * a1 + acc[i][1]);
       }
     }
   }
