@@ -73,6 +73,27 @@ def _block_vs_floor(records, _):
     return floor / tps if tps and floor else None
 
 
+def _depth_row(depth: int):
+    return lambda records: _one(records, kind="depth", model="talkie-1l-13b-width", depth=depth, impl="fused")
+
+
+def _extra_kv_time(records, _):
+    """(decode time at 2048 cached positions − at 0) ÷ reading those K/V bytes once."""
+    at0, at2048 = _depth_row(0)(records), _depth_row(2048)(records)
+    if not (at0.get("ms_per_token") and at2048.get("ms_per_token") and at2048.get("kv_floor_ms")):
+        return None
+    return (at2048["ms_per_token"] - at0["ms_per_token"]) / at2048["kv_floor_ms"]
+
+
+def _depth_vs_floor(records, _):
+    return _depth_row(2048)(records).get("x_floor")
+
+
+def _attention_share(records, _):
+    r = _one(records, kind="attention_share", model="talkie-1l-13b-width")
+    return 100 * r["share"] if r.get("share") is not None else None
+
+
 def _graph(_, graph_nodes):
     g = graph_nodes.get("talkie-8l-512")
     if not g:
@@ -103,6 +124,12 @@ def targets() -> list[Target]:
                1.5, 1.1, "x floor", False, "--block-13b"),
         Target("graph nodes per decoded token, talkie-8l-512 (fused / mlx-lm)", _graph,
                0.35, 0.25, "x", False, "talkie-8l-512"),
+        Target("extra decode time at 2048 cached positions over 0, 13B width bf16: ÷ reading that K/V once",
+               _extra_kv_time, 2.0, 1.3, "x floor", False, "--depths, not --quick"),
+        Target("decode step at 2048 cached positions, 13B width bf16: time ÷ (weights + K/V) floor",
+               _depth_vs_floor, 1.33, 1.15, "x floor", False, "--depths, not --quick"),
+        Target("attention share of a 2048-token prefill, 13B width bf16", _attention_share,
+               25.0, 15.0, "%", False, "--depths, not --quick"),
     ]
     return out
 
