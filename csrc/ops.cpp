@@ -5,6 +5,7 @@
 #include "ops.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "errors.h"
@@ -374,6 +375,234 @@ mx::array linear(
                   inputs)
       : fallback(inputs)[0];
   return flat ? out : mx::reshape(out, out_shape, s);
+}
+
+// ---- scaled_dot_product_attention -------------------------------------------
+
+namespace {
+
+void check_4d(const char* op, const std::string& name, const mx::array& a) {
+  if (a.ndim() != 4) {
+    fail(op, name + " must have 4 dimensions (B, H, L, D), got shape " + fmt(a.shape()) + ".");
+  }
+}
+
+void check_attention_input(const char* op, const std::string& name, const mx::array& a) {
+  check_float(op, name.c_str(), a);
+  check_4d(op, name, a);
+}
+
+// q against K/V of (B, Hkv, S) with head_dim Dk: the shapes attention needs.
+void check_attention_shapes(const char* op, const mx::array& q, const mx::Shape& k_shape, int Dk, const char* k_name) {
+  if (q.shape(0) != k_shape[0] || q.shape(3) != Dk) {
+    fail(op, std::string("q (B, Hq, L, D) and ") + k_name + " (B, Hkv, S, D) must agree on B and D, got q " +
+                 fmt(q.shape()) + " and B = " + std::to_string(k_shape[0]) + ", D = " + std::to_string(Dk) + ".");
+  }
+  if (q.shape(1) % k_shape[1]) {
+    fail(op, "q's heads Hq = " + std::to_string(q.shape(1)) + " must be a multiple of the kv heads Hkv = " +
+                 std::to_string(k_shape[1]) + ".");
+  }
+}
+
+// The mask's kind (kern::AttnMask), checked against the output (B, Hq, L, S).
+int check_attention_mask(
+    const char* op,
+    const std::string& mode,
+    const std::optional<mx::array>& mask,
+    const mx::Shape& scores,
+    mx::Dtype out_dtype) {
+  if (mode.empty() || mode == "causal") {
+    if (mask) {
+      fail(op, "mask_mode '" + mode + "' takes no mask array.");
+    }
+    return int(mode.empty() ? kern::AttnMask::none : kern::AttnMask::causal);
+  }
+  if (mode != "array") {
+    fail(op, "mask_mode must be '', 'causal' or 'array', got '" + mode + "'.");
+  }
+  if (!mask) {
+    fail(op, "mask_mode 'array' needs a mask array.");
+  }
+  const auto& m = *mask;
+  if (m.dtype() != mx::bool_ && !mx::issubdtype(m.dtype(), mx::floating)) {
+    fail_type(op, "mask must be bool or floating, got " + fmt(m.dtype()) + ".");
+  }
+  if (m.dtype() != mx::bool_ && mx::promote_types(m.dtype(), out_dtype) != out_dtype) {
+    fail(op, "a float mask must not be wider than the output dtype " + fmt(out_dtype) + ", got " + fmt(m.dtype()) + ".");
+  }
+  bool ok = m.ndim() <= 4;
+  for (int i = 1; ok && i <= int(m.ndim()); ++i) {
+    ok = m.shape(-i) == 1 || m.shape(-i) == scores[4 - i];
+  }
+  if (!ok) {
+    fail(op, "mask of shape " + fmt(m.shape()) + " does not broadcast to (B, Hq, L, S) = " + fmt(scores) + ".");
+  }
+  return int(m.dtype() == mx::bool_ ? kern::AttnMask::boolean : kern::AttnMask::additive);
+}
+
+// mlx-lm's quantized_scaled_dot_product_attention (models/base.py), in C++.
+mx::array reference_quantized_attention(
+    const std::vector<mx::array>& in,
+    float scale,
+    int mask_kind,
+    int group_size,
+    int bits,
+    mx::Stream s) {
+  auto q = mx::multiply(in[0], mx::array(scale, in[0].dtype()), s);
+  const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), Hkv = in[1].shape(1);
+  const int G = Hq / Hkv;
+  std::vector<mx::array> kv(in.begin() + 1, in.begin() + 7);
+  if (G > 1) {
+    q = mx::reshape(q, {B, Hkv, G, L, q.shape(3)}, s);
+    for (auto& a : kv) {
+      a = mx::expand_dims(a, -3, s);
+    }
+  }
+  auto scores = mx::quantized_matmul(q, kv[0], kv[1], kv[2], true, group_size, bits, "affine", s);
+  if (mask_kind != int(kern::AttnMask::none)) {
+    const int S = in[1].shape(2);
+    mx::array mask = mask_kind == int(kern::AttnMask::causal)
+        ? mx::greater_equal(mx::expand_dims(mx::arange(S - L, S, s), 1, s), mx::expand_dims(mx::arange(0, S, s), 0, s), s)
+        : in[7];
+    // mlx-lm expands a (B, 1, L, S) mask; a mask with a head axis splits it as MLX's own op does.
+    if (G > 1 && mask.ndim() >= 3) {
+      mask = mask.shape(-3) == 1 ? mx::expand_dims(mask, -3, s) : mx::unflatten(mask, -3, {Hkv, G}, s);
+    }
+    scores = mask.dtype() == mx::bool_
+        ? mx::where(mask, scores, mx::array(mx::finfo(scores.dtype()).min, scores.dtype()), s)
+        : mx::add(scores, mask, s);
+  }
+  scores = mx::softmax(scores, std::vector<int>{-1}, true, s);
+  auto out = mx::quantized_matmul(scores, kv[3], kv[4], kv[5], false, group_size, bits, "affine", s);
+  return G > 1 ? mx::reshape(out, {B, Hq, L, out.shape(-1)}, s) : out;
+}
+
+} // namespace
+
+mx::array scaled_dot_product_attention(
+    const mx::array& q_in,
+    const mx::array& k_in,
+    const mx::array& v_in,
+    double scale_in,
+    const std::string& mask_mode,
+    const std::optional<mx::array>& mask,
+    mx::StreamOrDevice s_) {
+  constexpr const char* op = "scaled_dot_product_attention";
+  check_attention_input(op, "q", q_in);
+  check_attention_input(op, "k", k_in);
+  check_attention_input(op, "v", v_in);
+  if (k_in.shape(0) != v_in.shape(0) || k_in.shape(1) != v_in.shape(1) || k_in.shape(2) != v_in.shape(2)) {
+    fail(op, "k and v must have the same (B, Hkv, S), got k " + fmt(k_in.shape()) + " and v " + fmt(v_in.shape()) + ".");
+  }
+  check_attention_shapes(op, q_in, k_in.shape(), k_in.shape(3), "k");
+  if (!std::isfinite(scale_in)) {
+    fail(op, "scale must be a finite float, got " + fmt(scale_in) + ".");
+  }
+  const float scale = float(scale_in);
+  auto s = mx::to_stream(s_);
+  const auto dtype = mx::promote_types(mx::promote_types(q_in.dtype(), k_in.dtype()), v_in.dtype());
+  const mx::Shape scores = {q_in.shape(0), q_in.shape(1), q_in.shape(2), k_in.shape(2)};
+  const int kind = check_attention_mask(op, mask_mode, mask, scores, dtype);
+  // As MLX's op: one dtype for q, k, v (astype is a no-op when they agree).
+  std::vector<mx::array> inputs = {mx::astype(q_in, dtype, s), mx::astype(k_in, dtype, s), mx::astype(v_in, dtype, s)};
+  if (mask) {
+    inputs.push_back(mask->dtype() == mx::bool_ ? *mask : mx::astype(*mask, dtype, s));
+  }
+  auto fallback = [scale, mask_mode, s](std::vector<mx::array> in) {
+    std::optional<mx::array> m;
+    if (in.size() > 3) {
+      m = in[3];
+    }
+    return std::vector<mx::array>{
+        mx::fast::scaled_dot_product_attention(in[0], in[1], in[2], scale, mask_mode, m, {}, false, s)};
+  };
+  if (use_fallback(s) || k_in.shape(2) == 0) {
+    return fallback(inputs)[0];
+  }
+  mx::Shape out_shape = {q_in.shape(0), q_in.shape(1), q_in.shape(2), v_in.shape(3)};
+  return mx::array(
+      out_shape, dtype, std::make_shared<TalkieAttention>(s, fallback, scale, kind, 0, 0), std::move(inputs));
+}
+
+mx::array quantized_scaled_dot_product_attention(
+    const mx::array& q,
+    const std::vector<mx::array>& q_keys,
+    const std::vector<mx::array>& q_values,
+    double scale_in,
+    const std::string& mask_mode,
+    const std::optional<mx::array>& mask,
+    int group_size,
+    int bits,
+    mx::StreamOrDevice s_) {
+  constexpr const char* op = "quantized_scaled_dot_product_attention";
+  check_attention_input(op, "q", q);
+  if (q_keys.size() != 3 || q_values.size() != 3) {
+    fail_type(op, "q_keys and q_values must each be mx.quantize's (codes, scales, biases).");
+  }
+  if (bits != 4 && bits != 8) {
+    fail(op, "bits must be 4 or 8, got " + std::to_string(bits) + ".");
+  }
+  if (group_size != 32 && group_size != 64 && group_size != 128) {
+    fail(op, "group_size must be 32, 64 or 128, got " + std::to_string(group_size) + ".");
+  }
+  auto dtype = q.dtype();
+  int Dv = 0;
+  for (auto [name, t] : {std::pair{"q_keys", &q_keys}, std::pair{"q_values", &q_values}}) {
+    const std::string n = name;
+    const auto& codes = (*t)[0];
+    if (codes.dtype() != mx::uint32) {
+      fail_type(op, n + "[0] must be uint32 (as mx.quantize packs it), got " + fmt(codes.dtype()) + ".");
+    }
+    check_4d(op, n + "[0]", codes);
+    check_attention_input(op, n + "[1]", (*t)[1]);
+    check_attention_input(op, n + "[2]", (*t)[2]);
+    const int D = int(int64_t(codes.shape(3)) * 32 / bits);
+    if (D % group_size) {
+      fail(op, n + " holds rows of " + std::to_string(D) + " elements, not a multiple of group_size " +
+                   std::to_string(group_size) + ".");
+    }
+    const mx::Shape want = {codes.shape(0), codes.shape(1), codes.shape(2), D / group_size};
+    for (int i = 1; i < 3; ++i) {
+      if ((*t)[i].shape() != want) {
+        fail(op, n + "[" + std::to_string(i) + "] must have shape " + fmt(want) +
+                     " (B, Hkv, S, D/group_size), got " + fmt((*t)[i].shape()) + ".");
+      }
+      dtype = mx::promote_types(dtype, (*t)[i].dtype());
+    }
+    if (t == &q_values) {
+      Dv = D;
+      const auto& kc = q_keys[0];
+      if (kc.shape(0) != codes.shape(0) || kc.shape(1) != codes.shape(1) || kc.shape(2) != codes.shape(2)) {
+        fail(op, "q_keys and q_values must have the same (B, Hkv, S), got " + fmt(kc.shape()) + " and " +
+                     fmt(codes.shape()) + ".");
+      }
+    } else {
+      check_attention_shapes(op, q, codes.shape(), D, "k");
+    }
+  }
+  if (!std::isfinite(scale_in)) {
+    fail(op, "scale must be a finite float, got " + fmt(scale_in) + ".");
+  }
+  const float scale = float(scale_in);
+  auto s = mx::to_stream(s_);
+  const mx::Shape scores = {q.shape(0), q.shape(1), q.shape(2), q_keys[0].shape(2)};
+  const int kind = check_attention_mask(op, mask_mode, mask, scores, dtype);
+  std::vector<mx::array> inputs = {q};
+  inputs.insert(inputs.end(), q_keys.begin(), q_keys.end());
+  inputs.insert(inputs.end(), q_values.begin(), q_values.end());
+  if (mask) {
+    inputs.push_back(mask->dtype() == mx::bool_ ? *mask : mx::astype(*mask, dtype, s));
+  }
+  auto fallback = [scale, kind, group_size, bits, s](std::vector<mx::array> in) {
+    return std::vector<mx::array>{reference_quantized_attention(in, scale, kind, group_size, bits, s)};
+  };
+  if (use_fallback(s) || scores[3] == 0) {
+    return fallback(inputs)[0];
+  }
+  mx::Shape out_shape = {q.shape(0), q.shape(1), q.shape(2), Dv};
+  return mx::array(
+      out_shape, dtype, std::make_shared<TalkieAttention>(s, fallback, scale, kind, bits, group_size),
+      std::move(inputs));
 }
 
 } // namespace tk

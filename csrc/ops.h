@@ -103,6 +103,40 @@ mx::array linear(
     const std::string& mode,
     mx::StreamOrDevice s = {});
 
+// Attention with mx.fast.scaled_dot_product_attention's semantics.
+// q (B, Hq, L, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv), Hq a multiple of Hkv
+// (query head h reads kv head h / (Hq/Hkv)); mask_mode "" (none), "causal"
+// (key s visible to query l iff s <= l + S - L) or "array" with `mask` bool
+// (keep) or float (added), broadcastable to (B, Hq, L, S) -> (B, Hq, L, Dv)
+// in promote(q, k, v). In fp32, per query row:
+// 1. s_j = scale · q·k_j, masked (a masked score is the lowest float);
+// 2. out = Σ_j e^(s_j − max s) v_j / Σ_j e^(s_j − max s), rounded once.
+// K and V are read in place with their strides (mlx-lm's cache views).
+mx::array scaled_dot_product_attention(
+    const mx::array& q,
+    const mx::array& k,
+    const mx::array& v,
+    double scale,
+    const std::string& mask_mode,
+    const std::optional<mx::array>& mask,
+    mx::StreamOrDevice s = {});
+
+// The same with K and V as mx.quantize triples (codes (B, Hkv, S, D·bits/32)
+// uint32, scales and biases (B, Hkv, S, D/group_size)), bits 4 or 8:
+// mlx-lm's quantized_scaled_dot_product_attention, whose output dtype is
+// promote(q, scales, biases). Each K/V element is dequantized in fp32
+// (scale·q + bias) as it is read.
+mx::array quantized_scaled_dot_product_attention(
+    const mx::array& q,
+    const std::vector<mx::array>& q_keys,
+    const std::vector<mx::array>& q_values,
+    double scale,
+    const std::string& mask_mode,
+    const std::optional<mx::array>& mask,
+    int group_size,
+    int bits,
+    mx::StreamOrDevice s = {});
+
 // GB/s of a streaming read of an `nbytes` buffer with the kernels' threads
 // (the median of `repeats` reads): the machine's read bandwidth, for the bench.
 double memory_read_gbps(int64_t nbytes, int repeats);

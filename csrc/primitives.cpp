@@ -124,4 +124,13 @@ bool TalkieLinear::is_equivalent(const mx::Primitive& other) const {
   return kind_ == o.kind_ && group_size_ == o.group_size_;
 }
 
+void TalkieAttention::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("[scaled_dot_product_attention] TalkieAttention has no GPU kernel; the op uses its fallback there.");
+}
+
+bool TalkieAttention::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const TalkieAttention&>(other);
+  return scale_ == o.scale_ && mask_ == o.mask_ && bits_ == o.bits_ && group_size_ == o.group_size_;
+}
+
 } // namespace tk

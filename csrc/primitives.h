@@ -126,4 +126,22 @@ class TalkieLinear : public FallbackPrimitive {
   int group_size_;
 };
 
+// Inputs: {q, k, v} or, quantized, {q, k codes, k scales, k biases, v codes,
+// v scales, v biases}; then the mask for array masks. Outputs: {(B, Hq, L, Dv)}.
+class TalkieAttention : public FallbackPrimitive {
+ public:
+  TalkieAttention(mx::Stream s, Fallback fallback, float scale, int mask, int bits, int group_size)
+      : FallbackPrimitive(s, std::move(fallback)), scale_(scale), mask_(mask), bits_(bits), group_size_(group_size) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  DEFINE_NAME(TalkieAttention)
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  float scale_;
+  int mask_;  // kern::AttnMask
+  int bits_;  // 0: dense K/V
+  int group_size_;
+};
+
 } // namespace tk

@@ -33,6 +33,19 @@ mx::array offset_array(const Offset& offset) {
   return std::get<mx::array>(offset);
 }
 
+// An attention mask: None, a mode string ("causal") or an array.
+using Mask = std::optional<std::variant<mx::array, std::string>>;
+
+std::pair<std::string, std::optional<mx::array>> mask_args(const Mask& mask) {
+  if (!mask) {
+    return {"", std::nullopt};
+  }
+  if (const auto* mode = std::get_if<std::string>(&*mask)) {
+    return {*mode, std::nullopt};
+  }
+  return {"array", std::get<mx::array>(*mask)};
+}
+
 } // namespace
 
 NB_MODULE(_native, m) {
@@ -107,6 +120,35 @@ NB_MODULE(_native, m) {
       "bits"_a.none(),
       "mode"_a,
       "x @ weight.T, dense or MLX-quantized (mx.quantized_matmul's semantics, transpose=True).");
+
+  m.def(
+      "scaled_dot_product_attention",
+      [](const mx::array& q, const mx::array& k, const mx::array& v, double scale, const Mask& mask) {
+        auto [mode, arr] = mask_args(mask);
+        return tk::scaled_dot_product_attention(q, k, v, scale, mode, arr);
+      },
+      "q"_a,
+      "k"_a,
+      "v"_a,
+      "scale"_a,
+      "mask"_a.none(),
+      "Attention (mx.fast.scaled_dot_product_attention's semantics); mask None, 'causal' or an array.");
+
+  m.def(
+      "quantized_scaled_dot_product_attention",
+      [](const mx::array& q, const std::vector<mx::array>& q_keys, const std::vector<mx::array>& q_values,
+         double scale, const Mask& mask, int group_size, int bits) {
+        auto [mode, arr] = mask_args(mask);
+        return tk::quantized_scaled_dot_product_attention(q, q_keys, q_values, scale, mode, arr, group_size, bits);
+      },
+      "q"_a,
+      "q_keys"_a,
+      "q_values"_a,
+      "scale"_a,
+      "mask"_a.none(),
+      "group_size"_a,
+      "bits"_a,
+      "Attention over mx.quantize'd K/V (mlx-lm's quantized_scaled_dot_product_attention).");
 
   m.def(
       "memory_read_gbps",

@@ -26,6 +26,8 @@ __all__ = [
     "rope_qk_norm",
     "residual_norm",
     "linear",
+    "scaled_dot_product_attention",
+    "quantized_scaled_dot_product_attention",
     "native_available",
     "backend",
     "load",
@@ -101,6 +103,24 @@ def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, m
     reference, MLX's own ``matmul`` / ``quantized_matmul``. See ``reference.linear``.
     """
     return _impl()._linear(*C.linear_args(x, weight, scales, biases, group_size, bits, mode))
+
+
+def scaled_dot_product_attention(q, k, v, *, scale, mask=None):
+    """Attention with ``mx.fast.scaled_dot_product_attention``'s semantics.
+
+    q (B, Hq, L, D), k/v (B, Hkv, S, D/Dv), Hq a multiple of Hkv; mask None,
+    ``"causal"`` or a bool/float array broadcastable to (B, Hq, L, S). On the
+    CPU the native kernels (K/V read in place, split-K decode, tiled prefill,
+    fp32 throughout); on the GPU MLX's own fused op. See ``reference.scaled_dot_product_attention``.
+    """
+    return _impl()._scaled_dot_product_attention(*C.scaled_dot_product_attention_args(q, k, v, scale, mask))
+
+
+def quantized_scaled_dot_product_attention(q, q_keys, q_values, *, scale, mask=None, group_size=64, bits=8):
+    """mlx-lm's ``quantized_scaled_dot_product_attention`` (K/V as ``mx.quantize``
+    triples, bits 4 or 8): native on the CPU, mlx-lm's composition elsewhere."""
+    args = C.quantized_scaled_dot_product_attention_args(q, q_keys, q_values, scale, mask, group_size, bits)
+    return _impl()._quantized_scaled_dot_product_attention(*args)
 
 
 def load(path_or_repo, **kwargs):

@@ -20,6 +20,7 @@ The C++ op functions (``csrc/ops.cpp``) keep their own checks of the arrays
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import mlx.core as mx
@@ -274,3 +275,120 @@ def linear_args(x, weight, scales, biases, group_size, bits, mode):
     """-> (x, weight, scales, biases, group_size, bits, mode), affine defaults filled in."""
     group_size, bits = _check_linear("linear", x, weight, scales, biases, group_size, bits, mode)
     return x, weight, scales, biases, group_size, bits, mode
+
+
+# ---- attention ------------------------------------------------------------------
+
+#: K/V bits the native quantized attention runs (mlx-lm's kv_bits 4 and 8).
+ATTENTION_BITS = (4, 8)
+
+
+def _check_4d(op: str, name: str, a) -> None:
+    if a.ndim != 4:
+        _fail(op, f"{name} must have 4 dimensions (B, H, L, D), got shape {a.shape}.")
+
+
+def _check_attention_input(op: str, name: str, a) -> None:
+    check_array(op, name, a)
+    _check_4d(op, name, a)
+
+
+def _check_attention_shapes(op: str, q, k_shape, Dk: int, k_name: str) -> None:
+    if q.shape[0] != k_shape[0] or q.shape[3] != Dk:
+        _fail(
+            op,
+            f"q (B, Hq, L, D) and {k_name} (B, Hkv, S, D) must agree on B and D, got q {q.shape} "
+            f"and B = {k_shape[0]}, D = {Dk}.",
+        )
+    if q.shape[1] % k_shape[1]:
+        _fail(op, f"q's heads Hq = {q.shape[1]} must be a multiple of the kv heads Hkv = {k_shape[1]}.")
+
+
+def _check_scale(op: str, scale) -> float:
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
+        _fail(op, f"scale must be a float, got {type(scale).__name__}.", TypeError)
+    if not math.isfinite(scale):
+        _fail(op, f"scale must be a finite float, got {float(scale)!r}.")
+    return float(scale)
+
+
+def _check_attention_mask(op: str, mask, scores: tuple, out_dtype) -> None:
+    """``None``, ``"causal"`` or a bool/float array broadcastable to ``scores`` (B, Hq, L, S)."""
+    if mask is None:
+        return
+    if isinstance(mask, str):
+        if mask != "causal":
+            _fail(op, f"mask must be None, 'causal' or an mx.array, got {mask!r}.")
+        return
+    if not isinstance(mask, mx.array):
+        _fail(op, f"mask must be None, 'causal' or an mx.array, got {type(mask).__name__}.", TypeError)
+    if mask.dtype != mx.bool_ and not mx.issubdtype(mask.dtype, mx.floating):
+        _fail(op, f"mask must be bool or floating, got {mask.dtype}.", TypeError)
+    if mask.dtype != mx.bool_ and mx.result_type(mask.dtype, out_dtype) != out_dtype:
+        _fail(op, f"a float mask must not be wider than the output dtype {out_dtype}, got {mask.dtype}.")
+    shape = mask.shape
+    if len(shape) > 4 or any(m not in (1, s) for m, s in zip(shape[::-1], scores[::-1])):
+        _fail(op, f"mask of shape {shape} does not broadcast to (B, Hq, L, S) = {tuple(scores)}.")
+
+
+def scaled_dot_product_attention_args(q, k, v, scale, mask):
+    """-> (q, k, v, scale, mask)."""
+    op = "scaled_dot_product_attention"
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        _check_attention_input(op, name, a)
+    if k.shape[:3] != v.shape[:3]:
+        _fail(op, f"k and v must have the same (B, Hkv, S), got k {k.shape} and v {v.shape}.")
+    _check_attention_shapes(op, q, k.shape, k.shape[3], "k")
+    scale = _check_scale(op, scale)
+    out_dtype = mx.result_type(q, k, v)
+    _check_attention_mask(op, mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), out_dtype)
+    return q, k, v, scale, mask
+
+
+def _quantized_triple(op: str, name: str, t):
+    if not isinstance(t, (tuple, list)) or len(t) != 3 or not all(isinstance(a, mx.array) for a in t):
+        _fail(op, f"{name} must be mx.quantize's (codes, scales, biases), got {type(t).__name__}.", TypeError)
+    return tuple(t)
+
+
+def quantized_scaled_dot_product_attention_args(q, q_keys, q_values, scale, mask, group_size, bits):
+    """-> (q, q_keys, q_values, scale, mask, group_size, bits), K/V as tuples."""
+    op = "quantized_scaled_dot_product_attention"
+    _check_attention_input(op, "q", q)
+    q_keys = _quantized_triple(op, "q_keys", q_keys)
+    q_values = _quantized_triple(op, "q_values", q_values)
+    for name, v in (("group_size", group_size), ("bits", bits)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            _fail(op, f"{name} must be an int, got {type(v).__name__}.", TypeError)
+    group_size, bits = int(group_size), int(bits)
+    if bits not in ATTENTION_BITS:
+        _fail(op, f"bits must be 4 or 8, got {bits}.")
+    if group_size not in NATIVE_GROUP_SIZES:
+        _fail(op, f"group_size must be 32, 64 or 128, got {group_size}.")
+    out_dtype = q.dtype
+    for name, (codes, scales, biases) in (("q_keys", q_keys), ("q_values", q_values)):
+        if codes.dtype != mx.uint32:
+            _fail(op, f"{name}[0] must be uint32 (as mx.quantize packs it), got {codes.dtype}.", TypeError)
+        _check_4d(op, f"{name}[0]", codes)
+        _check_attention_input(op, f"{name}[1]", scales)
+        _check_attention_input(op, f"{name}[2]", biases)
+        D = codes.shape[3] * 32 // bits
+        if D % group_size:
+            _fail(op, f"{name} holds rows of {D} elements, not a multiple of group_size {group_size}.")
+        want = (*codes.shape[:3], D // group_size)
+        for i, a in ((1, scales), (2, biases)):
+            if a.shape != want:
+                _fail(op, f"{name}[{i}] must have shape {want} (B, Hkv, S, D/group_size), got {a.shape}.")
+        out_dtype = mx.result_type(out_dtype, scales.dtype, biases.dtype)
+        if name == "q_values":
+            if codes.shape[:3] != q_keys[0].shape[:3]:
+                _fail(
+                    op,
+                    f"q_keys and q_values must have the same (B, Hkv, S), got {q_keys[0].shape} and {codes.shape}.",
+                )
+        else:
+            _check_attention_shapes(op, q, codes.shape, D, "k")
+    scale = _check_scale(op, scale)
+    scores = (q.shape[0], q.shape[1], q.shape[2], q_keys[0].shape[2])
+    _check_attention_mask(op, mask, scores, out_dtype)
+    return q, q_keys, q_values, scale, mask, group_size, bits

@@ -29,6 +29,11 @@ backend, and ``talkie_kernels.models.talkie``).
   GB/s and % of the read bandwidth (``bench_linear.py``).
 * Per-op: rms_norm, rope, rope_qk_norm, residual_norm (with skip) at Talkie's
   shapes (40 heads × 128, hidden 5120), decode L=1 and prefill L=512, bf16.
+* ``--depths``: attention by context length (``bench_attention.py``): decode
+  tok/s of one 13B-width bf16 block at 0/512/2048/4096 cached positions with
+  floors, the attention op against MLX's CPU SDPA and its read floor, its
+  share of a 2048-token prefill, and mlx-lm's KV append per token
+  (``--depths-mlx`` adds mlx-lm's plain model and MLX's 2048-token prefill).
 
 Reports medians with p20/p80 and sample counts, ratios against ``reference``,
 the targets (``bench_targets.py``), versions, device and backend
@@ -44,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import bench_attention as BA
 from . import bench_linear as BL
 from . import bench_models as M
 from . import benchmarking as B
@@ -133,6 +139,8 @@ class Settings:
         self.do_models = args.only in (None, "models")
         self.do_linear = bool(self.linear_shapes) and args.only in (None, "linear")
         self.all_isas = args.all_isas
+        self.depths = args.depths
+        self.depths_mlx = args.depths_mlx
 
     def distribute(self, group) -> None:
         """Run as one rank of ``group``: exact sample counts for the models, whose
@@ -178,6 +186,7 @@ class Settings:
             "op_dtype": self.op_dtype,
             "models": [{"model": r.name, "prompt_len": r.prompt_len, "formats": r.formats} for r in self.models],
             "linear_shapes": [list(s) for s in self.linear_shapes],
+            "depths": self.depths, "depths_mlx": self.depths_mlx,
             "seed": self.seed,
             "all_isas": self.all_isas,
             "distributed": None if self.group is None else {
@@ -223,6 +232,17 @@ def _names(known, what: str):
     return parse
 
 
+def _depths(text: str) -> str:
+    """An argparse type: comma-separated cached-position counts >= 0."""
+    try:
+        values = [int(v) for v in _split(text)]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="talkie-kernels bench",
@@ -248,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-isas", action="store_true", help="run the native measurements once per instruction-set table "
                    "this CPU offers from x86-64-v3 up (talkie_kernels.native.ops.available_isas(): e.g. v3 = AVX2 and v4 = AVX-512, "
                    "plus their VNNI tables), each row and target naming its table; takes that many times as long. Default: the best table only")
+    p.add_argument("--depths", nargs="?", const=",".join(map(str, BA.DEPTHS)), type=_depths, metavar="N,N,...",
+                   help="also measure attention by context length: one 13B-width bf16 block's decode tok/s at these cached "
+                   f"positions (default {','.join(map(str, BA.DEPTHS))}) against its floor, the attention op vs MLX's CPU SDPA, "
+                   "its share of a 2048-token prefill, mlx-lm's KV append (~1 min on 2 cores; --quick: a tiny model at 0, 16)")
+    p.add_argument("--depths-mlx", action="store_true", help="with --depths: also mlx-lm's plain model by depth and MLX's "
+                   "2048-token prefill attention (MLX's CPU attention is its composed fallback: minutes)")
     p.add_argument("--op-dtype", choices=["float32", "float16", "bfloat16"], help=f"dtype of the per-op inputs (default {B.DEFAULTS.op_dtype}, as Talkie's weights)")
     p.add_argument("--prompt-len", type=int_in(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
     p.add_argument("--decode-tokens", type=int_in(1), metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
@@ -589,7 +615,7 @@ def _run(parser, args, group) -> int:
         meta = B.metadata()
     notes = [str(w.message) for w in caught]
     model_groups = sum(1 + len(s.workloads(r, f)) for r in s.models for f in r.formats)
-    groups = (2 + (8 if s.do_ops else 0) + (model_groups if s.do_models else 0)
+    groups = (2 + (8 if s.do_ops else 0) + (model_groups if s.do_models else 0) + (12 if s.depths else 0)
               + (len(s.linear_shapes) * len(BL.FORMATS) if s.do_linear else 0))
     records: list[dict] = []
     graph_nodes: dict[str, dict[str, int]] = {}
@@ -621,6 +647,9 @@ def _run(parser, args, group) -> int:
                     new += run_linear(s, progress)
                 if s.do_ops:
                     new += run_ops(s, progress)
+                if s.depths:
+                    depths = None if s.quick else [int(v) for v in _split(s.depths)]
+                    new += BA.run(s.quick, s.depths_mlx, s.seed, progress, depths)
             for r in new:
                 r["isa"] = isa
             records += new
@@ -628,6 +657,7 @@ def _run(parser, args, group) -> int:
         bar.update(task, completed=groups)
 
     apply_bandwidth(records, bandwidth.get("gbps"))
+    BA.apply_bandwidth(records, bandwidth.get("gbps"))
     _add_speedups(records)
     targets = check_targets(records, graph_nodes)
     meta["read_bandwidth"] = bandwidth
@@ -644,6 +674,10 @@ def _run(parser, args, group) -> int:
     if args.plot and rank0:
         plot(args.plot, meta, records)
         console.print(f"wrote {Path(args.plot).resolve()}")
+        if s.depths:
+            depth_plot = Path(args.plot).with_suffix(".depths.png")
+            BA.plot(str(depth_plot), meta, records)
+            console.print(f"wrote {depth_plot.resolve()}")
     return 1 if "error" in bandwidth or any(r["status"] == "error" for r in records) else 0
 
 

@@ -89,6 +89,27 @@ def _pipelined_vs_sync(records, _):
     return a / b if a and b else None
 
 
+def _depth_row(depth: int):
+    return lambda records: _one(records, kind="depth", model="talkie-1l-13b-width", depth=depth, impl="fused")
+
+
+def _extra_kv_time(records, _):
+    """(decode time at 2048 cached positions − at 0) ÷ reading those K/V bytes once."""
+    at0, at2048 = _depth_row(0)(records), _depth_row(2048)(records)
+    if not (at0.get("ms_per_token") and at2048.get("ms_per_token") and at2048.get("kv_floor_ms")):
+        return None
+    return (at2048["ms_per_token"] - at0["ms_per_token"]) / at2048["kv_floor_ms"]
+
+
+def _depth_vs_floor(records, _):
+    return _depth_row(2048)(records).get("x_floor")
+
+
+def _attention_share(records, _):
+    r = _one(records, kind="attention_share", model="talkie-1l-13b-width")
+    return 100 * r["share"] if r.get("share") is not None else None
+
+
 def _graph(_, graph_nodes):
     g = graph_nodes.get("talkie-8l-512")
     if not g:
@@ -121,6 +142,12 @@ def targets() -> list[Target]:
                0.35, 0.25, "x", False, "talkie-8l-512"),
         Target("generate_step vs synchronous decode, fused talkie-8l-512 float32", _pipelined_vs_sync,
                1.0, None, "x", True, "talkie-8l-512 float32 without --no-generate-step"),
+        Target("extra decode time at 2048 cached positions over 0, 13B width bf16: ÷ reading that K/V once",
+               _extra_kv_time, 2.0, 1.3, "x floor", False, "--depths, not --quick"),
+        Target("decode step at 2048 cached positions, 13B width bf16: time ÷ (weights + K/V) floor",
+               _depth_vs_floor, 1.33, 1.15, "x floor", False, "--depths, not --quick"),
+        Target("attention share of a 2048-token prefill, 13B width bf16", _attention_share,
+               25.0, 15.0, "%", False, "--depths, not --quick"),
     ]
     for model, fmts, needs in WIDTH_13B_DECODE:
         for fmt in fmts:

@@ -53,7 +53,15 @@ import numpy as np
 from . import _checks as C
 from . import reference
 
-__all__ = ["rms_norm", "rope", "rope_qk_norm", "residual_norm", "linear"]
+__all__ = [
+    "rms_norm",
+    "rope",
+    "rope_qk_norm",
+    "residual_norm",
+    "linear",
+    "scaled_dot_product_attention",
+    "quantized_scaled_dot_product_attention",
+]
 
 # ---------------------------------------------------------------------------
 # Kernel factory and cache
@@ -383,6 +391,9 @@ def _residual_norm(x, y, gain, skip, skip_gain, eps):
 
 # On the GPU MLX's own matmuls are already near the memory limit.
 _linear = reference._linear
+# Attention on the GPU is MLX's own fused op (and mlx-lm's quantized composition).
+_scaled_dot_product_attention = reference._scaled_dot_product_attention
+_quantized_scaled_dot_product_attention = reference._quantized_scaled_dot_product_attention
 
 
 # ---------------------------------------------------------------------------
@@ -446,3 +457,15 @@ def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, m
     """``x @ weight.T``, dense or MLX-quantized: MLX's own ``matmul`` /
     ``quantized_matmul`` (see ``reference.linear``)."""
     return _linear(*C.linear_args(x, weight, scales, biases, group_size, bits, mode))
+
+
+def scaled_dot_product_attention(q, k, v, *, scale, mask=None):
+    """MLX's own ``mx.fast.scaled_dot_product_attention`` (see ``reference.scaled_dot_product_attention``)."""
+    return _scaled_dot_product_attention(*C.scaled_dot_product_attention_args(q, k, v, scale, mask))
+
+
+def quantized_scaled_dot_product_attention(q, q_keys, q_values, *, scale, mask=None, group_size=64, bits=8):
+    """mlx-lm's composition (see ``reference.quantized_scaled_dot_product_attention``)."""
+    return _quantized_scaled_dot_product_attention(
+        *C.quantized_scaled_dot_product_attention_args(q, q_keys, q_values, scale, mask, group_size, bits)
+    )

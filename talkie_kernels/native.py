@@ -182,3 +182,25 @@ def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, m
     """``x @ weight.T``, dense or MLX-quantized (see ``talkie_kernels.linear``)."""
     _require()
     return _linear(*C.linear_args(x, weight, scales, biases, group_size, bits, mode))
+
+
+def _scaled_dot_product_attention(q, k, v, scale, mask):
+    return ops.scaled_dot_product_attention(q, k, v, scale, mask)
+
+
+def scaled_dot_product_attention(q, k, v, *, scale, mask=None):
+    """Attention on the CPU: split-K decode, tiled prefill (see ``talkie_kernels.scaled_dot_product_attention``)."""
+    _require()
+    return _scaled_dot_product_attention(*C.scaled_dot_product_attention_args(q, k, v, scale, mask))
+
+
+def _quantized_scaled_dot_product_attention(q, q_keys, q_values, scale, mask, group_size, bits):
+    return ops.quantized_scaled_dot_product_attention(q, q_keys, q_values, scale, mask, group_size, bits)
+
+
+def quantized_scaled_dot_product_attention(q, q_keys, q_values, *, scale, mask=None, group_size=64, bits=8):
+    """Attention over ``mx.quantize``'d K/V on the CPU, dequantized as it is read."""
+    _require()
+    return _quantized_scaled_dot_product_attention(
+        *C.quantized_scaled_dot_product_attention_args(q, q_keys, q_values, scale, mask, group_size, bits)
+    )

@@ -119,3 +119,52 @@ def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, m
        dtype ``promote(x, scales, biases)``.
     """
     return _linear(*C.linear_args(x, weight, scales, biases, group_size, bits, mode))
+
+
+def _scaled_dot_product_attention(q, k, v, scale, mask):
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+def scaled_dot_product_attention(q, k, v, *, scale, mask=None):
+    """MLX's own attention, ``mx.fast.scaled_dot_product_attention``.
+
+    Shapes: q (B, Hq, L, D); k (B, Hkv, S, D), v (B, Hkv, S, Dv), Hq a
+    multiple of Hkv -> (B, Hq, L, Dv) in ``promote(q, k, v)``; mask None,
+    ``"causal"`` (aligned to the bottom right when L < S) or a bool (keep) /
+    float (added) array broadcastable to (B, Hq, L, S).
+
+    1. ``s = scale·q·kᵀ`` per query head h against kv head ``h // (Hq/Hkv)``.
+    2. Masked scores become the dtype's lowest value (bool), or get the mask added.
+    3. ``out = softmax(s)·v``.
+    """
+    return _scaled_dot_product_attention(*C.scaled_dot_product_attention_args(q, k, v, scale, mask))
+
+
+def _quantized_scaled_dot_product_attention(q, q_keys, q_values, scale, mask, group_size, bits):
+    from mlx_lm.models.base import quantized_scaled_dot_product_attention
+
+    # mlx-lm scales `queries` in place (`*=`): it gets its own array object.
+    return quantized_scaled_dot_product_attention(
+        q.astype(q.dtype),
+        q_keys,
+        q_values,
+        scale=scale,
+        mask=mask,
+        group_size=group_size,
+        bits=bits,
+    )
+
+
+def quantized_scaled_dot_product_attention(q, q_keys, q_values, *, scale, mask=None, group_size=64, bits=8):
+    """mlx-lm's ``quantized_scaled_dot_product_attention`` (``QuantizedKVCache``'s attention).
+
+    K and V are ``mx.quantize`` triples ``(codes, scales, biases)`` of
+    (B, Hkv, S, D) arrays quantized along D; bits 4 or 8.
+
+    1. ``s = quantized_matmul(scale·q, K)`` (dequantized ``scales·codes + biases``).
+    2. The mask as in ``scaled_dot_product_attention``.
+    3. ``out = quantized_matmul(softmax(s), V)``; dtype ``promote(q, scales, biases)``.
+    """
+    return _quantized_scaled_dot_product_attention(
+        *C.quantized_scaled_dot_product_attention_args(q, q_keys, q_values, scale, mask, group_size, bits)
+    )

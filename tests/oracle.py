@@ -120,3 +120,40 @@ def linear(x, weight, scales=None, biases=None, group_size=64, bits=4):
     """``x @ weight.T`` in float64, the weight dequantized in float64 if quantized."""
     w = to64(weight) if scales is None else dequantize(weight, scales, biases, group_size, bits)
     return to64(x) @ w.T
+
+
+def attention(q, k, v, scale, mask=None):
+    """``softmax(scale·q·kᵀ + mask)·v`` in float64, with MLX's mask semantics.
+
+    q (B, Hq, L, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv): query head h reads kv
+    head ``h // (Hq/Hkv)``. ``mask``: None, ``"causal"`` (key s visible to
+    query l iff ``s <= l + S - L``), a bool array (keep) or a float array
+    (added), broadcastable to (B, Hq, L, S). A row with every key masked
+    averages all the values, as MLX's ``where(mask, s, finfo.min)`` does.
+    """
+    q, k, v = to64(q), to64(k), to64(v)
+    L, S = q.shape[2], k.shape[2]
+    G = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, G, axis=1), np.repeat(v, G, axis=1)
+    s = scale * np.einsum("bhld,bhsd->bhls", q, k)
+    keep = None
+    if isinstance(mask, str):
+        keep = np.arange(S)[None, :] <= np.arange(L)[:, None] + S - L
+    elif mask is not None and mask.dtype == mx.bool_:
+        keep = np.array(mask)
+    elif mask is not None:
+        s = s + to64(mask)
+    if keep is not None:
+        keep = np.broadcast_to(keep, s.shape)
+        none = ~keep.any(axis=-1, keepdims=True)
+        s = np.where(none, 0.0, np.where(keep, s, -np.inf))
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    return (p / p.sum(axis=-1, keepdims=True)) @ v
+
+
+def dequantize_rows(codes, scales, biases, group_size: int, bits: int) -> np.ndarray:
+    """``dequantize`` of an (..., D) array quantized along its last axis: (..., D) float64."""
+    lead = codes.shape[:-1]
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    w = dequantize(flat(codes), flat(scales), flat(biases), group_size, bits)
+    return w.reshape(*lead, -1)

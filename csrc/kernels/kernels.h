@@ -126,6 +126,83 @@ struct LinearArgs {
   void* out;  // (M, N) row-contiguous, out_dtype
 };
 
+// ---- scaled_dot_product_attention -------------------------------------------
+
+enum class AttnMask : int { none = 0, causal = 1, boolean = 2, additive = 3 };
+
+// A (B, H, S, ·) array: element strides of its first three axes (the last
+// one contiguous); `ptr` includes the array's offset.
+struct Strided3 {
+  const void* ptr;
+  int64_t b, h, s;
+};
+
+// K or V (B, Hkv, S, ·): dense rows of `dtype`, or MLX affine codes (bits 4
+// or 8; x in uint32 words, element i of a row at bit i·bits) with a scale
+// and a bias (of `dtype`) per group of the row.
+struct KVArgs {
+  Strided3 x;
+  Dtype dtype;
+  int bits;  // 0: dense
+  Strided3 scales, biases;
+};
+
+// Decode: L at most this many query positions (work items are pieces of keys).
+inline constexpr int64_t kAttnDecodeMaxL = 7;
+// Decode: keys per work item, a function of S only (bit-equal at any thread
+// count); 256 keys × 40 heads give 320 items at S = 2048.
+inline constexpr int64_t kAttnSplit = 256;
+// Keys per block of the online softmax (a panel of K and V rows in fp32).
+inline constexpr int64_t kAttnBlock = 16;
+// Prefill: query rows per work item (a multiple of two vectors of every ISA).
+inline constexpr int64_t kAttnRows = 32;
+
+struct AttentionArgs {
+  Dtype q_dtype, out_dtype;
+  int64_t B, Hq, Hkv, L, S, D, Dv;
+  int64_t group_size;  // quantized K/V
+  float scale;
+  Strided3 q;  // (B, Hq, L, D)
+  KVArgs k, v;
+  AttnMask mask;
+  Dtype mask_dtype;  // additive masks (boolean ones are bytes)
+  const void* mask_ptr;
+  int64_t mask_strides[4];  // elements, broadcast axes 0
+  void* out;  // (B, Hq, L, Dv) row-contiguous
+  float* partial;  // decode: attention_partial_floats(), filled by attention_decode
+};
+
+inline int64_t attention_rows(const AttentionArgs& a) {  // decode rows per item: G·L
+  return a.Hq / a.Hkv * a.L;
+}
+inline int64_t attention_splits(const AttentionArgs& a) {
+  return (a.S + kAttnSplit - 1) / kAttnSplit;
+}
+inline int64_t attention_pad16(int64_t n) {
+  return (n + 15) / 16 * 16;
+}
+inline int64_t attention_partial_floats(const AttentionArgs& a) {
+  return a.B * a.Hkv * attention_splits(a) * attention_rows(a) * (attention_pad16(a.Dv) + 2);
+}
+// Prefill: query positions per tile (all G heads of each), and its rows padded.
+inline int64_t attention_tile_positions(const AttentionArgs& a) {
+  const int64_t G = a.Hq / a.Hkv;
+  return G >= kAttnRows ? 1 : kAttnRows / G;
+}
+inline int64_t attention_tile_rows(const AttentionArgs& a) {
+  const int64_t R = attention_tile_positions(a) * (a.Hq / a.Hkv);
+  return (R + kAttnRows - 1) / kAttnRows * kAttnRows;
+}
+// Scratch floats per concurrent call of attention_decode / attention_prefill.
+inline int64_t attention_scratch_floats(const AttentionArgs& a) {
+  const int64_t ldk = attention_pad16(a.D), ldv = attention_pad16(a.Dv);
+  if (a.L <= kAttnDecodeMaxL) {
+    return attention_rows(a) * (ldk + ldv) + kAttnBlock * (ldk + ldv + 1);
+  }
+  const int64_t Rp = attention_tile_rows(a);
+  return Rp * (a.D + ldv + kAttnBlock + 5) + kAttnBlock * (ldk + ldv) + ldk;
+}
+
 struct Table {
   const char* isa;
   void (*rms_norm)(const RmsNormArgs&, int64_t begin, int64_t end);
@@ -141,6 +218,14 @@ struct Table {
   void (*linear)(const LinearArgs&, int64_t begin, int64_t end);
   // Sum of n 64-bit words (a streaming read, for the bandwidth probe).
   uint64_t (*read_sum)(const uint64_t* p, int64_t n);
+  // Attention (see AttentionArgs). Decode: items are B·Hkv·attention_splits
+  // pieces of keys, each writing its rows' (max, sum, accumulator) to
+  // a.partial; merge: items are the B·Hkv kv heads, combining their pieces
+  // into out. Prefill: items are B·Hkv·ceil(L / tile positions) tiles of
+  // query rows. scratch: attention_scratch_floats(a), one per concurrent call.
+  void (*attention_decode)(const AttentionArgs&, int64_t begin, int64_t end, float* scratch);
+  void (*attention_merge)(const AttentionArgs&, int64_t begin, int64_t end);
+  void (*attention_prefill)(const AttentionArgs&, int64_t begin, int64_t end, float* scratch);
 };
 
 // Each instruction set's entry points (csrc/kernels/<op>.cpp, compiled once
@@ -153,6 +238,9 @@ struct Table {
   void linear_prepare_x(const LinearX&, WeightKind, float*, int64_t, int64_t);                  \
   void linear(const LinearArgs&, int64_t, int64_t);                                             \
   uint64_t read_sum(const uint64_t*, int64_t);                                                  \
+  void attention_decode(const AttentionArgs&, int64_t, int64_t, float*);                        \
+  void attention_merge(const AttentionArgs&, int64_t, int64_t);                                 \
+  void attention_prefill(const AttentionArgs&, int64_t, int64_t, float*);                       \
   extern const Table table;
 namespace base {
 TK_KERNEL_DECLS

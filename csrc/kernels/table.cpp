@@ -19,6 +19,9 @@ extern const Table table = {
     linear_prepare_x,
     linear,
     read_sum,
+    attention_decode,
+    attention_merge,
+    attention_prefill,
 };
 
 } // namespace tk::kern::TK_ISA

@@ -7,7 +7,11 @@ Same math as mlx-lm's plain model, fewer graph nodes per token. Per block:
    without copies.
 2. ``q, k = rope_qk_norm(q, k, head_g, cache.offset)`` — RoPE, QK-norm and the
    head gain in one op, on the strided views.
-3. mlx-lm's KV cache and ``scaled_dot_product_attention``, then ``attn_resid``.
+3. mlx-lm's KV cache (any kind ``make_prompt_cache`` builds, its buffer views
+   read in place) and ``attention``: ``tk.scaled_dot_product_attention``, or
+   ``tk.quantized_scaled_dot_product_attention`` for a ``QuantizedKVCache``
+   (native on the CPU, MLX's fused attention and mlx-lm's composition on the
+   GPU), then ``attn_resid``.
 4. ``x, normed = residual_norm(x, attn, attn_gain)``.
 5. ``gate, lin = split(normed @ W_gate_linearᵀ)`` — one projection;
    ``mlp = mlp_resid(silu(gate) · lin)``.
@@ -43,6 +47,7 @@ from mlx_lm.models.base import (
 
 import talkie_kernels as tk
 from talkie_kernels import distributed
+from talkie_kernels._checks import ATTENTION_BITS
 
 
 @dataclass
@@ -201,9 +206,7 @@ class Attention(nn.Module):
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
 
-        output = scaled_dot_product_attention(
-            queries, keys, values, cache=cache, scale=self.scale, mask=mask
-        )
+        output = attention(queries, keys, values, cache, self.scale, mask)
         if L == 1:
             # (B, H, 1, D) has the memory layout of (B, 1, H, D): no transpose needed.
             output = output.reshape(B, -1)
@@ -211,6 +214,23 @@ class Attention(nn.Module):
             output = output.transpose(0, 2, 1, 3).reshape(B * L, -1)
         out = self.attn_resid(output)
         return out if self.tp_group is None else mx.distributed.all_sum(out, group=self.tp_group)
+
+
+def attention(queries, keys, values, cache, scale: float, mask):
+    """mlx-lm's ``scaled_dot_product_attention`` on the talkie_kernels ops.
+
+    A ``QuantizedKVCache`` (it has ``bits``) hands over K/V as ``mx.quantize``
+    triples: the quantized op for kv_bits 4 and 8, mlx-lm's own composition
+    for other bits. ``mask`` is what mlx-lm made: None, "causal" or an array.
+    """
+    bits = getattr(cache, "bits", None)
+    if bits is None:
+        return tk.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+    if bits not in ATTENTION_BITS:
+        return scaled_dot_product_attention(queries, keys, values, cache=cache, scale=scale, mask=mask)
+    return tk.quantized_scaled_dot_product_attention(
+        queries, keys, values, scale=scale, mask=mask, group_size=cache.group_size, bits=bits
+    )
 
 
 class MLP(nn.Module):
