@@ -116,7 +116,7 @@ inline __m256i low_half(const uint8_t* p) {
 // 6j % 8 of byte 6j / 8; the word holding that byte (and the next) is
 // shifted right by 6j % 8 via the high half of a multiply by 2^(16 - shift),
 // and codes at shift 0 put their byte in the high half and shift by 8.
-inline __m256i q6_words(__m256i raw, int o) {
+__attribute__((always_inline)) inline __m256i q6_words(__m256i raw, int o) {
   const int8_t b = int8_t(o);
   const __m128i ctl = _mm_setr_epi8(-1, b, b, b + 1, b + 1, b + 2, b + 2, b + 3,  //
                                     -1, b + 3, b + 3, b + 4, b + 4, b + 5, b + 5, -1);
@@ -130,7 +130,7 @@ inline __m256i q6_words(__m256i raw, int o) {
 // holds only one block (K % 64 == 32); the other half reads as zero codes
 // (x8 and dx are zero there too).
 template <WeightKind W>
-inline void load_unit(const uint8_t* row, int64_t u, bool half, __m256i& c0, __m256i& c1) {
+__attribute__((always_inline)) inline void load_unit(const uint8_t* row, int64_t u, bool half, __m256i& c0, __m256i& c1) {
   const uint8_t* p = row + u * unit_bytes<W>();
   if constexpr (W == WeightKind::q4) {
     // byte i holds column 2i (low nibble) and 2i + 1 (high nibble).
@@ -160,7 +160,7 @@ inline void load_unit(const uint8_t* row, int64_t u, bool half, __m256i& c0, __m
 // Step 3 for one row of x: the int32 lane sums of c · x8 over a unit.
 // (a0, a1: |c| for the recentred 8-bit codes, else unused.)
 template <WeightKind W>
-inline __m256i unit_dot(__m256i c0, __m256i c1, __m256i a0, __m256i a1, const int8_t* x) {
+__attribute__((always_inline)) inline __m256i unit_dot(__m256i c0, __m256i c1, __m256i a0, __m256i a1, const int8_t* x) {
   const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32));
 #if TK_INT8_VNNI
@@ -213,26 +213,25 @@ void tile(const LinearArgs& a, int64_t n0) {
   const int64_t groups = a.K / a.group_size, bpg = a.group_size / kLinearBlock;
   constexpr int64_t ub = unit_bytes<W>();
   const int64_t rb = a.K * bits_of<W>() / 8;
-  // Per row: each block's scale s_g (2·units, zero past K) and each group's
-  // bias b'_g = b_g + offset·s_g.
-  float* buf = scratch(NR * (2 * units + groups) + groups);
-  float* sg = buf + NR * (2 * units + groups);
+  // Per row: s_g (and a zero past the last group, which a last unit of one
+  // block reads) and b'_g = b_g + offset·s_g, in fp32. Block kb is in group
+  // kb >> gshift.
+  const int gshift = a.group_size == 32 ? 0 : a.group_size == 64 ? 1 : 2;
+  float* buf = scratch(NR * (2 * groups + 1));
   const uint8_t* row[NR];
-  const float* bscale[NR];
+  const float* scale[NR];
   const float* bias[NR];
   for (int r = 0; r < NR; ++r) {
     row[r] = static_cast<const uint8_t*>(a.w) + (n0 + r) * rb;
-    float* bs = buf + r * (2 * units + groups);
-    float* bb = bs + 2 * units;
-    to_float(a.scale_dtype, a.scales, (n0 + r) * groups, groups, sg);
+    float* sc = buf + r * (2 * groups + 1);
+    float* bb = sc + groups + 1;
+    to_float(a.scale_dtype, a.scales, (n0 + r) * groups, groups, sc);
     to_float(a.bias_dtype, a.biases, (n0 + r) * groups, groups, bb);
-    for (int64_t kb = 0; kb < 2 * units; ++kb) {
-      bs[kb] = kb * kLinearBlock < a.K ? sg[kb / bpg] : 0.0f;
-    }
+    sc[groups] = 0.0f;
     for (int64_t g = 0; g < groups; ++g) {
-      bb[g] += code_offset<W>() * sg[g];
+      bb[g] += code_offset<W>() * sc[g];
     }
-    bscale[r] = bs;
+    scale[r] = sc;
     bias[r] = bb;
   }
   __m256 acc[MR][NR];
@@ -241,7 +240,8 @@ void tile(const LinearArgs& a, int64_t n0) {
       acc[m][r] = _mm256_setzero_ps();
     }
   }
-  auto step = [&](int64_t u, bool half) {
+  for (int64_t u = 0; u < units; ++u) {
+    const bool half = u == whole;
     // The next row block's bytes of this unit, one request per cache line:
     // NR rows side by side are NR short streams, which the hardware
     // prefetcher alone keeps restarting.
@@ -254,19 +254,14 @@ void tile(const LinearArgs& a, int64_t n0) {
       __m256i c0, c1;
       load_unit<W>(row[r], u, half, c0, c1);
       const __m256i a0 = _mm256_abs_epi8(c0), a1 = _mm256_abs_epi8(c1);
-      const __m256 sv = _mm256_set_m128(_mm_broadcast_ss(bscale[r] + 2 * u + 1), _mm_broadcast_ss(bscale[r] + 2 * u));
+      const __m256 sv = _mm256_set_m128(_mm_broadcast_ss(scale[r] + ((2 * u + 1) >> gshift)),
+                                         _mm_broadcast_ss(scale[r] + ((2 * u) >> gshift)));
       for (int m = 0; m < MR; ++m) {
         const __m256i I = unit_dot<W>(c0, c1, a0, a1, a.x8 + m * units * kUnit + u * kUnit);
         const __m256 d = _mm256_mul_ps(_mm256_loadu_ps(a.dx + (m * units + u) * 8), sv);
         acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), d, acc[m][r]);
       }
     }
-  };
-  for (int64_t u = 0; u < whole; ++u) {
-    step(u, false);
-  }
-  if (whole < units) {
-    step(whole, true);
   }
   for (int m = 0; m < MR; ++m) {
     const float* xs = a.xsum + m * groups;
