@@ -146,9 +146,11 @@ double memory_read_gbps(int64_t nbytes, int repeats);
 // place and do not count).
 int64_t contiguous_copies();
 
-// The kernels' instruction sets this CPU can run ("base", plus "v3" =
-// AVX2/FMA/F16C where supported), and switching between them (for tests;
-// the best one is used by default).
+// The kernels' instruction sets this CPU can run, worst first: "base", plus
+// where supported "v3" = AVX2/FMA/F16C, "v3-vnni" = v3 + AVX-VNNI, "v4" =
+// AVX-512 (F/BW/CD/DQ/VL), "v4-vnni" = v4 + AVX512-VNNI (the VNNI ones
+// differ in linear's integer path only); and switching between them (for
+// tests; the best one, the last, is used by default).
 std::vector<std::string> available_isas();
 void use_isa(const std::string& name);
 

@@ -19,11 +19,17 @@ std::vector<const Table*> supported() {
 #if defined(TK_HAVE_V3)
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
     out.push_back(&v3::table);
+    if (__builtin_cpu_supports("avxvnni")) {
+      out.push_back(&v3_vnni::table);
+    }
 #if defined(TK_HAVE_V4)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512cd")) {
       out.push_back(&v4::table);
+      if (__builtin_cpu_supports("avx512vnni")) {
+        out.push_back(&v4_vnni::table);
+      }
     }
 #endif
   }

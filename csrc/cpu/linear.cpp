@@ -72,6 +72,39 @@ constexpr int64_t kRowsPerItem = 16;
 // to wake than it saves.
 constexpr int64_t kLinearMinWork = int64_t(1) << 17;
 
+// Output columns (rows of w) in blocks of whole rows, across threads.
+void output_rows(const kern::LinearArgs& args, void (*fn)(const kern::LinearArgs&, int64_t, int64_t)) {
+  const int64_t items = (args.N + kRowsPerItem - 1) / kRowsPerItem;
+  const int64_t work = kRowsPerItem * args.K * std::max<int64_t>(1, args.M / 4);
+  parallel_for(items, work, kLinearMinWork, [&](int64_t b, int64_t e, int) {
+    fn(args, b * kRowsPerItem, std::min(e * kRowsPerItem, args.N));
+  });
+}
+
+// Quantized weights against bf16 x, few rows, bf16/fp16 output: x to int8
+// once, then integer dot products (kernels/linear_int8.cpp). False where
+// that path does not apply: fp32 output (the factored form's cancellation,
+// kernels.h) and fp32/fp16 x keep the FMA loops, as does a table without
+// the integer path (base).
+bool linear_int8(const kern::Table& kernels, kern::LinearArgs& args, const kern::LinearX& xv) {
+  if (kernels.linear_int8 == nullptr || args.kind < kern::WeightKind::q4 || xv.dtype != kern::Dtype::bf16 ||
+      args.out_dtype == kern::Dtype::f32 || args.M > kern::kInt8MaxM) {
+    return false;
+  }
+  const int64_t units = kern::int8_units(args.K);
+  thread_local std::vector<int8_t> x8;
+  thread_local std::vector<float> dx, xsum;
+  x8.resize(args.M * units * 64);
+  dx.resize(args.M * units * 8);
+  xsum.resize(args.M * (args.K / args.group_size));
+  kernels.linear_quantize_x(xv, args.kind, args.group_size, x8.data(), dx.data(), xsum.data(), 0, args.M);
+  args.x8 = x8.data();
+  args.dx = dx.data();
+  args.xsum = xsum.data();
+  output_rows(args, kernels.linear_int8);
+  return true;
+}
+
 } // namespace
 
 void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
@@ -110,6 +143,9 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       args.biases = row_major(weights[2], keep[2]);
     }
     const auto& kernels = kern::select();
+    if (linear_int8(kernels, args, xv)) {
+      return;
+    }
     // 1. x in fp32, in the weight's block order; kept between calls (a
     //    prefill-sized buffer would otherwise be page-faulted in every call).
     thread_local std::vector<float> kept;
@@ -154,11 +190,7 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       args.xbf = xbf.data();
     }
     // 4. Output columns in blocks of whole weight rows, across threads.
-    const int64_t items = (args.N + kRowsPerItem - 1) / kRowsPerItem;
-    const int64_t work = kRowsPerItem * args.K * std::max<int64_t>(1, args.M / 4);
-    parallel_for(items, work, kLinearMinWork, [&](int64_t b, int64_t e, int) {
-      kernels.linear(args, b * kRowsPerItem, std::min(e * kRowsPerItem, args.N));
-    });
+    output_rows(args, kernels.linear);
   });
 }
 

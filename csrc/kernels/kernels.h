@@ -2,7 +2,9 @@
 //
 // The files of csrc/kernels/ are compiled once per instruction set (baseline,
 // and on x86-64 also x86-64-v3 = AVX2/FMA/F16C and x86-64-v4 = AVX-512) into
-// their own namespace; `select()` picks the table for the running CPU. Every loop works on a range of
+// their own namespace; the VNNI tables (v3_vnni: + AVX-VNNI, v4_vnni: +
+// AVX512-VNNI) compile only linear_int8.cpp and take every
+// other entry from v3 / v4; `select()` picks the table for the running CPU. Every loop works on a range of
 // independent items [begin, end) so csrc/parallel.cpp can split the work.
 //
 // Element types: fp32, fp16, bf16 storage; all arithmetic in fp32 (angles in
@@ -120,11 +122,22 @@ struct LinearArgs {
   // q4 with bf16 x, M <= 2, K % 64 == 0, on an AVX512-BF16 CPU (v4 table):
   // x as bf16, (M, K) in 64-column chunks of even then odd columns; else null.
   const uint16_t* xbf;
+  // The integer path (linear_int8; quantized kinds, bf16 x, fp16/bf16 out):
+  // x from linear_quantize_x, rows of int8_units(K) units of 64 columns.
+  const int8_t* x8;  // (M, units·64) int8 codes of x, each unit in the kind's unit order
+  const float* dx;  // (M, units·8): per unit, block 2u's scale in 4 lanes, then block 2u+1's
   const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
   const void* scales;  // (N, K/group_size), row-contiguous
   const void* biases;
   void* out;  // (M, N) row-contiguous, out_dtype
 };
+
+// The integer path's x: quantized per 32-column block, stored in units of 64
+// columns (two blocks) laid out as the kind's codes unpack (linear_int8.cpp).
+inline constexpr int64_t kInt8MaxM = 7;  // rows of x it handles (decode)
+inline int64_t int8_units(int64_t K) {
+  return (K + 2 * kLinearBlock - 1) / (2 * kLinearBlock);
+}
 
 // ---- scaled_dot_product_attention -------------------------------------------
 
@@ -216,6 +229,12 @@ struct Table {
   // Output columns [begin, end) (rows of w) for all M rows of x; scratch is
   // per thread, inside the loop.
   void (*linear)(const LinearArgs&, int64_t begin, int64_t end);
+  // The integer path (null in tables without AVX2): rows [begin, end) of x
+  // -> x8, dx (LinearArgs) and Σx̂ per group (M, K/group_size); then output
+  // columns [begin, end) of a quantized weight from them.
+  void (*linear_quantize_x)(const LinearX&, WeightKind kind, int64_t group_size, int8_t* x8, float* dx,
+                            float* xsum, int64_t begin, int64_t end);
+  void (*linear_int8)(const LinearArgs&, int64_t begin, int64_t end);
   // Sum of n 64-bit words (a streaming read, for the bandwidth probe).
   uint64_t (*read_sum)(const uint64_t* p, int64_t n);
   // Attention (see AttentionArgs). Decode: items are B·Hkv·attention_splits
@@ -237,6 +256,8 @@ struct Table {
   void rope(const RopeArgs&, int64_t, int64_t, float*);                                         \
   void linear_prepare_x(const LinearX&, WeightKind, float*, int64_t, int64_t);                  \
   void linear(const LinearArgs&, int64_t, int64_t);                                             \
+  void linear_quantize_x(const LinearX&, WeightKind, int64_t, int8_t*, float*, float*, int64_t, int64_t); \
+  void linear_int8(const LinearArgs&, int64_t, int64_t);                                        \
   uint64_t read_sum(const uint64_t*, int64_t);                                                  \
   void attention_decode(const AttentionArgs&, int64_t, int64_t, float*);                        \
   void attention_merge(const AttentionArgs&, int64_t, int64_t);                                 \
@@ -251,10 +272,16 @@ TK_KERNEL_DECLS
 namespace v4 {
 TK_KERNEL_DECLS
 }
+namespace v3_vnni {
+TK_KERNEL_DECLS
+}
+namespace v4_vnni {
+TK_KERNEL_DECLS
+}
 #undef TK_KERNEL_DECLS
 
-// The table in use: the best one for the running CPU (v4 with AVX-512, v3
-// with AVX2/FMA/F16C, else base) unless tk::use_isa() (ops.h) picked another.
+// The table in use: the best one for the running CPU (v4-vnni / v4 with
+// AVX-512, v3-vnni / v3 with AVX2/FMA/F16C, else base) unless tk::use_isa() (ops.h) picked another.
 const Table& select();
 
 } // namespace tk::kern

@@ -1,0 +1,395 @@
+// The integer path of `linear` for quantized weights and bf16 x (kernels.h:
+// linear_quantize_x, linear_int8), few rows of x (decode).
+//
+// Why. Decode reads every weight byte once, so `linear` should run at the
+// memory's read bandwidth. Dequantizing codes to fp32 and FMA-ing them against
+// fp32 x costs about five vector instructions per eight weights on AVX2, which
+// bounds q4 at a third of the bandwidth. Here x is quantized once per call to
+// int8 and the codes meet it in integer dot products, 32 byte products per
+// instruction pair, with one fp32 scaling per 64 columns:
+//
+//   1. x (M, K) -> x8 int8 per 32-column block b: dx_b = max|x_b| / 127,
+//      x8 = round(x / dx_b); Σx̂_g per quantization group g of the rounded
+//      x̂ = dx_b·x8 (not of x: see Accuracy).
+//   2. Per 64 columns (two blocks) of a weight row: the codes as two vectors
+//      of 32 bytes, c0 and c1, whose 32-bit lanes 0-3 hold block 2u's bytes
+//      and lanes 4-7 block 2u+1's; x8 is stored in the order that matches
+//      (kernels.h's "unit order"), so no shuffle meets the codes.
+//   3. I = Σ of the 4-byte products per lane (vpdpbusd with VNNI, else
+//      vpmaddubsw then vpmaddwd), exact in int32.
+//   4. acc += float(I) · (dx_b · s_g) per lane (fp32); at the end
+//      y = Σ lanes of acc + Σ_g b'_g · Σx̂_g, rounded once to bf16 / fp16.
+//
+// 8-bit codes on AVX2 without VNNI: vpmaddubsw's 16-bit pair sums of u8 × s8
+// saturate for codes near 255, so the codes are recentred (c = q - 128) and
+// multiplied as |c| × (x8 · sign c), whose pair sums stay within ±32512; the
+// offset goes into the bias term: b' = b + 128·s. (vpdpbusd sums in int32
+// and takes the codes as they are.)
+//
+// Accuracy: the products and sums are exact, so y is the dequantized weight
+// times x̂ in fp32; the one loss is x's rounding to int8 (at most 1/254 of
+// each block's largest |x|). The bias term takes Σx̂, not the exact Σx: then
+// the rounding errors meet w = s·q + b, which is centred, instead of s·q
+// alone, whose codes average 7.5 (q4) or 127.5 (q8). Measured (q4 g64,
+// K 512, M 7, random bf16 x, error vs the float64 oracle relative to its
+// max): 0.019 with Σx, 0.0057 with Σx̂ (bf16's tolerance is 0.016;
+// tests/test_linear.py states the errors at Talkie's shapes).
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>  // always-inline intrinsics only: safe in every ISA's copy
+#endif
+
+#include "kernels.h"
+
+#ifndef TK_ISA
+#error "compile with -DTK_ISA=<namespace>"
+#endif
+
+namespace tk::kern::TK_ISA {
+
+#if defined(__AVX2__)
+namespace {
+
+#include "storage.inc"
+#include "common.inc"
+
+// vpdpbusd (u8 × s8, four products summed into each int32 lane): the VEX
+// form (AVX-VNNI) or the EVEX one (AVX512-VNNI on 256-bit vectors).
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define TK_INT8_VNNI 1
+inline __m256i dot4(__m256i acc, __m256i u, __m256i s) {
+  return _mm256_dpbusd_epi32(acc, u, s);
+}
+#elif defined(__AVXVNNI__)
+#define TK_INT8_VNNI 1
+inline __m256i dot4(__m256i acc, __m256i u, __m256i s) {
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+}
+#else
+#define TK_INT8_VNNI 0
+#endif
+constexpr bool kVnni = TK_INT8_VNNI;
+
+constexpr int64_t kUnit = 2 * kLinearBlock;  // columns per step: two blocks
+
+// Code offset folded into the bias term (see the file comment).
+template <WeightKind W>
+constexpr float code_offset() {
+  return W == WeightKind::q8 && !kVnni ? 128.0f : 0.0f;
+}
+
+template <WeightKind W>
+constexpr int64_t bits_of() {
+  return W == WeightKind::q4 ? 4 : W == WeightKind::q6 ? 6 : 8;
+}
+
+// Bytes of one unit (64 columns) of a weight row.
+template <WeightKind W>
+constexpr int64_t unit_bytes() {
+  return kUnit * bits_of<W>() / 8;
+}
+
+// Column (within the unit) of x8 byte P of a unit: bytes 0-31 meet c0, 32-63
+// meet c1. q4: c0 is the low nibbles (even columns), c1 the high ones; q6
+// and q8: c0 holds columns 0-15 of each block, c1 columns 16-31.
+inline int64_t unit_column(WeightKind kind, int64_t P) {
+  if (kind == WeightKind::q4) {
+    return P < 32 ? 2 * P : 2 * (P - 32) + 1;
+  }
+  const int64_t Q = P % 32;
+  return 32 * (Q / 16) + (P < 32 ? 0 : 16) + Q % 16;
+}
+
+inline __m256i two_halves(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)),
+                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo)));
+}
+
+inline __m256i low_half(const uint8_t* p) {
+  return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// q6: one 6-byte group (8 codes) at byte `o` of each 128-bit lane -> 8 words
+// laid out for vpmulhuw: code j sits at bit 6j of the group, i.e. at bit
+// 6j % 8 of byte 6j / 8; the word holding that byte (and the next) is
+// shifted right by 6j % 8 via the high half of a multiply by 2^(16 - shift),
+// and codes at shift 0 put their byte in the high half and shift by 8.
+__attribute__((always_inline)) inline __m256i q6_words(__m256i raw, int o) {
+  const int8_t b = int8_t(o);
+  const __m128i ctl = _mm_setr_epi8(-1, b, b, b + 1, b + 1, b + 2, b + 2, b + 3,  //
+                                    -1, b + 3, b + 3, b + 4, b + 4, b + 5, b + 5, -1);
+  const __m256i mul = _mm256_setr_epi16(256, 1024, 4096, 16384, 256, 1024, 4096, 16384,  //
+                                        256, 1024, 4096, 16384, 256, 1024, 4096, 16384);
+  const __m256i w = _mm256_mulhi_epu16(_mm256_shuffle_epi8(raw, _mm256_broadcastsi128_si256(ctl)), mul);
+  return _mm256_and_si256(w, _mm256_set1_epi16(63));
+}
+
+// Unit u of a weight row -> c0, c1 (step 2). `half`: the row's last unit
+// holds only one block (K % 64 == 32); the other half reads as zero codes
+// (x8 and dx are zero there too).
+template <WeightKind W>
+__attribute__((always_inline)) inline void load_unit(const uint8_t* row, int64_t u, bool half, __m256i& c0, __m256i& c1) {
+  const uint8_t* p = row + u * unit_bytes<W>();
+  if constexpr (W == WeightKind::q4) {
+    // byte i holds column 2i (low nibble) and 2i + 1 (high nibble).
+    const __m256i v = half ? low_half(p) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    c0 = _mm256_and_si256(v, m);
+    c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+  } else if constexpr (W == WeightKind::q8) {
+    c0 = half ? low_half(p) : two_halves(p, p + 32);
+    c1 = half ? low_half(p + 16) : two_halves(p + 16, p + 48);
+  } else {
+    // Each block is 24 bytes = four 6-byte groups; one 128-bit lane per
+    // block: raw has its bytes 0-15 (groups 0, 1), raw8 its bytes 8-23
+    // (groups 2, 3 at 4 and 10).
+    const __m256i raw = half ? low_half(p) : two_halves(p, p + 24);
+    const __m256i raw8 = half ? low_half(p + 8) : two_halves(p + 8, p + 32);
+    c0 = _mm256_packus_epi16(q6_words(raw, 0), q6_words(raw, 6));
+    c1 = _mm256_packus_epi16(q6_words(raw8, 4), q6_words(raw8, 10));
+  }
+  if constexpr (code_offset<W>() != 0.0f) {
+    const __m256i flip = _mm256_set1_epi8(char(0x80));  // q - 128 as int8
+    c0 = _mm256_xor_si256(c0, flip);
+    c1 = _mm256_xor_si256(c1, flip);
+  }
+}
+
+// Step 3 for one row of x: the int32 lane sums of c · x8 over a unit.
+// (a0, a1: |c| for the recentred 8-bit codes, else unused.)
+template <WeightKind W>
+__attribute__((always_inline)) inline __m256i unit_dot(__m256i c0, __m256i c1, __m256i a0, __m256i a1, const int8_t* x) {
+  const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32));
+#if TK_INT8_VNNI
+  (void)a0, (void)a1;
+  return dot4(dot4(_mm256_setzero_si256(), c0, x0), c1, x1);
+#else
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (code_offset<W>() != 0.0f) {
+    const __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(x0, c0));
+    const __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(x1, c1));
+    return _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
+  } else {
+    // Codes < 64: each pair sum is below 2·63·127 and two of them fit int16.
+    (void)a0, (void)a1;
+    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(c0, x0), _mm256_maddubs_epi16(c1, x1));
+    return _mm256_madd_epi16(p, ones);
+  }
+#endif
+}
+
+inline float hsum8(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+
+// n elements of a float array from element `at` on, as fp32.
+inline void to_float(Dtype d, const void* p, int64_t at, int64_t n, float* out) {
+  with_dtype(d, [&](auto tag) {
+    constexpr Dtype D = decltype(tag)::value;
+    const auto* src = static_cast<const typename Storage<D>::type*>(p) + at;
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = load<D>(src[i]);
+    }
+  });
+}
+
+inline float* scratch(int64_t floats) {
+  thread_local std::vector<float> kept;
+  if (int64_t(kept.size()) < floats) {
+    kept.resize(floats);
+  }
+  return kept.data();
+}
+
+// MR rows of x (all of them) against NR consecutive rows of w from n0.
+template <WeightKind W, int MR, int NR>
+void tile(const LinearArgs& a, int64_t n0) {
+  const int64_t units = int8_units(a.K), whole = a.K / kUnit;
+  const int64_t groups = a.K / a.group_size, bpg = a.group_size / kLinearBlock;
+  constexpr int64_t ub = unit_bytes<W>();
+  const int64_t rb = a.K * bits_of<W>() / 8;
+  // Per row: s_g (and a zero past the last group, which a last unit of one
+  // block reads) and b'_g = b_g + offset·s_g, in fp32. Block kb is in group
+  // kb >> gshift.
+  const int gshift = a.group_size == 32 ? 0 : a.group_size == 64 ? 1 : 2;
+  float* buf = scratch(NR * (2 * groups + 1));
+  const uint8_t* row[NR];
+  const float* scale[NR];
+  const float* bias[NR];
+  for (int r = 0; r < NR; ++r) {
+    row[r] = static_cast<const uint8_t*>(a.w) + (n0 + r) * rb;
+    float* sc = buf + r * (2 * groups + 1);
+    float* bb = sc + groups + 1;
+    to_float(a.scale_dtype, a.scales, (n0 + r) * groups, groups, sc);
+    to_float(a.bias_dtype, a.biases, (n0 + r) * groups, groups, bb);
+    sc[groups] = 0.0f;
+    for (int64_t g = 0; g < groups; ++g) {
+      bb[g] += code_offset<W>() * sc[g];
+    }
+    scale[r] = sc;
+    bias[r] = bb;
+  }
+  __m256 acc[MR][NR];
+  for (int m = 0; m < MR; ++m) {
+    for (int r = 0; r < NR; ++r) {
+      acc[m][r] = _mm256_setzero_ps();
+    }
+  }
+  for (int64_t u = 0; u < units; ++u) {
+    const bool half = u == whole;
+    // The next row block's bytes of this unit, one request per cache line:
+    // NR rows side by side are NR short streams, which the hardware
+    // prefetcher alone keeps restarting.
+    if ((u * ub) % 64 < ub) {
+      for (int r = 0; r < NR; ++r) {
+        __builtin_prefetch(row[r] + NR * rb + u * ub);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      __m256i c0, c1;
+      load_unit<W>(row[r], u, half, c0, c1);
+      const __m256i a0 = _mm256_abs_epi8(c0), a1 = _mm256_abs_epi8(c1);
+      const __m256 sv = _mm256_set_m128(_mm_broadcast_ss(scale[r] + ((2 * u + 1) >> gshift)),
+                                         _mm_broadcast_ss(scale[r] + ((2 * u) >> gshift)));
+      for (int m = 0; m < MR; ++m) {
+        const __m256i I = unit_dot<W>(c0, c1, a0, a1, a.x8 + m * units * kUnit + u * kUnit);
+        const __m256 d = _mm256_mul_ps(_mm256_loadu_ps(a.dx + (m * units + u) * 8), sv);
+        acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), d, acc[m][r]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    const float* xs = a.xsum + m * groups;
+    for (int r = 0; r < NR; ++r) {
+      float bt[8] = {};
+      int64_t g = 0;
+      for (; g + 8 <= groups; g += 8) {
+        for (int l = 0; l < 8; ++l) {
+          bt[l] += bias[r][g + l] * xs[g + l];
+        }
+      }
+      float v = hsum8(acc[m][r]);
+      for (; g < groups; ++g) {
+        v += bias[r][g] * xs[g];
+      }
+      for (int l = 0; l < 8; ++l) {
+        v += bt[l];
+      }
+      const int64_t at = m * a.N + n0 + r;
+      if (a.out_dtype == Dtype::bf16) {
+        static_cast<uint16_t*>(a.out)[at] = store<Dtype::bf16>(v);
+      } else {
+        static_cast<uint16_t*>(a.out)[at] = store<Dtype::f16>(v);
+      }
+    }
+  }
+}
+
+// Rows of w in flight: 8 for one row of x (more streams hide more of
+// memory's latency), fewer as rows of x add accumulators (16 registers).
+template <WeightKind W, int MR>
+void rows_mr(const LinearArgs& a, int64_t begin, int64_t end) {
+  constexpr int NR = MR == 1 ? 8 : MR == 2 ? 4 : MR <= 4 ? 2 : 1;
+  int64_t n = begin;
+  for (; n + NR <= end; n += NR) {
+    tile<W, MR, NR>(a, n);
+  }
+  for (; n < end; ++n) {
+    tile<W, MR, 1>(a, n);
+  }
+}
+
+template <WeightKind W>
+void rows_kind(const LinearArgs& a, int64_t begin, int64_t end) {
+  switch (a.M) {
+    case 1:
+      return rows_mr<W, 1>(a, begin, end);
+    case 2:
+      return rows_mr<W, 2>(a, begin, end);
+    case 3:
+      return rows_mr<W, 3>(a, begin, end);
+    case 4:
+      return rows_mr<W, 4>(a, begin, end);
+    case 5:
+      return rows_mr<W, 5>(a, begin, end);
+    case 6:
+      return rows_mr<W, 6>(a, begin, end);
+    default:
+      return rows_mr<W, 7>(a, begin, end);
+  }
+}
+
+} // namespace
+
+void linear_quantize_x(const LinearX& x, WeightKind kind, int64_t group_size, int8_t* x8, float* dx, float* xsum,
+                       int64_t begin, int64_t end) {
+  const int64_t units = int8_units(x.K), groups = x.K / group_size;
+  int64_t col[kUnit];
+  for (int64_t P = 0; P < kUnit; ++P) {
+    col[P] = unit_column(kind, P);
+  }
+  with_dtype(x.dtype, [&](auto tag) {
+    constexpr Dtype D = decltype(tag)::value;
+    const auto* src = static_cast<const typename Storage<D>::type*>(x.ptr);
+    for (int64_t m = begin; m < end; ++m) {
+      const auto* xr = src + m * x.row_stride;
+      // Σx̂ per group accumulates block by block (groups hold whole blocks).
+      float* xs = xsum + m * groups;
+      for (int64_t g = 0; g < groups; ++g) {
+        xs[g] = 0.0f;
+      }
+      for (int64_t u = 0; u < units; ++u) {
+        float v[kUnit];
+        int8_t q[kUnit];
+        for (int64_t k = 0; k < kUnit; ++k) {
+          const int64_t c = u * kUnit + k;
+          v[k] = c < x.K ? load<D>(xr[c * x.col_stride]) : 0.0f;
+        }
+        for (int b = 0; b < 2 && (2 * u + b) * kLinearBlock < x.K; ++b) {
+          float amax = 0.0f;
+          for (int k = 0; k < kLinearBlock; ++k) {
+            amax = __builtin_fmaxf(amax, __builtin_fabsf(v[b * kLinearBlock + k]));
+          }
+          const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, d = amax / 127.0f;
+          int32_t sum = 0;
+          for (int k = 0; k < kLinearBlock; ++k) {
+            q[b * kLinearBlock + k] = int8_t(__builtin_nearbyintf(v[b * kLinearBlock + k] * inv));
+            sum += q[b * kLinearBlock + k];
+          }
+          xs[(2 * u + b) * kLinearBlock / group_size] += d * float(sum);
+          for (int l = 0; l < 4; ++l) {
+            dx[(m * units + u) * 8 + 4 * b + l] = d;
+          }
+        }
+        if ((2 * u + 1) * kLinearBlock >= x.K) {  // a last unit of one block
+          std::memset(q + kLinearBlock, 0, kLinearBlock);
+          for (int l = 4; l < 8; ++l) {
+            dx[(m * units + u) * 8 + l] = 0.0f;
+          }
+        }
+        for (int64_t P = 0; P < kUnit; ++P) {
+          x8[(m * units + u) * kUnit + P] = q[col[P]];
+        }
+      }
+    }
+  });
+}
+
+void linear_int8(const LinearArgs& a, int64_t begin, int64_t end) {
+  switch (a.kind) {
+    case WeightKind::q4:
+      return rows_kind<WeightKind::q4>(a, begin, end);
+    case WeightKind::q6:
+      return rows_kind<WeightKind::q6>(a, begin, end);
+    default:
+      return rows_kind<WeightKind::q8>(a, begin, end);
+  }
+}
+#endif
+
+} // namespace tk::kern::TK_ISA
