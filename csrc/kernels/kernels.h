@@ -139,8 +139,13 @@ struct Table {
   // Output columns [begin, end) (rows of w) for all M rows of x; scratch is
   // per thread, inside the loop.
   void (*linear)(const LinearArgs&, int64_t begin, int64_t end);
-  // Sum of n 64-bit words (a streaming read, for the bandwidth probe).
+  // The probes (probe.cpp). Sum of n 64-bit words (a streaming read, for the
+  // bandwidth probe).
   uint64_t (*read_sum)(const uint64_t* p, int64_t n);
+  // At least `flops` fp32 flops of independent FMA chains at this table's
+  // vector width (for the FMA-peak probe); returns the flops done and writes
+  // the chains' sum to *sink.
+  int64_t (*fma_chains)(int64_t flops, float* sink);
 };
 
 // Each instruction set's entry points (csrc/kernels/<op>.cpp, compiled once
@@ -153,6 +158,7 @@ struct Table {
   void linear_prepare_x(const LinearX&, WeightKind, float*, int64_t, int64_t);                  \
   void linear(const LinearArgs&, int64_t, int64_t);                                             \
   uint64_t read_sum(const uint64_t*, int64_t);                                                  \
+  int64_t fma_chains(int64_t, float*);                                                          \
   extern const Table table;
 namespace base {
 TK_KERNEL_DECLS

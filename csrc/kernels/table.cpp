@@ -19,6 +19,7 @@ extern const Table table = {
     linear_prepare_x,
     linear,
     read_sum,
+    fma_chains,
 };
 
 } // namespace tk::kern::TK_ISA
