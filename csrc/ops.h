@@ -141,6 +141,12 @@ mx::array quantized_scaled_dot_product_attention(
 // (the median of `repeats` reads): the machine's read bandwidth, for the bench.
 double memory_read_gbps(int64_t nbytes, int repeats);
 
+// GFLOP/s of fp32 FMAs with the kernels' threads, at the current instruction
+// set's vector width (the median of `repeats` runs of `flops_per_thread` flops
+// on each thread, in independent chains that fill both FMA ports): the
+// machine's arithmetic peak, for the bench's prefill GEMM rows.
+double fma_peak_gflops(int64_t flops_per_thread, int repeats);
+
 // How many inputs eval_cpu has gathered into a contiguous buffer because
 // their last axis was strided (transposed (B, L, H, D) views are read in
 // place and do not count).

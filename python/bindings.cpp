@@ -156,6 +156,12 @@ NB_MODULE(_native, m) {
       "nbytes"_a = int64_t(1) << 29,
       "repeats"_a = 5,
       "GB/s of a streaming read of an nbytes buffer with the kernels' threads (median of repeats).");
+  m.def(
+      "fma_peak_gflops",
+      &tk::fma_peak_gflops,
+      "flops_per_thread"_a = int64_t(1) << 30,
+      "repeats"_a = 5,
+      "GFLOP/s of fp32 FMA chains on the kernels' threads at the current ISA's vector width (median of repeats).");
 
   m.def("num_threads", &tk::num_threads, "Threads the kernels use for large inputs.");
   m.def(

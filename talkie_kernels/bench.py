@@ -9,7 +9,10 @@ backend, and ``talkie_kernels.models.talkie``).
 
 * The machine's read bandwidth (the native ops' streaming read of 512 MiB on
   their threads, at the start and the end of the run; the higher is kept):
-  the floor of a decode step is its weight bytes ÷ that.
+  the floor of a decode step is its weight bytes ÷ that. Beside it the fp32
+  FMA peak (independent FMA chains on the same threads, at the kernels'
+  instruction set's vector width; the higher of start and end): a prefill
+  GEMM's GFLOP/s as a share of it.
 * Models: random-weight Talkie-shaped models built in memory from
   ``talkie_kernels.configs`` (no download) in each ``--dtypes`` format
   (float, or quantized in memory as ``mlx_lm.convert -q`` does), or a real
@@ -26,7 +29,8 @@ backend, and ``talkie_kernels.models.talkie``).
   same number of samples (no time budgets: a rank's collectives must meet the
   others'); only rank 0 prints and writes ``--json`` / ``--plot``.
 * ``--linear-shapes``: ``linear`` at Talkie 13B's decode shapes, bf16/q4/q8,
-  GB/s and % of the read bandwidth (``bench_linear.py``).
+  GB/s and % of the read bandwidth, and at the same shapes with 512 rows of x
+  (prefill, fused only), GFLOP/s and % of the FMA peak (``bench_linear.py``).
 * Per-op: rms_norm, rope, rope_qk_norm, residual_norm (with skip) at Talkie's
   shapes (40 heads × 128, hidden 5120), decode L=1 and prefill L=512, bf16.
 * ``--depths``: attention by context length (``bench_attention.py``): decode
@@ -330,6 +334,28 @@ def apply_bandwidth(records: list[dict], gbps: float | None) -> None:
             r["pct_of_read_bandwidth"] = 100 * r["gbps"] / gbps if gbps and r.get("gbps") else None
 
 
+def apply_fma_peak(records: list[dict], gflops: float | None) -> None:
+    """Each prefill linear row's share of the FMA peak."""
+    for r in records:
+        if r["kind"] == "linear_prefill":
+            r["pct_of_fma_peak"] = 100 * r["gflops"] / gflops if gflops and r.get("gflops") else None
+
+
+def measure_fma_peak(first: dict | None = None) -> dict:
+    """The machine's fp32 FMA peak; given the run's ``first`` measurement, the higher of the two.
+
+    As the read bandwidth (``measure_bandwidth``): other work only lowers a
+    measurement, and a share of too low a peak would flatter the GEMM.
+    """
+    try:
+        peak = B.fma_peak()
+    except Exception as e:  # reported in the JSON; the prefill rows get no share
+        return {"error": f"{type(e).__name__}: {e}"}
+    if first is None or "error" in first:
+        return first or peak
+    return dict(peak, gflops=max(first["gflops"], peak["gflops"]), gflops_start=first["gflops"], gflops_end=peak["gflops"])
+
+
 def measure_bandwidth(progress, first: dict | None = None) -> dict:
     """The machine's read bandwidth; given the run's ``first`` measurement, the higher of the two.
 
@@ -406,6 +432,20 @@ def run_linear(s: Settings, progress) -> list[dict]:
                 records.append(rec)
             del copies, arrays
             mx.clear_cache()
+    return records
+
+
+def run_prefill_linear(s: Settings, progress) -> list[dict]:
+    """The prefill GEMM table: the fused ``linear`` at ``s.linear_shapes`` with 512 rows of x (64 under
+    ``--quick``): GFLOP/s, and (``apply_fma_peak``) its share of the FMA peak."""
+    M = BL.QUICK_PREFILL_M if s.quick else BL.PREFILL_M
+    records = []
+    for base, res in BL.time_prefill(s.linear_shapes, M, s.rounds_linear, s.min_rounds, s.linear_budget_s, s.seed,
+                                     progress):
+        rec = _record(dict(base, model="quick stand-in" if s.quick else "talkie-13b"), "fused", res)
+        if rec["status"] == "ok":
+            rec["gflops"] = BL.flops(*rec["shape"]) / (rec["median_ms"] / 1e3) / 1e9
+        records.append(rec)
     return records
 
 
@@ -616,7 +656,7 @@ def _run(parser, args, group) -> int:
     notes = [str(w.message) for w in caught]
     model_groups = sum(1 + len(s.workloads(r, f)) for r in s.models for f in r.formats)
     groups = (2 + (8 if s.do_ops else 0) + (model_groups if s.do_models else 0) + (12 if s.depths else 0)
-              + (len(s.linear_shapes) * len(BL.FORMATS) if s.do_linear else 0))
+              + (len(s.linear_shapes) * (len(BL.FORMATS) + len(BL.PREFILL_FORMATS)) if s.do_linear else 0))
     records: list[dict] = []
     graph_nodes: dict[str, dict[str, int]] = {}
     isas = _isas(s.all_isas)
@@ -635,6 +675,7 @@ def _run(parser, args, group) -> int:
             bar.update(task, description=desc)
 
         bandwidth = measure_bandwidth(progress)
+        fma_peak = measure_fma_peak()
         for isa in isas:
             with _using_isa(isa):
                 new: list[dict] = []
@@ -645,6 +686,7 @@ def _run(parser, args, group) -> int:
                         parser.exit(2, f"{parser.prog}: error: {e}\n")
                 if s.do_linear:
                     new += run_linear(s, progress)
+                    new += run_prefill_linear(s, progress)
                 if s.do_ops:
                     new += run_ops(s, progress)
                 if s.depths:
@@ -654,14 +696,17 @@ def _run(parser, args, group) -> int:
                 r["isa"] = isa
             records += new
         bandwidth = measure_bandwidth(progress, bandwidth)
+        fma_peak = measure_fma_peak(fma_peak)
         bar.update(task, completed=groups)
 
     apply_bandwidth(records, bandwidth.get("gbps"))
     BA.apply_bandwidth(records, bandwidth.get("gbps"))
+    apply_fma_peak(records, fma_peak.get("gflops"))
     _add_speedups(records)
     targets = check_targets(records, graph_nodes)
     meta["read_bandwidth"] = bandwidth
     meta["isas"] = isas
+    meta["fma_peak"] = fma_peak
     meta["graph_nodes_per_decoded_token"] = graph_nodes
     wall = time.perf_counter() - t0
     meta["wall_time_s"] = round(wall, 1)

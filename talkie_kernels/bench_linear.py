@@ -5,7 +5,9 @@
 ``talkie_kernels.linear`` (``fused``) and ``talkie_kernels.reference.linear``
 (``reference``: MLX's own ``matmul`` / ``quantized_matmul``). A decode call
 (M = 1) reads every weight byte once, so its measure is GB/s of weight +
-scales + biases, and the share of the machine's read bandwidth that is.
+scales + biases, and the share of the machine's read bandwidth that is. A
+prefill call (M = 512) does 2·M flops per weight element, so its measure is
+GFLOP/s, and the share of the machine's fp32 FMA peak that is (``time_prefill``).
 
 Shared by ``talkie-kernels bench --linear-shapes`` and
 ``benchmarks/test_bench_linear.py``.
@@ -21,7 +23,7 @@ import mlx.core as mx
 
 from . import reference
 from .bench_models import QUANT_GROUP_SIZE, weight_format
-from .benchmarking import timed_ms
+from .benchmarking import interleaved, timed_ms
 
 IMPLS = ("reference", "fused")
 #: Talkie 13B's projections as the fused model runs them: (name, K, N).
@@ -35,6 +37,10 @@ SHAPES_13B = (
 #: ``--quick``: tiny stand-ins, so the tests run the table in seconds.
 QUICK_SHAPES = (("attn_qkv", 256, 768), ("lm_head", 256, 512))
 FORMATS = ("bfloat16", "q4", "q6", "q8")
+#: The prefill table's rows of x (a 512-token prompt; 64 for the ``--quick`` stand-ins) and formats.
+PREFILL_M = 512
+QUICK_PREFILL_M = 64
+PREFILL_FORMATS = ("bfloat16", "q4", "q8")
 
 #: Copies of a weight are read in turn until their total is this many times the
 #: last-level cache (see ``rotation``).
@@ -128,3 +134,34 @@ def activation(M: int, K: int, seed: int = 0) -> mx.array:
     x = mx.random.normal((M, K), dtype=mx.bfloat16, key=mx.random.key(seed + 1))
     mx.eval(x)
     return x
+
+
+def flops(M: int, K: int, N: int) -> int:
+    """Flops of ``x (M, K) @ W.T`` for W (N, K): a multiply and an add per weight element per row of x."""
+    return 2 * M * K * N
+
+
+def time_prefill(shapes, M: int, rounds: int, min_rounds: int, budget_s: float | None, seed: int = 0,
+                 progress: Callable[[str], None] = lambda desc: None) -> Iterator[tuple[dict, object]]:
+    """``(record base, Stats or exception)`` of the fused ``linear`` at M rows of x, per shape and format.
+
+    Only the fused op is timed: MLX's own 4-bit ``quantized_matmul`` takes
+    ~100 s per call at (512, 5120) @ (5120, 5120).T on two Sapphire Rapids
+    cores (its bf16 ``matmul`` 3.6 s, the fused op 0.2 s). One weight is
+    alive at a time and no copies rotate: a prefill call reuses each weight
+    M times, so where it sits (cache or memory) hardly matters. Samples as
+    ``benchmarking.interleaved``: ``rounds``, cut to ``budget_s`` but at
+    least ``min_rounds``.
+    """
+    for name, K, N in shapes:
+        x = activation(M, K, seed)
+        for fmt, arrays, kwargs in weights(K, N, PREFILL_FORMATS, seed):
+            progress(f"prefill linear {name} ({M}, {K}) @ ({N}, {K}).T {fmt}")
+            run = thunk("fused", x, [arrays], kwargs, 1)
+            res = interleaved({"fused": lambda run=run: run}, rounds=rounds, min_rounds=min_rounds,
+                              budget_s=budget_s)["fused"]
+            yield {"kind": "linear_prefill", "op": "linear", "name": name, "phase": "prefill", "shape": [M, K, N],
+                   "dtype": fmt, "weight_bytes": nbytes(arrays)}, res
+            del run
+        del x
+        mx.clear_cache()

@@ -93,6 +93,17 @@ def _header(console, meta: dict) -> None:
             f"{bw['threads']} threads, median of {bw['repeats']}{both}): a decode step's floor is the weight bytes "
             "it reads ÷ this", highlight=False,
         )
+    peak = meta.get("fma_peak")
+    if peak and "error" in peak:
+        console.print(f"[bold red]{peak['error']}[/bold red]: no % of the FMA peak.", highlight=False)
+    elif peak:
+        both = (f"; the higher of {peak['gflops_start']:.0f} at the start and {peak['gflops_end']:.0f} at the end"
+                if "gflops_end" in peak else "")
+        console.print(
+            f"fp32 FMA peak [bold]{peak['gflops']:.0f} GFLOP/s[/bold] (native FMA chains, {peak['isa']} vector width, "
+            f"{peak['threads']} threads, median of {peak['repeats']}{both}): a prefill GEMM's share is its GFLOP/s ÷ this",
+            highlight=False,
+        )
     if not meta["metal_available"]:
         console.print(
             "[bold yellow]Apple-GPU (Metal) speed is unmeasured:[/bold yellow] no Metal device here; "
@@ -172,6 +183,27 @@ def _linear_table(rows: list[dict], footnotes: list[str]):
     return t
 
 
+def _prefill_table(rows: list[dict], footnotes: list[str]):
+    from rich.table import Table
+
+    t = Table(title=(
+        "linear prefill GEMM at Talkie 13B's shapes: x (M, K) bf16 @ W.T, W (N, K) bf16 or affine qN (group 64, "
+        "bf16 scales), fused only; median per call; GFLOP/s = 2·M·K·N ÷ time"
+    ))
+    for col, just in [("projection", "left"), ("M×K→N", "left"), ("weights", "left"), ("n", "right"),
+                      ("median", "right"), ("p20–p80", "right"), ("GFLOP/s", "right"), ("of FMA peak", "right")]:
+        t.add_column(col, justify=just)
+    for r in rows:
+        ok = r["status"] == "ok"
+        M, K, N = r["shape"]
+        pct = r.get("pct_of_fma_peak")
+        t.add_row(
+            r["name"], f"{M}×{K}→{N}", r["dtype"], str(r["samples"]) if ok else "", _cell(r, footnotes),
+            _fmt_range(r) if ok else "", f"{r['gflops']:.0f}" if ok else "", f"{pct:.0f}%" if ok and pct else "",
+        )
+    return t
+
+
 def _ops_table(ops: list[dict], footnotes: list[str]):
     from rich.table import Table
 
@@ -219,7 +251,8 @@ def render(console, meta: dict, records: list[dict], targets: list[dict], notes:
     footnotes: list[str] = []
     _mark_isas(records)
     _header(console, meta)
-    for kind, table in (("model", _models_table), ("linear", _linear_table), ("op", _ops_table)):
+    for kind, table in (("model", _models_table), ("linear", _linear_table), ("linear_prefill", _prefill_table),
+                        ("op", _ops_table)):
         rows = [r for r in records if r["kind"] == kind]
         if rows:
             console.print(table(rows, footnotes))

@@ -2,8 +2,9 @@
 
 Each target reads one number from the run's records: a ratio of the fused
 implementation against plain MLX in the same run, a share of the read
-bandwidth the bench measured, or a distance from a decode step's floor. A
-target whose rows the run did not measure says which flag measures it.
+bandwidth or of the FMA peak the bench measured, or a distance from a decode
+step's floor. A target whose rows the run did not measure says which flag
+measures it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ WIDTH_13B_DECODE = (
     ("talkie-1l-13b-width", ("q4", "q8", "bfloat16"), "--block-13b"),
     ("talkie-4l-13b-width", ("q4", "q8", "bfloat16"), "--configs talkie-4l-13b-width --dtypes q4,q8,bfloat16"),
 )
+#: The quantized formats of the prefill table, each judged against bf16 at the same shape.
+PREFILL_QUANT_FORMATS = ("q4", "q8")
 
 
 @dataclass
@@ -30,7 +33,8 @@ class Target:
     measure: Callable[[list[dict], dict], float | None]
     floor: float
     aim: float | str | None
-    #: How the value reads: "x" (a ratio), "%" (of the read bandwidth) or "x floor" (time ÷ floor time).
+    #: How the value reads: "x" (a ratio), "%" (of the read bandwidth or the FMA peak) or "x floor"
+    #: (time ÷ floor time).
     unit: str
     higher_is_better: bool
     #: What measures it, for "not run (...)".
@@ -66,6 +70,33 @@ def _linear_worst(fmt: str):
             raise LookupError
         values = [r.get("pct_of_read_bandwidth") for r in rows]
         return None if None in values else min(values)
+
+    return measure
+
+
+def _prefill_rows(records: list[dict], fmt: str) -> dict[str, dict]:
+    """The fused prefill ``linear`` rows at Talkie 13B's shapes in ``fmt``, by projection name."""
+    rows = {r["name"]: r for r in records if r["kind"] == "linear_prefill" and r["impl"] == "fused"
+            and r["dtype"] == fmt and r["model"] == "talkie-13b"}
+    if not rows:
+        raise LookupError
+    return rows
+
+
+def _prefill_worst(records, _):
+    """The lowest % of the FMA peak of the fused bf16 prefill GEMM over the 13B shapes."""
+    values = [r.get("pct_of_fma_peak") for r in _prefill_rows(records, "bfloat16").values()]
+    return None if None in values else min(values)
+
+
+def _prefill_vs_dense(fmt: str):
+    """The lowest ratio, over the 13B shapes, of the quantized prefill GEMM's GFLOP/s to bf16's at the same shape."""
+
+    def measure(records, _):
+        quant, dense = _prefill_rows(records, fmt), _prefill_rows(records, "bfloat16")
+        ratios = [quant[n].get("gflops") and dense.get(n, {}).get("gflops") and quant[n]["gflops"] / dense[n]["gflops"]
+                  for n in quant]
+        return None if not all(ratios) else min(ratios)
 
     return measure
 
@@ -129,6 +160,11 @@ def targets() -> list[Target]:
     for fmt in LINEAR_FORMATS:
         out.append(Target(f"linear at Talkie 13B decode shapes, {fmt}: worst shape, of read bandwidth",
                           _linear_worst(fmt), 80.0, 90.0, "%", True, "--linear-shapes, not --quick"))
+    out.append(Target("prefill GEMM at Talkie 13B shapes, M = 512, bfloat16: worst shape, of the FMA peak",
+                      _prefill_worst, 65.0, 80.0, "%", True, "--linear-shapes, not --quick"))
+    for fmt in PREFILL_QUANT_FORMATS:
+        out.append(Target(f"prefill GEMM at Talkie 13B shapes, M = 512, {fmt} vs bfloat16: worst shape",
+                          _prefill_vs_dense(fmt), 1.0, 1.5, "x", True, "--linear-shapes, not --quick"))
     for fmt, floor in DECODE_FLOORS.items():
         out.append(Target(f"decode tok/s, talkie-8l-512 {fmt} vs mlx-lm", _model("decode", fmt, "step_loop"),
                           floor, "1.3× its floor", "x", True, f"talkie-8l-512 with --dtypes {fmt}"))

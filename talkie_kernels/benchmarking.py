@@ -65,6 +65,8 @@ OPS = ("rms_norm", "rope", "rope_qk_norm", "residual_norm")
 
 #: The read bandwidth is measured on a buffer this large: far past any cache.
 READ_BANDWIDTH_BYTES = 1 << 29
+#: fp32 flops per thread per FMA-peak sample (~10 ms on one core).
+FMA_PEAK_FLOPS = 1 << 30
 
 #: Per-op sequence lengths: decode is one token, prefill a 512-token prompt.
 OP_SEQ_LEN = {"decode": 1, "prefill": 512}
@@ -316,6 +318,25 @@ def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict
     return {"gbps": gbps, "nbytes": nbytes, "repeats": repeats, "threads": native.ops.num_threads()}
 
 
+def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[str, Any]:
+    """The machine's fp32 FMA peak: the native ops' independent FMA chains, median GFLOP/s.
+
+    Measured by ``talkie_kernels.native.ops.fma_peak_gflops`` with the native
+    ops' threads and instruction set (``isa``: AVX2's peak under v3, AVX-512's
+    under v4), so a prefill GEMM's GFLOP/s reads as a share of what the same
+    threads can do at the same vector width.
+    """
+    from . import native
+
+    measure = getattr(native.ops, "fma_peak_gflops", None)
+    if measure is None:
+        why = native.load_error or "the built extension has no fma_peak_gflops; rebuild it"
+        raise RuntimeError(f"FMA peak unmeasured: talkie_kernels.native.ops.fma_peak_gflops unavailable ({why})")
+    gflops = float(measure(flops_per_thread, repeats))
+    return {"gflops": gflops, "flops_per_thread": flops_per_thread, "repeats": repeats,
+            "threads": native.ops.num_threads(), "isa": native.ops.isa()}
+
+
 # --------------------------------------------------------------------------- metadata
 
 
@@ -387,7 +408,7 @@ def parse_dtype(name: str):
 
 
 __all__ = [
-    "IMPLS", "OPS", "PHASES", "READ_BANDWIDTH_BYTES", "SLOW_SAMPLES", "NotApplicable", "Stats",
-    "calibrate_inner", "dtype_name", "interleaved", "load_average", "metadata", "op_inputs", "op_offset", "op_shape",
-    "op_step", "op_thunk", "parse_dtype", "read_bandwidth", "require_fused_backend", "sync", "timed_ms",
+    "FMA_PEAK_FLOPS", "IMPLS", "OPS", "PHASES", "READ_BANDWIDTH_BYTES", "SLOW_SAMPLES", "NotApplicable", "Stats",
+    "calibrate_inner", "dtype_name", "fma_peak", "interleaved", "load_average", "metadata", "op_inputs", "op_offset",
+    "op_shape", "op_step", "op_thunk", "parse_dtype", "read_bandwidth", "require_fused_backend", "sync", "timed_ms",
 ]

@@ -66,6 +66,37 @@ def test_linear_target_is_the_worst_shape():
     assert rows["linear at Talkie 13B decode shapes, bfloat16: worst shape, of read bandwidth"]["status"] == "no number"
 
 
+def _prefill(fmt, gflops, name="attn_qkv"):
+    return {"kind": "linear_prefill", "model": "talkie-13b", "op": "linear", "name": name, "phase": "prefill",
+            "dtype": fmt, "impl": "fused", "median_ms": 1.0, "gflops": gflops}
+
+
+def test_prefill_targets_are_the_worst_shape():
+    # GFLOP/s against an FMA peak of 200: bf16's worst shape is 131 (65.5%); q4
+    # beats bf16 at every shape but one (0.9x there), q8 at every shape (1.2x worst).
+    dense = (150.0, 140.0, 131.0, 160.0, 170.0)
+    records = [_prefill("bfloat16", g, name) for (name, _, _), g in zip(SHAPES_13B, dense)]
+    records += [_prefill("q4", g * (0.9 if i == 1 else 1.6), name) for i, ((name, _, _), g) in enumerate(zip(SHAPES_13B, dense))]
+    records += [_prefill("q8", g * (1.2 + i / 10), name) for i, ((name, _, _), g) in enumerate(zip(SHAPES_13B, dense))]
+    bench.apply_fma_peak(records, 200.0)
+    assert records[0]["pct_of_fma_peak"] == pytest.approx(75.0)
+    rows = _rows(records)
+    bf16 = rows["prefill GEMM at Talkie 13B shapes, M = 512, bfloat16: worst shape, of the FMA peak"]
+    assert bf16["status"] == "pass" and bf16["measured"] == pytest.approx(65.5) and bf16["floor"] == 65.0
+    q4 = rows["prefill GEMM at Talkie 13B shapes, M = 512, q4 vs bfloat16: worst shape"]
+    assert q4["status"] == "FAIL" and q4["measured"] == pytest.approx(0.9) and q4["aim"] == 1.5
+    q8 = rows["prefill GEMM at Talkie 13B shapes, M = 512, q8 vs bfloat16: worst shape"]
+    assert q8["status"] == "pass" and q8["measured"] == pytest.approx(1.2)
+    # Without a measured peak there is no number, not a pass; without rows, "not run".
+    records = [_prefill("bfloat16", 150.0)]
+    bench.apply_fma_peak(records, None)
+    rows = _rows(records)
+    assert rows["prefill GEMM at Talkie 13B shapes, M = 512, bfloat16: worst shape, of the FMA peak"]["status"] == \
+        "no number"
+    assert rows["prefill GEMM at Talkie 13B shapes, M = 512, q4 vs bfloat16: worst shape"]["status"] == \
+        "not run (--linear-shapes, not --quick)"
+
+
 @pytest.mark.parametrize("fused_ms, status", [(56.0, "pass"), (64.0, "FAIL")])
 def test_block_13b_within_its_floor(fused_ms, status):
     # 1 GB per token at 100 GB/s: floor 100 tok/s = 10 ms per token = 40 ms per 4-token sample.

@@ -309,6 +309,32 @@ def test_isa_and_threads(native, isa, restore_threads, kind):
             assert mx.array_equal(one, two).item(), f"isa={isa} M={M} N={n_out}: 1 thread != 2 threads"
 
 
+#: Prefill GEMM shapes (M, N): M from just above the decode/prefill switch (8)
+#: past every register block's height (AVX2 6, AVX-512 14) and past one row
+#: block (~512 rows); N past a register block's width (16 / 32) and a column
+#: block (256). K: three K blocks (256) with a short last one, and for dense
+#: weights a last 32-column block that is partly past K.
+GEMM_SHAPES = ((8, 33), (29, 300), (531, 17))
+GEMM_K = {"dense": 600, "quantized": 576}
+
+
+@pytest.mark.parametrize("kind", [*ISA_KINDS, *ISA_MIXED])
+def test_prefill_gemm_edges(native, isa, restore_threads, kind):
+    # The prefill GEMM's edge tiles in every direction, on each ISA, by the
+    # accuracy rule; 1 and 2 threads give the same bits (split by columns).
+    dtype, bits, xdtype = ISA_MIXED[kind] if kind in ISA_MIXED else (*ISA_KINDS[kind], ISA_KINDS[kind][0])
+    K = GEMM_K["dense" if bits is None else "quantized"]
+    N = tk.native.ops
+    for M, n_out in GEMM_SHAPES:
+        x = rand((M, K), xdtype, M)
+        args, kw = weight(n_out, K, dtype, bits, seed=n_out)
+        N.set_num_threads(2)
+        two = check(native, x, *args, **kw, what=f"isa={isa} M={M} N={n_out} K={K}")
+        N.set_num_threads(1)
+        one = native.linear(x, *args, **kw)
+        assert mx.array_equal(one, two).item(), f"isa={isa} M={M} N={n_out}: 1 thread != 2 threads"
+
+
 # ---- modes and bits the native kernels do not run: MLX's op, its exact result --------
 
 

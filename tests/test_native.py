@@ -196,6 +196,28 @@ def test_empty(shape):
     assert x_new.shape == shape
 
 
+# ---- the machine probes -----------------------------------------------------------
+
+
+def test_probes_measure(isa, threads):
+    # Each ISA's probes run on 1 and 2 threads and give a positive, finite rate.
+    for n in (1, 2):
+        X.set_num_threads(n)
+        for rate in (X.fma_peak_gflops(1 << 22, 1), X.memory_read_gbps(1 << 20, 1)):
+            assert 0 < rate < float("inf"), (isa, n, rate)
+
+
+@pytest.mark.parametrize("probe, args, message", [
+    ("fma_peak_gflops", (0, 1), "[fma_peak_gflops] flops_per_thread must be at least 1e6 and repeats at least 1."),
+    ("fma_peak_gflops", (1 << 22, 0), "[fma_peak_gflops] flops_per_thread must be at least 1e6 and repeats at least 1."),
+    ("memory_read_gbps", (1 << 10, 1), "[memory_read_gbps] nbytes must be at least 1 MiB and repeats at least 1."),
+    ("memory_read_gbps", (1 << 20, 0), "[memory_read_gbps] nbytes must be at least 1 MiB and repeats at least 1."),
+])
+def test_probes_validate_arguments(probe, args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(X, probe)(*args)
+
+
 # ---- numerics the shared tests do not sweep -------------------------------------
 
 

@@ -1,8 +1,7 @@
 // linear's eval_cpu (x in fp32, then output columns across threads, through
-// csrc/kernels/linear.cpp) and the read-bandwidth probe.
+// csrc/kernels/linear.cpp).
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <cstring>
 #include <numeric>
 
@@ -192,33 +191,6 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
     // 4. Output columns in blocks of whole weight rows, across threads.
     output_rows(args, kernels.linear);
   });
-}
-
-double memory_read_gbps(int64_t nbytes, int repeats) {
-  if (nbytes < (int64_t(1) << 20) || repeats < 1) {
-    throw std::invalid_argument("[memory_read_gbps] nbytes must be at least 1 MiB and repeats at least 1.");
-  }
-  const int64_t words = nbytes / 8;
-  std::vector<uint64_t> buf(words, 1);  // written once, so every page is resident
-  constexpr int64_t kChunk = (int64_t(1) << 20) / 8;
-  const int64_t chunks = (words + kChunk - 1) / kChunk;
-  const auto& kernels = kern::select();
-  std::vector<double> gbps;
-  std::atomic<uint64_t> sink{0};
-  for (int r = 0; r < repeats; ++r) {
-    auto t0 = std::chrono::steady_clock::now();
-    parallel_for(chunks, kChunk, 1, [&](int64_t b, int64_t e, int) {
-      const int64_t lo = b * kChunk, hi = std::min(e * kChunk, words);
-      sink.fetch_add(kernels.read_sum(buf.data() + lo, hi - lo), std::memory_order_relaxed);
-    });
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    gbps.push_back(double(words * 8) / s / 1e9);
-  }
-  if (sink.load() != uint64_t(words) * repeats) {
-    throw std::runtime_error("[memory_read_gbps] the read summed wrong");
-  }
-  std::sort(gbps.begin(), gbps.end());
-  return gbps[gbps.size() / 2];
 }
 
 } // namespace tk

@@ -235,8 +235,13 @@ struct Table {
   void (*linear_quantize_x)(const LinearX&, WeightKind kind, int64_t group_size, int8_t* x8, float* dx,
                             float* xsum, int64_t begin, int64_t end);
   void (*linear_int8)(const LinearArgs&, int64_t begin, int64_t end);
-  // Sum of n 64-bit words (a streaming read, for the bandwidth probe).
+  // The probes (probe.cpp). Sum of n 64-bit words (a streaming read, for the
+  // bandwidth probe).
   uint64_t (*read_sum)(const uint64_t* p, int64_t n);
+  // At least `flops` fp32 flops of independent FMA chains at this table's
+  // vector width (for the FMA-peak probe); returns the flops done and writes
+  // the chains' sum to *sink.
+  int64_t (*fma_chains)(int64_t flops, float* sink);
   // Attention (see AttentionArgs). Decode: items are B·Hkv·attention_splits
   // pieces of keys, each writing its rows' (max, sum, accumulator) to
   // a.partial; merge: items are the B·Hkv kv heads, combining their pieces
@@ -259,6 +264,7 @@ struct Table {
   void linear_quantize_x(const LinearX&, WeightKind, int64_t, int8_t*, float*, float*, int64_t, int64_t); \
   void linear_int8(const LinearArgs&, int64_t, int64_t);                                        \
   uint64_t read_sum(const uint64_t*, int64_t);                                                  \
+  int64_t fma_chains(int64_t, float*);                                                          \
   void attention_decode(const AttentionArgs&, int64_t, int64_t, float*);                        \
   void attention_merge(const AttentionArgs&, int64_t, int64_t);                                 \
   void attention_prefill(const AttentionArgs&, int64_t, int64_t, float*);                       \

@@ -9,10 +9,10 @@
 // flops per weight, so it is bound by memory bandwidth: the loops stream each
 // weight row once for all rows of x, dequantize in registers
 // (w = scale·q + bias, one FMA per vector) and never write a dequantized copy.
-// Prefill (many rows of x) is bound by arithmetic instead: weights are
-// dequantized into a small per-thread panel (L1-sized) that a register-blocked
-// micro-kernel (MR rows of x × NR rows of w of vector accumulators) reuses for
-// every row of x. All arithmetic is fp32; each output is rounded once.
+// Prefill (many rows of x) is bound by arithmetic instead: a GEMM over
+// packed, dequantized weight panels with a register block that fills the
+// vector registers (see "prefill" below). All arithmetic is fp32; each output
+// is rounded once.
 #include <cstring>
 #include <vector>
 
@@ -611,108 +611,272 @@ void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-// ---- prefill: dequantized panels and a register-blocked micro-kernel --------
+// ---- prefill: a GEMM over packed panels --------------------------------------
+//
+// Prefill does 2·M flops per weight element, so it is bound by arithmetic:
+// the weights are dequantized once per call into packed fp32 panels and every
+// vector FMA is kept fed from registers. For this thread's output columns
+// [begin, end) (rows of w):
+//   1. rows of x in blocks of MC, output columns in blocks of NC, K in blocks of KC;
+//   2. pack the NC×KC block of w (dequantized, zero past N and K) as NC/NR
+//      micro-panels, each KC steps of NR consecutive output columns;
+//   3. per MR rows of x: copy their KC columns to a small buffer (L1), then
+//      for each micro-panel (read from L2) accumulate the MR×NR outer products
+//      acc[m][n] += x[m][k]·w[n][k] over the KC columns, k in order, in
+//      MR×NR/VW vector registers (one broadcast of x, NR/VW loads of w and
+//      MR·NR/VW FMAs per column);
+//   4. the block's sums add to an fp32 MC×NC accumulator; the last K block
+//      rounds acc + accumulator to the output, once.
+// Every output's sum runs over the same K blocks in the same order whatever
+// the column range, so 1 and 2 threads give the same bits.
 
-constexpr int kPanelNR = VW == 16 ? 4 : 2;  // rows of w per panel
-constexpr int kPanelMR = 4;  // rows of x per micro-kernel call
-constexpr int64_t kPanelKC = 512;  // columns per panel: NR x 512 fp32 <= 8 KB (L1)
-constexpr int64_t kPanelMB = 64;  // rows of x per pass: 64 x 512 fp32 = 128 KB (L2)
+// The register block: MR rows of x × NR = NV·VW columns, MR·NV accumulators
+// plus NV vectors of w and one broadcast of x. AVX-512 (32 zmm): 14 × 32,
+// 28 + 2 + 1 = 31. AVX2 (16 ymm): 6 × 16, 12 + 2 + 1 = 15. 12 or more
+// independent accumulators cover two FMA ports × 4 cycles of latency.
+#if TK_VW == 16
+constexpr int kMR = 14;
+#else
+constexpr int kMR = 6;
+#endif
+constexpr int kNV = 2;
+constexpr int kNR = kNV * VW;
+// K block: a micro-panel is KC × NR fp32 (256 × 32 × 4 = 32 KB on AVX-512,
+// 16 KB on AVX2, streamed from L2), the MR rows of x KC × MR (14 KB / 6 KB,
+// in L1: 48 KB here, 32 KB on Zen 3 and 4).
+constexpr int64_t kKC = 256;
+// Row stride of the copied rows of x: KC + 16 floats, so the MR rows do not
+// fall into the same L1 sets (a stride that is a multiple of 4 KB would).
+constexpr int64_t kKCP = kKC + 16;
+// Output-column block: the packed w block NC × KC is 128 KB, and the fp32
+// accumulator MC × NC about 256 KB: both stay in L2 (2 MB per core here,
+// 512 KB on Zen 3) while all MC rows of x pass over them.
+constexpr int64_t kNC = 256;
+// Row block: about 512 rows (whole register blocks), so a 512-token prefill
+// packs each weight once.
+constexpr int64_t kMC = kMR * ((512 + kMR - 1) / kMR);
 
-// c[m * NR + r] += sum over kc columns of x[m][k] * panel[r][k].
-template <int MR, int NR>
-inline void micro(const float* x, int64_t x_stride, const float* panel, int64_t kc, float* c) {
-  vf acc[MR][NR] = {};
-  for (int64_t k = 0; k < kc; k += VW) {
-    vf wv[NR];
-    for (int r = 0; r < NR; ++r) {
-      wv[r] = loadu<vf>(panel + r * kPanelKC + k);
+template <WeightKind W>
+inline float dense_at(const uint8_t* row, int64_t k) {
+  if constexpr (W == WeightKind::f32) {
+    return reinterpret_cast<const float*>(row)[k];
+  } else if constexpr (W == WeightKind::f16) {
+    return load<Dtype::f16>(reinterpret_cast<const uint16_t*>(row)[k]);
+  } else {
+    return load<Dtype::bf16>(reinterpret_cast<const uint16_t*>(row)[k]);
+  }
+}
+
+// In-place transpose of a VW × VW square: afterwards v[i][j] is the old v[j][i].
+inline void transpose(vf* v) {
+#if TK_VW == 16
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  // Each 128-bit lane L of u[4g + c]: rows 4g..4g+3 of column 4L + c.
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 lo01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), hi01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+    const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44),
+                 hi23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    v[c] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
+    v[4 + c] = _mm512_shuffle_f32x4(lo01, lo23, 0xDD);
+    v[8 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
+    v[12 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0xDD);
+  }
+#elif TK_VW == 8
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  // Each 128-bit lane L of u[4g + c]: rows 4g..4g+3 of column 4L + c.
+  for (int g = 0; g < 2; ++g) {
+    u[4 * g] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    v[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+    v[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+  }
+#else
+  for (int i = 0; i < VW; ++i) {
+    for (int j = i + 1; j < VW; ++j) {
+      const float x = v[i][j];
+      v[i][j] = v[j][i];
+      v[j][i] = x;
     }
-    for (int m = 0; m < MR; ++m) {
-      const vf xv = loadu<vf>(x + m * x_stride + k);
-      for (int r = 0; r < NR; ++r) {
-        acc[m][r] += xv * wv[r];
+  }
+#endif
+}
+
+// Block kb of weight row n as BV vectors (dequantized, zero past K).
+template <WeightKind W>
+inline void weight_block(const LinearArgs& a, int64_t n, int64_t kb, vf* v) {
+  const uint8_t* row = static_cast<const uint8_t*>(a.w) + n * row_bytes<W>(a.K);
+  if (kb < a.K / kLinearBlock) {
+    load_block<W>(row, kb, v);
+    if constexpr (quantized(W)) {
+      const int64_t g = n * (a.K / a.group_size) + kb * kLinearBlock / a.group_size;
+      const float s = load_any(a.scale_dtype, a.scales, g), b = load_any(a.bias_dtype, a.biases, g);
+      for (int i = 0; i < BV; ++i) {
+        v[i] = v[i] * s + b;
       }
     }
-  }
-  for (int m = 0; m < MR; ++m) {
-    for (int r = 0; r < NR; ++r) {
-      c[m * NR + r] += hsum(acc[m][r]);
+  } else {  // the dense tail block
+    for (int64_t q = 0; q < kLinearBlock; ++q) {
+      const int64_t k = kb * kLinearBlock + q;
+      v[q / VW][q % VW] = k < a.K ? dense_at<W>(row, k) : 0.0f;
     }
   }
 }
 
-template <int NR>
-void micro_rows(const float* x, int64_t x_stride, int64_t mb, const float* panel, int64_t kc, float* c) {
-  int64_t m = 0;
-  for (; m + kPanelMR <= mb; m += kPanelMR) {
-    micro<kPanelMR, NR>(x + m * x_stride, x_stride, panel, kc, c + m * NR);
-  }
-  for (; m < mb; ++m) {
-    micro<1, NR>(x + m * x_stride, x_stride, panel, kc, c + m * NR);
-  }
-}
-
-template <WeightKind W, int NR>
-void panel_rows(const LinearArgs& a, int64_t n0, int64_t m0, int64_t mb, float* panel, float* c) {
-  const RowBlock<W, NR> rows(a, n0);
-  const int64_t whole = a.K / kLinearBlock;
-  const int64_t bpg = quantized(W) ? a.group_size / kLinearBlock : 1;  // (a panel holds whole groups)
-  std::memset(c, 0, sizeof(float) * mb * NR);
-  for (int64_t k0 = 0; k0 < a.Kp; k0 += kPanelKC) {
-    const int64_t kc = a.Kp - k0 < kPanelKC ? a.Kp - k0 : kPanelKC;
-    // 1. Dequantize NR rows x kc columns (block order, zero past K).
-    for (int r = 0; r < NR; ++r) {
-      float* pr = panel + r * kPanelKC;
-      for (int64_t kb = k0 / kLinearBlock; kb < (k0 + kc) / kLinearBlock; ++kb) {
-        float* dst = pr + kb * kLinearBlock - k0;
-        if (kb < whole) {
-          vf w[BV];
-          float sc = 1.0f, bi = 0.0f;
-          rows.group(r, kb / bpg, sc, bi);
-          rows.block(r, kb, sc, bi, w);
-          std::memcpy(dst, w, sizeof(w));
-        } else {  // the dense tail block
-          for (int64_t p = 0; p < kLinearBlock; ++p) {
-            const int64_t k = kb * kLinearBlock + p;
-            dst[p] = k < a.K ? rows.tail(r, k) : 0.0f;
+// Step 2: rows [n0, n0 + nc) × columns [k0, k0 + kc) of w into bp as
+// micro-panels: bp[p·kc·NR + k·NR + j] = w[n0 + p·NR + j][k0 + k] (fp32, in
+// the block order of x; zero for rows past n0 + nc and columns past K).
+// VW rows' blocks at a time, transposed VW × VW in registers, so every store
+// is a whole vector.
+template <WeightKind W>
+void pack_w(const LinearArgs& a, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* bp) {
+  constexpr int64_t bb = row_bytes<W>(kLinearBlock);
+  for (int64_t p = 0; p * kNR < nc; ++p) {
+    float* panel = bp + p * kc * kNR;
+    for (int64_t kb = k0 / kLinearBlock; kb < (k0 + kc) / kLinearBlock; ++kb) {
+      float* dst = panel + (kb * kLinearBlock - k0) * kNR;
+      for (int h = 0; h < kNV; ++h) {
+        vf t[BV][VW];  // t[i][r]: columns i·VW.. of row r of these VW rows
+        for (int r = 0; r < VW; ++r) {
+          const int64_t n = n0 + p * kNR + h * VW + r;
+          vf v[BV] = {};
+          if (n < n0 + nc) {
+            // The row's bytes 8 blocks on (rows are separate streams).
+            __builtin_prefetch(static_cast<const uint8_t*>(a.w) + n * row_bytes<W>(a.K) + (kb + 8) * bb);
+            weight_block<W>(a, n, kb, v);
+          }
+          for (int i = 0; i < BV; ++i) {
+            t[i][r] = v[i];
+          }
+        }
+        for (int i = 0; i < BV; ++i) {
+          transpose(t[i]);
+          for (int q = 0; q < VW; ++q) {
+            std::memcpy(dst + (i * VW + q) * kNR + h * VW, &t[i][q], sizeof(vf));
           }
         }
       }
     }
-    // 2. Every row of x against the panel.
-    micro_rows<NR>(a.x + m0 * a.Kp + k0, a.Kp, mb, panel, kc, c);
   }
-  for (int64_t m = 0; m < mb; ++m) {
-    for (int r = 0; r < NR; ++r) {
-      store_any(a.out_dtype, a.out, (m0 + m) * a.N + n0 + r, c[m * NR + r]);
+}
+
+// Step 3-4 for one register block: x rows xp[m·KCP + k] (m < MR), the
+// micro-panel bp, kc columns; c is the block's fp32 accumulator (row stride
+// NC). The first K block sets c, later ones add to it, the last one writes
+// round(c + acc) for the mr × nr valid outputs from (m0, n0) instead.
+inline void gemm_tile(const float* xp, const float* bp, int64_t kc, float* c, bool first, bool last,
+                      const LinearArgs& a, int64_t m0, int64_t n0, int mr, int nr) {
+  vf acc[kMR][kNV] = {};
+  for (int64_t k = 0; k < kc; ++k) {
+    vf w[kNV];
+    for (int j = 0; j < kNV; ++j) {
+      w[j] = loadu<vf>(bp + k * kNR + j * VW);
+    }
+    for (int m = 0; m < kMR; ++m) {
+      const float xv = xp[m * kKCP + k];
+      for (int j = 0; j < kNV; ++j) {
+        acc[m][j] += xv * w[j];
+      }
     }
   }
+  for (int m = 0; m < kMR; ++m) {
+    for (int j = 0; j < kNV; ++j) {
+      float* cv = c + m * kNC + j * VW;
+      vf v = acc[m][j];
+      if (!first) {
+        v += loadu<vf>(cv);
+      }
+      if (!last) {
+        std::memcpy(cv, &v, sizeof(v));
+      } else if (m < mr) {
+        for (int l = 0; l < VW && j * VW + l < nr; ++l) {
+          store_any(a.out_dtype, a.out, (m0 + m) * a.N + n0 + j * VW + l, v[l]);
+        }
+      }
+    }
+  }
+}
+
+inline int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+inline float* align64(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
 }
 
 template <WeightKind W>
-void linear_panel(const LinearArgs& a, int64_t begin, int64_t end) {
-  float* panel = thread_scratch(0, kPanelNR * kPanelKC + kPanelMB * kPanelNR);
-  float* c = panel + kPanelNR * kPanelKC;
-  for (int64_t m0 = 0; m0 < a.M; m0 += kPanelMB) {
-    const int64_t mb = a.M - m0 < kPanelMB ? a.M - m0 : kPanelMB;
-    int64_t n = begin;
-    for (; n + kPanelNR <= end; n += kPanelNR) {
-      panel_rows<W, kPanelNR>(a, n, m0, mb, panel, c);
-    }
-    for (; n < end; ++n) {
-      panel_rows<W, 1>(a, n, m0, mb, panel, c);
+void linear_gemm(const LinearArgs& a, int64_t begin, int64_t end) {
+  float* bp = align64(thread_scratch(0, kNC * kKC + kMR * kKCP + kMC * kNC + 16));
+  float* xp = bp + kNC * kKC;
+  float* c = xp + kMR * kKCP;
+  // Row blocks of equal size (whole register blocks), at most kMC.
+  const int64_t mblocks = (a.M + kMC - 1) / kMC;
+  const int64_t mc_rows = ((a.M + mblocks - 1) / mblocks + kMR - 1) / kMR * kMR;
+  for (int64_t m0 = 0; m0 < a.M; m0 += mc_rows) {
+    const int64_t mc = min64(mc_rows, a.M - m0);
+    for (int64_t n0 = begin; n0 < end; n0 += kNC) {
+      const int64_t nc = min64(kNC, end - n0);
+      for (int64_t k0 = 0; k0 < a.Kp; k0 += kKC) {
+        const int64_t kc = min64(kKC, a.Kp - k0);
+        pack_w<W>(a, n0, nc, k0, kc, bp);
+        const int64_t share = (nc + (mc + kMR - 1) / kMR - 1) / ((mc + kMR - 1) / kMR);  // rows per register block
+        for (int64_t i = 0; i < mc; i += kMR) {
+          const int mr = int(min64(kMR, mc - i));
+          // While these rows compute, ask for a share of the next K block's
+          // weight bytes (into L2), so packing it does not wait on memory.
+          if (k0 + kc < a.K) {
+            const int64_t lo = row_bytes<W>(k0 + kc), hi = row_bytes<W>(min64(k0 + 2 * kc, a.K));
+            for (int64_t r = i / kMR * share; r < min64(i / kMR * share + share, nc); ++r) {
+              const uint8_t* row = static_cast<const uint8_t*>(a.w) + (n0 + r) * row_bytes<W>(a.K);
+              for (int64_t b = lo; b < hi; b += 64) {
+                __builtin_prefetch(row + b, 0, 2);
+              }
+            }
+          }
+          for (int m = 0; m < kMR; ++m) {  // rows past mc: zeros, computed and dropped
+            if (m < mr) {
+              std::memcpy(xp + m * kKCP, a.x + (m0 + i + m) * a.Kp + k0, sizeof(float) * kc);
+            } else {
+              std::memset(xp + m * kKCP, 0, sizeof(float) * kc);
+            }
+          }
+          for (int64_t j = 0; j < nc; j += kNR) {
+            gemm_tile(xp, bp + j * kc, kc, c + i * kNC + j, k0 == 0, k0 + kc == a.Kp, a, m0 + i, n0 + j, mr,
+                      int(min64(kNR, nc - j)));
+          }
+        }
+      }
     }
   }
 }
 
-// Rows of x from which the panel kernel is faster than streaming weights
-// straight from memory once per 4 rows (measured on Zen 4: see the bench).
+// Rows of x from which packing the weights into panels (the GEMM) is faster
+// than streaming them straight from memory once per 4 rows (measured on Zen 4
+// with the earlier panel kernel: see the bench).
 constexpr int64_t kPanelMinM = 8;
 
 template <WeightKind W>
 void linear_kind(const LinearArgs& a, int64_t begin, int64_t end) {
   if (a.M >= kPanelMinM) {
-    linear_panel<W>(a, begin, end);
+    linear_gemm<W>(a, begin, end);
   } else {
     linear_decode<W>(a, begin, end);
   }
@@ -753,28 +917,6 @@ void linear(const LinearArgs& a, int64_t begin, int64_t end) {
     case WeightKind::q8:
       return linear_kind<WeightKind::q8>(a, begin, end);
   }
-}
-
-uint64_t read_sum(const uint64_t* p, int64_t n) {
-  constexpr int L = VW / 2;  // 64-bit lanes per vector
-  typedef uint64_t vq __attribute__((vector_size(L * 8)));
-  vq acc[4] = {};
-  int64_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L) {
-    for (int j = 0; j < 4; ++j) {
-      acc[j] += loadu<vq>(p + i + L * j);
-    }
-  }
-  uint64_t s = 0;
-  for (; i < n; ++i) {
-    s += p[i];
-  }
-  for (int j = 0; j < 4; ++j) {
-    for (int l = 0; l < L; ++l) {
-      s += acc[j][l];
-    }
-  }
-  return s;
 }
 
 } // namespace tk::kern::TK_ISA

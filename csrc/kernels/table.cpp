@@ -37,6 +37,7 @@ extern const Table table = {
     nullptr,
 #endif
     TK_FROM(read_sum),
+    TK_FROM(fma_chains),
     TK_FROM(attention_decode),
     TK_FROM(attention_merge),
     TK_FROM(attention_prefill),
