@@ -93,17 +93,17 @@ def _header(console, meta: dict) -> None:
             f"{bw['threads']} threads, median of {bw['repeats']}{both}): a decode step's floor is the weight bytes "
             "it reads ÷ this", highlight=False,
         )
-    peak = meta.get("fma_peak")
-    if peak and "error" in peak:
-        console.print(f"[bold red]{peak['error']}[/bold red]: no % of the FMA peak.", highlight=False)
-    elif peak:
-        both = (f"; the higher of {peak['gflops_start']:.0f} at the start and {peak['gflops_end']:.0f} at the end"
-                if "gflops_end" in peak else "")
-        console.print(
-            f"fp32 FMA peak [bold]{peak['gflops']:.0f} GFLOP/s[/bold] (native FMA chains, {peak['isa']} vector width, "
-            f"{peak['threads']} threads, median of {peak['repeats']}{both}): a prefill GEMM's share is its GFLOP/s ÷ this",
-            highlight=False,
-        )
+    for peak in (meta.get("fma_peaks") or {"": meta.get("fma_peak")}).values():
+        if peak and "error" in peak:
+            console.print(f"[bold red]{peak['error']}[/bold red]: no % of the FMA peak.", highlight=False)
+        elif peak:
+            both = (f"; the higher of {peak['gflops_start']:.0f} at the start and {peak['gflops_end']:.0f} at the end"
+                    if "gflops_end" in peak else "")
+            console.print(
+                f"fp32 FMA peak [bold]{peak['gflops']:.0f} GFLOP/s[/bold] (native FMA chains, {peak['isa']} vector width, "
+                f"{peak['threads']} threads, median of {peak['repeats']}{both}): a prefill GEMM's share is its GFLOP/s ÷ this",
+                highlight=False,
+            )
     if not meta["metal_available"]:
         console.print(
             "[bold yellow]Apple-GPU (Metal) speed is unmeasured:[/bold yellow] no Metal device here; "
