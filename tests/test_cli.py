@@ -81,6 +81,24 @@ def test_generate_bad_arguments_are_argparse_errors(ckpt, tmp_path, argv, messag
     assert out == ""
 
 
+@pytest.mark.parametrize("top_k", [CONFIGS["talkie-2l-256"]["vocab_size"] + 1, 100_000])
+def test_generate_top_k_beyond_the_vocabulary_is_an_argparse_error(ckpt, top_k, capsys):
+    # Known once the model has loaded: mlx-lm's sampler raised a ValueError traceback.
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--model", str(ckpt), "--prompt", "Hi", "--max-tokens", "2", "--top-k", str(top_k)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: talkie-kernels generate")
+    assert f"argument --top-k: {top_k} is more than the model's vocabulary (512 ids)" in err
+
+
+def test_generate_top_k_equal_to_the_vocabulary_samples_unfiltered(ckpt, capsys):
+    argv = ["generate", "--model", str(ckpt), "--prompt", "Hi", "--max-tokens", "3", "--top-k", "512",
+            "--temp", "1", "--seed", "0"]
+    assert main(argv) == 0
+    assert "Generation: 3 tokens" in capsys.readouterr().out
+
+
 def test_generate_flags(capsys):
     with pytest.raises(SystemExit) as info:
         main(["generate", "--prompt", "hi"])
@@ -235,6 +253,30 @@ def test_convert_talkie_mixed_recipe(ckpt, tmp_path):
     # 2 layers: blocks 14·2//40 = 0 and 37·2//40 = 38·2//40 = 1 keep 8 bits.
     assert model.layers[0].attn.attn_qkv.bits == 8
     assert model.layers[1].mlp.mlp_resid.bits == 8
+
+
+@pytest.mark.parametrize("recipe", [[], ["--quant-predicate", "talkie_mixed"]], ids=["q8", "talkie_mixed"])
+def test_convert_requantizes_a_quantized_checkpoint(ckpt, tmp_path, recipe, capsys):
+    # mlx-lm printed "Quantized model" and wrote the 4-bit weights unchanged.
+    q4, dst = tmp_path / "q4", tmp_path / "again"
+    assert main(["convert", "--hf-path", str(ckpt), "--mlx-path", str(q4), "-q", "--q-bits", "4"]) == 0
+    bits = ["--q-bits", "8"] if not recipe else ["--q-bits", "6"]
+    assert main(["convert", "--hf-path", str(q4), "--mlx-path", str(dst), "-q", *bits, *recipe]) == 0
+    assert "quantized (4 bits, group size 64, affine): dequantizing it" in capsys.readouterr().out
+    model, _ = tk.load(dst)
+    four_bit, _ = tk.load(q4)
+    if not recipe:
+        assert json.loads((dst / "config.json").read_text())["quantization"]["bits"] == 8
+        layers = [model.lm_head, model.layers[0].attn.attn_qkv, model.layers[1].mlp.mlp_resid]
+        assert all(isinstance(m, nn.QuantizedLinear) and m.bits == 8 for m in layers)
+    else:
+        assert isinstance(model.model.embed, nn.Embedding)  # the recipe leaves it unquantized
+        assert model.lm_head.bits == 8 and model.layers[0].mlp.mlp_resid.bits == 8
+    # The 4-bit model's weights rounded again (measured: logits within 5e-3 of the
+    # 4-bit model's at 8 bits, 3e-3 with the recipe; 0.15 from the fp32 original's).
+    tokens = mx.array([[5, 17, 42, 300]])
+    want, got = four_bit(tokens), model(tokens)
+    assert (mx.abs(got - want).max() / mx.abs(want).max()).item() < 2e-2
 
 
 @pytest.mark.parametrize(
