@@ -11,6 +11,7 @@ import mlx_lm
 import pytest
 
 import talkie_kernels as tk
+from talkie_kernels.checkpoint import make_tokenizer
 from talkie_kernels.cli import main
 from talkie_kernels.configs import CONFIGS
 
@@ -173,6 +174,39 @@ def test_init_checkpoint_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert a.shape == b.shape == (1, 3, config["vocab_size"])
     assert mx.allclose(a, b, rtol=1e-4, atol=1e-4).item()
     assert main(["generate", "--model", str(dst), "--prompt", "Hi", "--max-tokens", "3"]) == 0
+
+
+@pytest.mark.parametrize("name", ["talkie-2l-256", "talkie-8l-512"])
+def test_init_checkpoint_tokenizer_covers_the_vocabulary(tmp_path, name):
+    # It covered 384 ids of 512 / 4096: most generated ids decoded to nothing.
+    vocab = CONFIGS[name]["vocab_size"]
+    tokenizer = make_tokenizer(tmp_path, vocab)
+    texts = [tokenizer.decode([i], skip_special_tokens=False) for i in range(vocab)]
+    assert tokenizer.get_vocab_size() == vocab
+    assert all(texts) and len(set(texts)) == vocab
+    ascii_chars = [chr(b) for b in range(128)]  # each ASCII character is one id of its own
+    assert [tokenizer.decode(tokenizer.encode(c).ids) for c in ascii_chars] == ascii_chars
+    assert all(len(tokenizer.encode(c).ids) == 1 for c in ascii_chars)
+
+
+def test_init_checkpoint_says_its_size_and_refuses_a_full_disk(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from talkie_kernels import checkpoint
+
+    size = checkpoint.safetensors_size(checkpoint.random_weights(CONFIGS["talkie-13b"], 0, "bfloat16"))
+    assert size > 2 * checkpoint.num_parameters(CONFIGS["talkie-13b"])  # header + 2 bytes a weight
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=size - 1))
+    with pytest.raises(SystemExit) as info:
+        main(["init-checkpoint", str(tmp_path / "big"), "--config", "talkie-13b", "--dtype", "bfloat16"])
+    assert info.value.code == 2
+    assert f"the weights take {checkpoint._human_bytes(size)}, but its file system has" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
+    assert main(["init-checkpoint", str(tmp_path / "small")]) == 0
+    small = checkpoint.safetensors_size(checkpoint.random_weights(CONFIGS["talkie-2l-256"]))
+    assert f"{checkpoint._human_bytes(small)} of weights, written one tensor at a time" in capsys.readouterr().out
+    assert (tmp_path / "small" / "model.safetensors").stat().st_size == small
 
 
 def test_init_checkpoint_options(tmp_path, capsys):
