@@ -15,6 +15,9 @@ rejects ``lm_head.weight`` and the fused keys. To serve a checkpoint with
 mlx-lm itself, convert with ``mlx_lm.convert`` (which leaves the head
 unquantized); ``talkie_kernels.load`` reads that one too.
 
+``-q`` on a quantized checkpoint dequantizes it first, then quantizes as
+asked (``requantizing``).
+
 mlx-lm's ``--quant-predicate`` recipes look for ``down_proj`` / ``v_proj``
 names that Talkie does not have; ``--quant-predicate talkie_mixed``
 is the recipe that works for Talkie: ``lm_head`` 8-bit, the embedding left
@@ -24,8 +27,11 @@ unquantized, blocks 14, 37 and 38 (of 40; proportionally for other depths)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
+
+from mlx_lm.utils import dequantize_model
 
 from .cli import local_path_problem, uncreatable_dir
 from .loader import loading_through_talkie
@@ -141,8 +147,35 @@ def convert(hf_path: str, mlx_path: str = "mlx_model", **kwargs) -> None:
         kwargs["quant_predicate"] = talkie_mixed_predicate(
             config["num_hidden_layers"], kwargs.get("q_group_size"), kwargs.get("q_bits")
         )
-    with loading_through_talkie(_mlx_convert):
+    with loading_through_talkie(_mlx_convert), requantizing(_mlx_convert, kwargs.get("quantize", False)):
         _mlx_convert.convert(hf_path, mlx_path, **kwargs)
+
+
+@contextlib.contextmanager
+def requantizing(module, quantize: bool):
+    """Within the block, with ``quantize``, ``module.load`` dequantizes a quantized
+    checkpoint (and drops its config's quantization), so ``-q`` quantizes it as
+    asked. mlx-lm's ``quantize_model`` skips layers that are already quantized:
+    ``-q --q-bits 8`` on a 4-bit checkpoint printed "Quantized" and wrote it 4-bit."""
+    load = module.load
+
+    def dequantizing_load(*args, **kwargs):
+        model, tokenizer, config = load(*args, **kwargs)
+        q = config.get("quantization")
+        if quantize and q is not None:
+            print(f"[INFO] The checkpoint is quantized ({q.get('bits')} bits, group size "
+                  f"{q.get('group_size')}, {q.get('mode', 'affine')}): dequantizing it to quantize "
+                  "again as asked (the result carries both roundings)")
+            model = dequantize_model(model)
+            config.pop("quantization", None)
+            config.pop("quantization_config", None)
+        return model, tokenizer, config
+
+    module.load = dequantizing_load
+    try:
+        yield
+    finally:
+        module.load = load
 
 
 def main(argv=None) -> int:

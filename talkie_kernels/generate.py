@@ -6,7 +6,9 @@ arguments given here, swapping only the ``load`` it calls for
 ``talkie_kernels.load`` (see ``loader.loading_through_talkie``). ``--model`` is
 required (mlx-lm's default model is not a Talkie); a ``--draft-model`` is
 loaded the same way, so it must be a Talkie checkpoint too. Bad flag values
-are argparse errors (exit code 2) before anything loads.
+are argparse errors (exit code 2) before anything loads, or, for those
+checked against the model (``--top-k`` beyond its vocabulary), right after it
+loaded.
 
 Under ``mlx.launch`` (a world of more than one process) the model is loaded
 with ``distributed.maybe_shard`` (tensor parallel; ``--pipeline``: pipeline
@@ -121,6 +123,36 @@ def check_generate_args(ns) -> str | None:
 
 
 @contextlib.contextmanager
+def checked_against_model(module, parser, top_k: int):
+    """Within the block, flags beyond the model that ``module.load`` loads are argparse
+    errors (exit code 2), and ``--top-k`` equal to its vocabulary samples unfiltered.
+
+    The vocabulary is known once the model has loaded: mlx-lm's sampler then
+    raised a ``ValueError`` traceback for a ``--top-k`` at or above it.
+    """
+    load, make_sampler = module.load, module.make_sampler
+    vocab = []
+
+    def checked_load(*args, **kwargs):
+        out = load(*args, **kwargs)
+        n = out[0].args.vocab_size
+        if top_k > n:
+            parser.error(f"argument --top-k: {top_k} is more than the model's vocabulary ({n} ids)")
+        vocab.append(n)
+        return out
+
+    def sampler(*args, top_k: int = 0, **kwargs):
+        # top_k = vocabulary keeps every id: no filtering (mlx-lm's sampler wants < vocabulary).
+        return make_sampler(*args, top_k=0 if vocab and top_k >= vocab[0] else top_k, **kwargs)
+
+    module.load, module.make_sampler = checked_load, sampler
+    try:
+        yield
+    finally:
+        module.load, module.make_sampler = load, make_sampler
+
+
+@contextlib.contextmanager
 def sharded_loading(module, pipeline: bool, seed: int):
     """Within the block, ``module.load`` loads this rank's share of the model
     (``distributed.maybe_shard``) and then seeds MLX's generator with ``seed``, so
@@ -164,7 +196,8 @@ def main(argv=None) -> int:
     mlx_args = [a for a in args if a != "--pipeline"]
     group = world()
     if group is None:
-        with sys_argv(PROG, mlx_args), loading_through_talkie(_mlx_generate):
+        with (sys_argv(PROG, mlx_args), loading_through_talkie(_mlx_generate),
+              checked_against_model(_mlx_generate, parser, parsed.top_k)):
             _mlx_generate.main()
         return 0
     with rank0_output(group):
@@ -175,9 +208,9 @@ def main(argv=None) -> int:
                     "the sharded model loads without it"
                 )
         seed = shared_seed(parsed.seed, group)
-        with sys_argv(PROG, [*mlx_args, "--seed", str(seed)]), sharded_loading(
-            _mlx_generate, parsed.pipeline, seed
-        ):
+        with (sys_argv(PROG, [*mlx_args, "--seed", str(seed)]),
+              sharded_loading(_mlx_generate, parsed.pipeline, seed),
+              checked_against_model(_mlx_generate, parser, parsed.top_k)):
             _mlx_generate.main()
         finish(group)
     return 0

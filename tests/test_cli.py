@@ -11,6 +11,7 @@ import mlx_lm
 import pytest
 
 import talkie_kernels as tk
+from talkie_kernels.checkpoint import make_tokenizer
 from talkie_kernels.cli import main
 from talkie_kernels.configs import CONFIGS
 
@@ -79,6 +80,24 @@ def test_generate_bad_arguments_are_argparse_errors(ckpt, tmp_path, argv, messag
     out, err = capsys.readouterr()
     assert err.startswith("usage: talkie-kernels generate") and message in err
     assert out == ""
+
+
+@pytest.mark.parametrize("top_k", [CONFIGS["talkie-2l-256"]["vocab_size"] + 1, 100_000])
+def test_generate_top_k_beyond_the_vocabulary_is_an_argparse_error(ckpt, top_k, capsys):
+    # Known once the model has loaded: mlx-lm's sampler raised a ValueError traceback.
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--model", str(ckpt), "--prompt", "Hi", "--max-tokens", "2", "--top-k", str(top_k)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: talkie-kernels generate")
+    assert f"argument --top-k: {top_k} is more than the model's vocabulary (512 ids)" in err
+
+
+def test_generate_top_k_equal_to_the_vocabulary_samples_unfiltered(ckpt, capsys):
+    argv = ["generate", "--model", str(ckpt), "--prompt", "Hi", "--max-tokens", "3", "--top-k", "512",
+            "--temp", "1", "--seed", "0"]
+    assert main(argv) == 0
+    assert "Generation: 3 tokens" in capsys.readouterr().out
 
 
 def test_generate_flags(capsys):
@@ -155,6 +174,39 @@ def test_init_checkpoint_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert a.shape == b.shape == (1, 3, config["vocab_size"])
     assert mx.allclose(a, b, rtol=1e-4, atol=1e-4).item()
     assert main(["generate", "--model", str(dst), "--prompt", "Hi", "--max-tokens", "3"]) == 0
+
+
+@pytest.mark.parametrize("name", ["talkie-2l-256", "talkie-8l-512"])
+def test_init_checkpoint_tokenizer_covers_the_vocabulary(tmp_path, name):
+    # It covered 384 ids of 512 / 4096: most generated ids decoded to nothing.
+    vocab = CONFIGS[name]["vocab_size"]
+    tokenizer = make_tokenizer(tmp_path, vocab)
+    texts = [tokenizer.decode([i], skip_special_tokens=False) for i in range(vocab)]
+    assert tokenizer.get_vocab_size() == vocab
+    assert all(texts) and len(set(texts)) == vocab
+    ascii_chars = [chr(b) for b in range(128)]  # each ASCII character is one id of its own
+    assert [tokenizer.decode(tokenizer.encode(c).ids) for c in ascii_chars] == ascii_chars
+    assert all(len(tokenizer.encode(c).ids) == 1 for c in ascii_chars)
+
+
+def test_init_checkpoint_says_its_size_and_refuses_a_full_disk(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from talkie_kernels import checkpoint
+
+    size = checkpoint.safetensors_size(checkpoint.random_weights(CONFIGS["talkie-13b"], 0, "bfloat16"))
+    assert size > 2 * checkpoint.num_parameters(CONFIGS["talkie-13b"])  # header + 2 bytes a weight
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=size - 1))
+    with pytest.raises(SystemExit) as info:
+        main(["init-checkpoint", str(tmp_path / "big"), "--config", "talkie-13b", "--dtype", "bfloat16"])
+    assert info.value.code == 2
+    assert f"the weights take {checkpoint._human_bytes(size)}, but its file system has" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
+    assert main(["init-checkpoint", str(tmp_path / "small")]) == 0
+    small = checkpoint.safetensors_size(checkpoint.random_weights(CONFIGS["talkie-2l-256"]))
+    assert f"{checkpoint._human_bytes(small)} of weights, written one tensor at a time" in capsys.readouterr().out
+    assert (tmp_path / "small" / "model.safetensors").stat().st_size == small
 
 
 def test_init_checkpoint_options(tmp_path, capsys):
@@ -235,6 +287,30 @@ def test_convert_talkie_mixed_recipe(ckpt, tmp_path):
     # 2 layers: blocks 14·2//40 = 0 and 37·2//40 = 38·2//40 = 1 keep 8 bits.
     assert model.layers[0].attn.attn_qkv.bits == 8
     assert model.layers[1].mlp.mlp_resid.bits == 8
+
+
+@pytest.mark.parametrize("recipe", [[], ["--quant-predicate", "talkie_mixed"]], ids=["q8", "talkie_mixed"])
+def test_convert_requantizes_a_quantized_checkpoint(ckpt, tmp_path, recipe, capsys):
+    # mlx-lm printed "Quantized model" and wrote the 4-bit weights unchanged.
+    q4, dst = tmp_path / "q4", tmp_path / "again"
+    assert main(["convert", "--hf-path", str(ckpt), "--mlx-path", str(q4), "-q", "--q-bits", "4"]) == 0
+    bits = ["--q-bits", "8"] if not recipe else ["--q-bits", "6"]
+    assert main(["convert", "--hf-path", str(q4), "--mlx-path", str(dst), "-q", *bits, *recipe]) == 0
+    assert "quantized (4 bits, group size 64, affine): dequantizing it" in capsys.readouterr().out
+    model, _ = tk.load(dst)
+    four_bit, _ = tk.load(q4)
+    if not recipe:
+        assert json.loads((dst / "config.json").read_text())["quantization"]["bits"] == 8
+        layers = [model.lm_head, model.layers[0].attn.attn_qkv, model.layers[1].mlp.mlp_resid]
+        assert all(isinstance(m, nn.QuantizedLinear) and m.bits == 8 for m in layers)
+    else:
+        assert isinstance(model.model.embed, nn.Embedding)  # the recipe leaves it unquantized
+        assert model.lm_head.bits == 8 and model.layers[0].mlp.mlp_resid.bits == 8
+    # The 4-bit model's weights rounded again (measured: logits within 5e-3 of the
+    # 4-bit model's at 8 bits, 3e-3 with the recipe; 0.15 from the fp32 original's).
+    tokens = mx.array([[5, 17, 42, 300]])
+    want, got = four_bit(tokens), model(tokens)
+    assert (mx.abs(got - want).max() / mx.abs(want).max()).item() < 2e-2
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,9 @@ from talkie_kernels.models import talkie
 from checkpoints import edit_checkpoint, write_checkpoint
 
 CONFIG = CONFIGS["talkie-2l-256"]
-PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time there lived a king."
+# Not from the tokenizer's training corpus (checkpoint._CORPUS), whose lines now
+# tokenize to a few long merges: 57 ids here (the corpus's fox-and-king lines: 20).
+PROMPT = "The wireless set in the parlour hummed while Grandmother said the telegraph was faster than any horse."
 
 
 def rel_err(got, want) -> float:

@@ -31,7 +31,11 @@ TEXT = "/v1/completions"
 VOCAB = CONFIGS["talkie-2l-256"]["vocab_size"]
 #: Prompt chunks of 64 tokens: a 3,000-token prompt is ~50 chunks.
 CHUNK = "64"
-LONG_PROMPT = "the king had three daughters " * 600
+
+
+def long_prompt(words: str) -> str:
+    """~3,000 tokens; each test its own words (a prompt seen before is served from the prompt cache)."""
+    return f"{words} " * 600
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +171,7 @@ def test_short_request_is_served_between_a_long_prompts_chunks(server):
         pytest.skip("--kv-bits serves one request at a time (mlx-lm batches only unquantized caches)")
     c = Concurrent(server)
     since = len(server.text())
-    c.post("long", {"prompt": LONG_PROMPT, "max_tokens": 1})
+    c.post("long", {"prompt": long_prompt("the king had three daughters"), "max_tokens": 1})
     m = server.wait_for(r"Prompt processing progress: (\d+)/(\d+)", since=since, timeout=60)
     total = int(m[2])
     status, body = server.request("POST", TEXT, {"prompt": "Hello", "max_tokens": 3, "temperature": 0})
@@ -182,7 +186,7 @@ def test_disconnect_stops_a_long_prompt_at_the_next_chunk(server):
     before = set(re.findall(r"request (\S+): client disconnected", server.text()))
     since = len(server.text())
     c = server.connection(timeout=10)
-    c.request("POST", TEXT, json.dumps({"prompt": LONG_PROMPT, "max_tokens": 1}))
+    c.request("POST", TEXT, json.dumps({"prompt": long_prompt("steam engines and the wireless"), "max_tokens": 1}))
     server.wait_for(r"Prompt processing progress: \d+/", since=since, timeout=60)
     c.close()
     deadline = time.monotonic() + 10
