@@ -91,19 +91,22 @@ def _decode_case(model, depth: int, heads: int, head_dim: int, seed: int):
     return prepare
 
 
-def run_depths(quick: bool, with_mlx: bool, seed: int, progress, depths=None) -> list[dict]:
+def build(quick: bool, with_mlx: bool, seed: int, progress) -> dict:
+    """{"fused": the model[, "reference": mlx-lm's]}: the random-weight bf16 block(s) of the run."""
+    from mlx.utils import tree_flatten
+
+    name = QUICK_MODEL if quick else BLOCK_13B
+    progress(f"depths: building {name} bfloat16")
+    if with_mlx:
+        return M.build_models(name, "bfloat16", seed)
+    ref = M.build_reference_model(name, "bfloat16", seed)
+    return {"fused": M.build_fused_model(name, dict(tree_flatten(ref.parameters())))}
+
+
+def run_depths(models: dict, quick: bool, seed: int, progress, depths=None) -> list[dict]:
     """Decode tok/s by cached positions (see the module docstring)."""
     name = QUICK_MODEL if quick else BLOCK_13B
     depths = depths or (QUICK_DEPTHS if quick else DEPTHS)
-    progress(f"depths: building {name} bfloat16")
-    if with_mlx:
-        models = M.build_models(name, "bfloat16", seed)
-    else:
-        ref = M.build_reference_model(name, "bfloat16", seed)
-        from mlx.utils import tree_flatten
-
-        models = {"fused": M.build_fused_model(name, dict(tree_flatten(ref.parameters())))}
-        del ref
     cfg = M.config_args(name)
     heads, head_dim = cfg["num_attention_heads"], cfg["head_dim"]
     weight_bytes = M.decode_weight_bytes(models["fused"])
@@ -180,7 +183,7 @@ def run_op(quick: bool, with_mlx: bool, seed: int, progress) -> list[dict]:
     return records
 
 
-def run_prefill_share(quick: bool, seed: int, progress, attention_ms: dict) -> dict:
+def run_prefill_share(model, quick: bool, seed: int, progress, attention_ms: dict) -> dict:
     """The causal attention op's share of one 13B-width block's 2048-token prefill.
 
     ``attention_ms``: the op's time by prompt length (SHARE_PROMPT and
@@ -189,14 +192,10 @@ def run_prefill_share(quick: bool, seed: int, progress, attention_ms: dict) -> d
     ratio + the attention at PREFILL_LEN.
     """
     from mlx_lm.models.cache import make_prompt_cache
-    from mlx.utils import tree_flatten
 
     name = QUICK_MODEL if quick else BLOCK_13B
     short, L = (QUICK_OP["prefill"] // 2, QUICK_OP["prefill"]) if quick else (SHARE_PROMPT, PREFILL_LEN)
     progress(f"depths: {name} prefill of {short} tokens")
-    ref = M.build_reference_model(name, "bfloat16", seed)
-    model = M.build_fused_model(name, dict(tree_flatten(ref.parameters())))
-    del ref
     ids = M.prompt_ids(M.vocab_size(model), short, seed)
     blocks = len(model.layers)
 
@@ -264,9 +263,12 @@ def run(quick: bool, with_mlx: bool, seed: int, progress, depths=None) -> list[d
     records += run_op(quick, with_mlx, seed, progress)
     prefill = {r["S"]: r["median_ms"] for r in records
                if r["kind"] == "attention" and r["phase"] == "prefill" and r["impl"] == "fused"}
-    records.append(run_prefill_share(quick, seed, progress, prefill))
     mx.clear_cache()
-    records += run_depths(quick, with_mlx, seed, progress, depths)
+    models = build(quick, with_mlx, seed, progress)
+    records.append(run_prefill_share(models["fused"], quick, seed, progress, prefill))
+    records += run_depths(models, quick, seed, progress, depths)
+    del models
+    mx.clear_cache()
     return records
 
 
