@@ -587,9 +587,17 @@ mx::array quantized_scaled_dot_product_attention(
   auto s = mx::to_stream(s_);
   const mx::Shape scores = {q.shape(0), q.shape(1), q.shape(2), q_keys[0].shape(2)};
   const int kind = check_attention_mask(op, mask_mode, mask, scores, dtype);
+  // The kernel reads every scale and bias in one dtype: their promoted one (exact).
+  auto sb = q_keys[1].dtype();
+  for (const auto* a : {&q_keys[2], &q_values[1], &q_values[2]}) {
+    sb = mx::promote_types(sb, a->dtype());
+  }
   std::vector<mx::array> inputs = {q};
-  inputs.insert(inputs.end(), q_keys.begin(), q_keys.end());
-  inputs.insert(inputs.end(), q_values.begin(), q_values.end());
+  for (const auto* t : {&q_keys, &q_values}) {
+    inputs.push_back((*t)[0]);
+    inputs.push_back(mx::astype((*t)[1], sb, s));
+    inputs.push_back(mx::astype((*t)[2], sb, s));
+  }
   if (mask) {
     inputs.push_back(mask->dtype() == mx::bool_ ? *mask : mx::astype(*mask, dtype, s));
   }

@@ -8,11 +8,15 @@
 * The op at 40 heads × 128, bf16: decode (L = 1) at S = 512/2048/4096 against
   MLX's CPU ``mx.fast.scaled_dot_product_attention`` and against reading K/V
   once; a causal 2048-token prefill, and its share of the block's 2048-token
-  prefill (the blocks' forward, without lm_head).
+  prefill (the blocks' forward without lm_head, timed on 256 tokens and
+  scaled: all but attention grows linearly with the prompt).
 * The KV append: mlx-lm's ``KVCache.update_and_fetch`` per token at each
-  depth, evaluated as the model consumes it (the views released), and with
-  the previous step's views still referenced, which makes MLX copy the
-  whole buffer on every step.
+  depth, evaluated as the model consumes it (the views released), pipelined
+  as ``generate_step`` runs it (``mx.async_eval``), the same after the fused
+  model's ``wait_for_previous_step``, and with the previous
+  step's views still referenced, which makes MLX copy the whole buffer on
+  every step (its ``slice_update`` writes in place only into a buffer that
+  nothing else holds).
 
 ``--quick`` runs the same on talkie-2l-256 at depths 0 and 16 (numbers not
 meaningful). Records feed ``bench_targets`` (the three attention targets).
@@ -39,7 +43,11 @@ OP_DEPTHS = (512, 2048, 4096)
 PREFILL_LEN = 2048
 QUICK_OP = {"heads": 2, "depths": (64,), "prefill": 32}
 #: Decode steps per sample, samples per depth.
-DECODE_TOKENS, ROUNDS = 4, 5
+DECODE_TOKENS, ROUNDS = 4, 7
+#: The block's prefill is timed on this many tokens and extrapolated to
+#: PREFILL_LEN (a 2048-token one is ~30-45 s here): all but attention grows
+#: linearly with the prompt.
+SHARE_PROMPT = 256
 
 
 def _kv_bytes(cache) -> int:
@@ -83,42 +91,45 @@ def _decode_case(model, depth: int, heads: int, head_dim: int, seed: int):
     return prepare
 
 
-def run_depths(quick: bool, with_mlx: bool, seed: int, progress, depths=None) -> list[dict]:
+def build(quick: bool, with_mlx: bool, seed: int, progress) -> dict:
+    """{"fused": the model[, "reference": mlx-lm's]}: the random-weight bf16 block(s) of the run."""
+    from mlx.utils import tree_flatten
+
+    name = QUICK_MODEL if quick else BLOCK_13B
+    progress(f"depths: building {name} bfloat16")
+    if with_mlx:
+        return M.build_models(name, "bfloat16", seed)
+    ref = M.build_reference_model(name, "bfloat16", seed)
+    return {"fused": M.build_fused_model(name, dict(tree_flatten(ref.parameters())))}
+
+
+def run_depths(models: dict, quick: bool, seed: int, progress, depths=None) -> list[dict]:
     """Decode tok/s by cached positions (see the module docstring)."""
     name = QUICK_MODEL if quick else BLOCK_13B
     depths = depths or (QUICK_DEPTHS if quick else DEPTHS)
-    progress(f"depths: building {name} bfloat16")
-    if with_mlx:
-        models = M.build_models(name, "bfloat16", seed)
-    else:
-        ref = M.build_reference_model(name, "bfloat16", seed)
-        from mlx.utils import tree_flatten
-
-        models = {"fused": M.build_fused_model(name, dict(tree_flatten(ref.parameters())))}
-        del ref
     cfg = M.config_args(name)
     heads, head_dim = cfg["num_attention_heads"], cfg["head_dim"]
     weight_bytes = M.decode_weight_bytes(models["fused"])
+    progress(f"depths: decode at {', '.join(map(str, depths))} cached positions")
+    # Every depth and implementation interleaved round by round: the extra
+    # time at 2048 positions is a few % of a step, below a loaded machine's drift.
+    cases = {(impl, d): _decode_case(models[impl], d, heads, head_dim, seed) for impl in models for d in depths}
+    results = B.interleaved({f"{i}@{d}": c for (i, d), c in cases.items()}, rounds=2 if quick else ROUNDS,
+                            min_rounds=2, work=DECODE_TOKENS, slow_s=None if quick else 3.0,
+                            reuse_warmup=tuple(f"{i}@{d}" for i, d in cases))
     records = []
-    for depth in depths:
-        progress(f"depths: decode at {depth} cached positions")
-        cases = {impl: _decode_case(models[impl], depth, heads, head_dim, seed) for impl in models}
-        results = B.interleaved(cases, rounds=2 if quick else ROUNDS, min_rounds=2, work=DECODE_TOKENS,
-                                slow_s=None if quick else 3.0, reuse_warmup=tuple(cases))
-        for impl, prepare in cases.items():
-            cache = prepare.state.get("cache")
-            rec = {"kind": "depth", "model": name, "dtype": "bfloat16", "phase": "decode", "depth": depth,
-                   "impl": "fused" if impl == "fused" else "reference", "weight_bytes_per_token": weight_bytes,
-                   "kv_bytes_per_token": _kv_bytes(cache) if cache else None, "status": "ok"}
-            res = results[impl]
-            if isinstance(res, BaseException):
-                rec.update(status="error", error=f"{type(res).__name__}: {res}")
-            else:
-                rec.update(median_ms=res.median, samples=len(res.samples_ms), ms_per_token=res.median,
-                           tokens_per_s=1e3 / res.median)
-            records.append(rec)
-        del cases
-        mx.clear_cache()
+    for (impl, depth), prepare in cases.items():
+        cache = prepare.state.get("cache")
+        rec = {"kind": "depth", "model": name, "dtype": "bfloat16", "phase": "decode", "depth": depth,
+               "impl": "fused" if impl == "fused" else "reference", "weight_bytes_per_token": weight_bytes,
+               "kv_bytes_per_token": _kv_bytes(cache) if cache else None, "status": "ok"}
+        res = results[f"{impl}@{depth}"]
+        if isinstance(res, BaseException):
+            rec.update(status="error", error=f"{type(res).__name__}: {res}")
+        else:
+            rec.update(median_ms=res.median, samples=len(res.samples_ms), ms_per_token=res.median,
+                       tokens_per_s=1e3 / res.median)
+        records.append(rec)
     return records
 
 
@@ -158,47 +169,53 @@ def run_op(quick: bool, with_mlx: bool, seed: int, progress) -> list[dict]:
             records.append({"kind": "attention", "model": model, "phase": "decode", "shape": [1, H, 1, D], "S": S, "dtype": "bfloat16",
                             "impl": impl, "median_ms": res[impl].median, "samples": len(res[impl].samples_ms),
                             "kv_bytes": 2 * H * S * D * 2, "status": "ok"})
-    L = QUICK_OP["prefill"] if quick else PREFILL_LEN
-    progress(f"depths: attention prefill L=S={L}")
-    q, k, v = rand((1, H, L, D), 4), rand((1, H, L, D), 5), rand((1, H, L, D), 6)
-    mx.eval(q, k, v)
-    for impl, f in impls.items():
-        if impl == "reference" and not (with_mlx or quick):
-            continue  # MLX's composed CPU attention: ~40 s per 2048-token call here
-        ms = _time(lambda f=f: mx.eval(f(q, k, v, scale=D**-0.5, mask="causal")), 1 if impl == "reference" else 3)
-        records.append({"kind": "attention", "model": model, "phase": "prefill", "shape": [1, H, L, D], "S": L, "dtype": "bfloat16",
-                        "impl": impl, "median_ms": ms, "samples": 1 if impl == "reference" else 3, "status": "ok"})
+    for L in (QUICK_OP["prefill"] // 2, QUICK_OP["prefill"]) if quick else (SHARE_PROMPT, PREFILL_LEN):
+        progress(f"depths: attention prefill L=S={L}")
+        q, k, v = rand((1, H, L, D), 4), rand((1, H, L, D), 5), rand((1, H, L, D), 6)
+        mx.eval(q, k, v)
+        for impl, f in impls.items():
+            if impl == "reference" and L == PREFILL_LEN and not with_mlx:
+                continue  # MLX's composed CPU attention: ~40 s per 2048-token call here
+            n = 1 if impl == "reference" else 3
+            ms = _time(lambda f=f: mx.eval(f(q, k, v, scale=D**-0.5, mask="causal")), n)
+            records.append({"kind": "attention", "model": model, "phase": "prefill", "shape": [1, H, L, D], "S": L,
+                            "dtype": "bfloat16", "impl": impl, "median_ms": ms, "samples": n, "status": "ok"})
     return records
 
 
-def run_prefill_share(quick: bool, seed: int, progress, attention_ms: float) -> dict:
-    """The causal attention op's share of one 13B-width block's 2048-token prefill."""
+def run_prefill_share(model, quick: bool, seed: int, progress, attention_ms: dict) -> dict:
+    """The causal attention op's share of one 13B-width block's 2048-token prefill.
+
+    ``attention_ms``: the op's time by prompt length (SHARE_PROMPT and
+    PREFILL_LEN). The blocks' forward (no lm_head) is timed on SHARE_PROMPT
+    tokens; at PREFILL_LEN it is taken as (that − its attention) × the length
+    ratio + the attention at PREFILL_LEN.
+    """
     from mlx_lm.models.cache import make_prompt_cache
 
     name = QUICK_MODEL if quick else BLOCK_13B
-    L = QUICK_OP["prefill"] if quick else PREFILL_LEN
-    progress(f"depths: {name} prefill of {L} tokens")
-    ref = M.build_reference_model(name, "bfloat16", seed)
-    from mlx.utils import tree_flatten
-
-    model = M.build_fused_model(name, dict(tree_flatten(ref.parameters())))
-    del ref
-    ids = M.prompt_ids(M.vocab_size(model), L, seed)
+    short, L = (QUICK_OP["prefill"] // 2, QUICK_OP["prefill"]) if quick else (SHARE_PROMPT, PREFILL_LEN)
+    progress(f"depths: {name} prefill of {short} tokens")
+    ids = M.prompt_ids(M.vocab_size(model), short, seed)
     blocks = len(model.layers)
 
     def prefill():
         cache = make_prompt_cache(model)
         mx.eval(model.model.hidden(ids, cache), [(c.keys, c.values) for c in cache])
 
-    ms = _time(prefill, 1)
-    return {"kind": "attention_share", "model": name, "phase": "prefill", "dtype": "bfloat16", "prompt_len": L, "blocks": blocks,
-            "prefill_ms": ms, "attention_ms": attention_ms, "share": attention_ms * blocks / ms, "impl": "fused",
-            "status": "ok"}
+    measured = _time(prefill, 3)
+    attention = attention_ms[L] * blocks
+    total = (measured - attention_ms[short] * blocks) * L / short + attention
+    return {"kind": "attention_share", "model": name, "phase": "prefill", "dtype": "bfloat16", "prompt_len": L,
+            "timed_prompt_len": short, "timed_prefill_ms": measured, "blocks": blocks, "prefill_ms": total,
+            "attention_ms": attention_ms[L], "share": attention / total, "impl": "fused", "status": "ok"}
 
 
 def run_kv_append(quick: bool, seed: int, progress, depths=None) -> list[dict]:
     """mlx-lm's KVCache.update_and_fetch per token at 13B width, by depth."""
     from mlx_lm.models.cache import KVCache
+
+    from .models.talkie import wait_for_previous_step
 
     H = QUICK_OP["heads"] if quick else HEADS
     records = []
@@ -206,7 +223,7 @@ def run_kv_append(quick: bool, seed: int, progress, depths=None) -> list[dict]:
         progress(f"depths: KV append at {depth}")
         row = {"kind": "kv_append", "model": "quick stand-in" if quick else "talkie-13b", "phase": "decode",
                "impl": "mlx-lm", "depth": depth, "shape": [1, H, 1, HEAD_DIM], "dtype": "bfloat16", "status": "ok"}
-        for held in (False, True):
+        for mode in ("us", "held_us", "pipelined_us", "pipelined_wait_us"):
             c = KVCache()
             if depth:
                 x = mx.random.normal((1, H, depth, HEAD_DIM), key=mx.random.key(seed)).astype(mx.bfloat16)
@@ -214,17 +231,29 @@ def run_kv_append(quick: bool, seed: int, progress, depths=None) -> list[dict]:
                 mx.eval(c.keys, c.values)
             new = mx.random.normal((1, H, 1, HEAD_DIM), key=mx.random.key(seed + 1)).astype(mx.bfloat16)
             mx.eval(new)
-            keep, ts = [], []
+            keep, ts, pending = [], [], None
             for _ in range(6 if quick else 12):
                 t = time.perf_counter()
+                if mode == "pipelined_wait_us":
+                    wait_for_previous_step([c])
                 k, v = c.update_and_fetch(new, new)
-                mx.eval(k[..., -1:, :] + v[..., -1:, :])  # a consumer of the views, as attention is
+                out = k[..., -1:, :] + v[..., -1:, :]  # a consumer of the views, as attention is
+                if mode.startswith("pipelined"):
+                    # As mlx-lm's generate_step: step n+1 is built and queued before step n is awaited.
+                    mx.async_eval(out)
+                    if pending is not None:
+                        mx.eval(pending)
+                    pending = out
+                else:
+                    mx.eval(out)
                 ts.append(time.perf_counter() - t)
-                if held:
+                if mode == "held_us":
                     keep = [k, v]  # the previous step's views, still referenced at the next update
-                del k, v
-            del keep
-            row["held_us" if held else "us"] = float(np.median(ts[2:])) * 1e6
+                del k, v, out
+            if pending is not None:
+                mx.eval(pending)
+            del keep, pending
+            row[mode] = float(np.median(ts[2:])) * 1e6
         records.append(row)
     return records
 
@@ -232,10 +261,14 @@ def run_kv_append(quick: bool, seed: int, progress, depths=None) -> list[dict]:
 def run(quick: bool, with_mlx: bool, seed: int, progress, depths=None) -> list[dict]:
     records = run_kv_append(quick, seed, progress, depths)
     records += run_op(quick, with_mlx, seed, progress)
-    prefill = next(r for r in records if r["kind"] == "attention" and r["phase"] == "prefill" and r["impl"] == "fused")
-    records.append(run_prefill_share(quick, seed, progress, prefill["median_ms"]))
+    prefill = {r["S"]: r["median_ms"] for r in records
+               if r["kind"] == "attention" and r["phase"] == "prefill" and r["impl"] == "fused"}
     mx.clear_cache()
-    records += run_depths(quick, with_mlx, seed, progress, depths)
+    models = build(quick, with_mlx, seed, progress)
+    records.append(run_prefill_share(models["fused"], quick, seed, progress, prefill))
+    records += run_depths(models, quick, seed, progress, depths)
+    del models
+    mx.clear_cache()
     return records
 
 
@@ -282,15 +315,18 @@ def render(console, records: list[dict]) -> None:
         if r["kind"] == "attention_share":
             console.print(f"attention share of a {r['prompt_len']}-token prefill, {r['model']} bf16: "
                           f"{r['attention_ms']:.0f} ms × {r['blocks']} block(s) of {r['prefill_ms']:.0f} ms = "
-                          f"{100 * r['share']:.1f}%", highlight=False)
+                          f"{100 * r['share']:.1f}% (the blocks' forward timed on {r['timed_prompt_len']} tokens: "
+                          f"{r['timed_prefill_ms']:.0f} ms, scaled)", highlight=False)
     rows = [r for r in records if r["kind"] == "kv_append"]
     if rows:
         _, heads, _, dim = rows[0]["shape"]
         t = Table(title=f"mlx-lm KVCache.update_and_fetch per token, bf16 ({heads} heads × {dim})")
-        for col in ("depth", "µs (views released)", "µs (previous views held)"):
+        for col in ("depth", "µs (views released)", "µs (async_eval pipeline)", "µs (pipeline, fused model's wait)",
+                    "µs (previous views held)"):
             t.add_column(col, justify="right")
         for r in rows:
-            t.add_row(str(r["depth"]), f"{r['us']:.0f}", f"{r['held_us']:.0f}")
+            t.add_row(str(r["depth"]), f"{r['us']:.0f}", f"{r['pipelined_us']:.0f}", f"{r['pipelined_wait_us']:.0f}",
+                      f"{r['held_us']:.0f}")
         console.print(t)
 
 

@@ -178,9 +178,29 @@ def test_quick_run_prints_the_tables(quick_run, capsys):
     assert rc in (0, 1)
 
 
+def test_quick_depths_run(tmp_path, capsys):
+    # --depths --quick: the depth table, the op table, the prefill share, the
+    # KV append and the depth plot; the 13B-width targets say what measures them.
+    js, png = tmp_path / "d.json", tmp_path / "d.png"
+    rc = bench.main(["--quick", "--only", "ops", "--depths", "--json", str(js), "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "Decode by cached positions" in out and "update_and_fetch per token" in out and "attention share" in out
+    doc = json.loads(js.read_text())
+    kinds = {r["kind"] for r in doc["records"]}
+    assert {"depth", "attention", "attention_share", "kv_append"} <= kinds
+    depth = [r for r in doc["records"] if r["kind"] == "depth"]
+    assert [r["depth"] for r in depth] == [0, 16] and all(r["floor_ms"] > 0 and r["tokens_per_s"] > 0 for r in depth)
+    assert png.with_suffix(".depths.png").stat().st_size > 0
+    targets = {t["target"]: t for t in doc["targets"]}
+    share = targets["attention share of a 2048-token prefill, 13B width bf16"]
+    assert share["status"] == "not run (--depths, not --quick)"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--depths", "0,-5"], "argument --depths: expected comma-separated integers >= 0, got '0,-5'"),
         (["--configs", "no-such-config"], "argument --configs: unknown config(s) ['no-such-config']"),
         (["--configs", ","], "argument --configs: names no config"),
         (["--dtypes", "float32,q5x"], "argument --dtypes: unknown weight format(s) ['q5x']"),

@@ -42,28 +42,6 @@ CASES = {
 MASKS = ("none", "causal", "bool", "additive")
 
 
-@pytest.fixture(scope="module")
-def native():
-    return get_impl("native")
-
-
-@pytest.fixture(params=tk.native.ops.available_isas() if tk.native_available() else ["unbuilt"])
-def isa(request, native):
-    """Runs a test with each instruction set's kernels this CPU supports, then restores the default."""
-    N = tk.native.ops
-    before = N.isa()
-    N.use_isa(request.param)
-    yield request.param
-    N.use_isa(before)
-
-
-@pytest.fixture
-def restore_threads(native):
-    n = tk.native.ops.num_threads()
-    yield
-    tk.native.ops.set_num_threads(n)
-
-
 def rand(shape, dtype=mx.float32, seed=0, scale=1.0):
     return (scale * mx.random.normal(shape, key=mx.random.key(seed))).astype(dtype)
 

@@ -210,7 +210,7 @@ inline int64_t attention_tile_rows(const AttentionArgs& a) {
 inline int64_t attention_scratch_floats(const AttentionArgs& a) {
   const int64_t ldk = attention_pad16(a.D), ldv = attention_pad16(a.Dv);
   if (a.L <= kAttnDecodeMaxL) {
-    return attention_rows(a) * (ldk + ldv) + kAttnBlock * (ldk + ldv + 1);
+    return attention_rows(a) * (ldk + kAttnSplit);
   }
   const int64_t Rp = attention_tile_rows(a);
   return Rp * (a.D + ldv + kAttnBlock + 5) + kAttnBlock * (ldk + ldv) + ldk;

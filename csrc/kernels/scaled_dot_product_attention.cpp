@@ -10,15 +10,22 @@
 //   flops per K/V element, so the loop is bound by reading K and V. The keys
 //   of each (b, kv head) are cut into pieces of kAttnSplit (a function of S
 //   only: 1 and 2 threads give the same bits); a work item is one piece for
-//   the G·L query rows that share the kv head, so each K/V byte is read once.
-//   Per block of kAttnBlock keys: the K and V rows are converted (or
-//   dequantized) once into fp32 panels in L1, the scores are dot products
-//   along D, then an online softmax (running max m, sum l, rescaled fp32
-//   accumulator) in fp32. attention_merge then combines the pieces of each
-//   row: M = max m_i, out = Σ e^(m_i − M)·acc_i / Σ e^(m_i − M)·l_i.
+//   the G·L query rows that share the kv head, so each K/V byte is read once,
+//   in two sequential passes over the piece: the scores (each K row
+//   converted or dequantized in registers, dot products for blocks of up
+//   to 4 rows), then, after the piece's max m and sum l (vectorized over its
+//   keys, in fp32), acc = Σ e^(s − m)·v with register-blocked accumulators
+//   (each V row read once for a row's 8 vectors of columns). attention_merge
+//   combines the pieces of each row: M = max m_i,
+//   out = Σ e^(m_i − M)·acc_i / Σ e^(m_i − M)·l_i. Nothing is copied: at
+//   S = 4096 (40 heads × 128, bf16) one core reads ~9 GB/s of K/V, about its
+//   streaming-read rate; a panel copy of each block first, or software
+//   prefetch, measured 6-7 GB/s.
 // * Prefill: bound by arithmetic (2·L·S·D flops per head, halved by the
 //   causal mask). A work item is a tile of kAttnRows query rows (G heads ×
-//   kAttnRows/G positions, one kv head); q is held transposed (D × rows),
+//   kAttnRows/G positions, one kv head) against blocks of kAttnBlock keys
+//   (converted into fp32 panels), with an online softmax (running max,
+//   sum and a rescaled accumulator per row); q is held transposed (D × rows),
 //   so every product is vectorized over query rows: S^T = K_blk·Q^T with a
 //   4 keys × 2 vectors register block, the softmax statistics per row are
 //   plain vector max/exp/sum over the keys, and O^T += V_blkᵀ·P^T with a
@@ -53,79 +60,117 @@ inline int64_t round_up(int64_t n, int64_t m) {
   return (n + m - 1) / m * m;
 }
 
-// ---- K/V rows into fp32 panels ------------------------------------------------
+// ---- K/V rows, read kVec elements at a time as fp32 -----------------------------
 
-// Row s of (b, h) of a K or V input as `ld` fp32 values (n real, the rest 0).
+// A row reader gives chunk(i) = elements [i, i + kVec) of a row as fp32 (i a
+// multiple of kVec, i + kVec <= n) and at(i) = element i. Dense: the storage
+// type converted in registers. Quantized (MLX affine, element i at bit
+// i·bits of the row): scale·q + bias of its group, in fp32, never stored.
 template <Dtype K>
-inline void dense_row(const KVArgs& a, int64_t b, int64_t h, int64_t s, int64_t n, int64_t ld, float* dst) {
+struct DenseRows {
   using T = typename Storage<K>::type;
-  const T* p = static_cast<const T*>(a.x.ptr) + b * a.x.b + h * a.x.h + s * a.x.s;
-  int64_t i = 0;
-  for (; i + kVec <= n; i += kVec) {
-    vstore(dst + i, vload_float<K>(p + i));
+  Strided3 x;
+  struct Row {
+    const T* p;
+    fvec chunk(int64_t i) const {
+      return vload_float<K>(p + i);
+    }
+    float at(int64_t i) const {
+      return load<K>(p[i]);
+    }
+  };
+  Row row(int64_t b, int64_t h, int64_t s) const {
+    return {static_cast<const T*>(x.ptr) + b * x.b + h * x.h + s * x.s};
   }
-  for (; i < n; ++i) {
-    dst[i] = load<K>(p[i]);
-  }
-  for (; i < ld; ++i) {
-    dst[i] = 0.0f;
-  }
-}
+};
 
-// The same for MLX affine codes (4 or 8 bits, element i at bit i·bits of the
-// row): w = scale·q + bias per group, in fp32.
 template <Dtype SB, int Bits>
-inline void quantized_row(const KVArgs& a, int64_t gs, int64_t b, int64_t h, int64_t s, int64_t n, int64_t ld, float* dst) {
+struct QuantizedRows {
   using T = typename Storage<SB>::type;
-  const uint8_t* codes = reinterpret_cast<const uint8_t*>(static_cast<const uint32_t*>(a.x.ptr) + b * a.x.b + h * a.x.h + s * a.x.s);
-  const T* sc = static_cast<const T*>(a.scales.ptr) + b * a.scales.b + h * a.scales.h + s * a.scales.s;
-  const T* bi = static_cast<const T*>(a.biases.ptr) + b * a.biases.b + h * a.biases.h + s * a.biases.s;
-  for (int64_t g = 0; g * gs < n; ++g) {
-    const fvec scale = vsplat(load<SB>(sc[g])), bias = vsplat(load<SB>(bi[g]));
-    for (int64_t i = g * gs; i < (g + 1) * gs; i += kVec) {
+  Strided3 x, scales, biases;
+  int shift;  // log2(group size)
+  struct Row {
+    const uint8_t* codes;
+    const T* sc;
+    const T* bi;
+    int shift;
+    fvec chunk(int64_t i) const {
       uvec q;
       if constexpr (Bits == 8) {
         q = vwiden_bytes(codes + i);
       } else {
-        // Lane j holds element i + j: byte (i + j)/2, low nibble for even j.
+        // Lane j holds element i + j: byte (i + j) / 2, the low nibble for even j.
         uint8_t dup[kVec];
+        uvec nibble;
         for (int j = 0; j < kVec; ++j) {
           dup[j] = codes[(i + j) / 2];
+          nibble[j] = 4 * (j & 1);
         }
-        uvec shift;
-        for (int j = 0; j < kVec; ++j) {
-          shift[j] = 4 * (j & 1);
-        }
-        q = (vwiden_bytes(dup) >> shift) & 15u;
+        q = (vwiden_bytes(dup) >> nibble) & 15u;
       }
-      vstore(dst + i, __builtin_convertvector(q, fvec) * scale + bias);
+      const int64_t g = i >> shift;
+      return __builtin_convertvector(q, fvec) * load<SB>(sc[g]) + load<SB>(bi[g]);
     }
-  }
-  for (int64_t i = n; i < ld; ++i) {
-    dst[i] = 0.0f;
-  }
-}
-
-// Rows [s0, s0 + rows) of (b, h) into panel (kBlk × ld); rows past `rows` are zero.
-inline void load_panel(const KVArgs& a, int64_t gs, int64_t b, int64_t h, int64_t s0, int64_t rows, int64_t n, int64_t ld, float* panel) {
-  auto each = [&](auto row) {
-    for (int64_t j = 0; j < rows; ++j) {
-      row(s0 + j, panel + j * ld);
+    float at(int64_t i) const {
+      const uint32_t q = Bits == 8 ? codes[i] : (codes[i / 2] >> (4 * (i & 1))) & 15u;
+      return float(q) * load<SB>(sc[i >> shift]) + load<SB>(bi[i >> shift]);
     }
   };
-  if (a.bits == 0) {
-    with_dtype(a.dtype, [&](auto t) {
-      each([&](int64_t s, float* dst) { dense_row<decltype(t)::value>(a, b, h, s, n, ld, dst); });
+  Row row(int64_t b, int64_t h, int64_t s) const {
+    const auto* w = static_cast<const uint32_t*>(x.ptr) + b * x.b + h * x.h + s * x.s;
+    return {reinterpret_cast<const uint8_t*>(w),
+            static_cast<const T*>(scales.ptr) + b * scales.b + h * scales.h + s * scales.s,
+            static_cast<const T*>(biases.ptr) + b * biases.b + h * biases.h + s * biases.s, shift};
+  }
+};
+
+// Calls f(K rows, V rows) with the readers of a's K/V format (K and V share it).
+template <class F>
+inline void with_kv(const AttentionArgs& a, F&& f) {
+  if (a.k.bits == 0) {
+    with_dtype(a.k.dtype, [&](auto t) {
+      constexpr Dtype K = decltype(t)::value;
+      f(DenseRows<K>{a.k.x}, DenseRows<K>{a.v.x});
     });
-  } else {
-    with_dtype(a.dtype, [&](auto t) {
-      constexpr Dtype SB = decltype(t)::value;
-      if (a.bits == 8) {
-        each([&](int64_t s, float* dst) { quantized_row<SB, 8>(a, gs, b, h, s, n, ld, dst); });
-      } else {
-        each([&](int64_t s, float* dst) { quantized_row<SB, 4>(a, gs, b, h, s, n, ld, dst); });
-      }
-    });
+    return;
+  }
+  const int shift = __builtin_ctzll(uint64_t(a.group_size));
+  with_dtype(a.k.dtype, [&](auto t) {
+    constexpr Dtype SB = decltype(t)::value;
+    if (a.k.bits == 8) {
+      f(QuantizedRows<SB, 8>{a.k.x, a.k.scales, a.k.biases, shift},
+        QuantizedRows<SB, 8>{a.v.x, a.v.scales, a.v.biases, shift});
+    } else {
+      f(QuantizedRows<SB, 4>{a.k.x, a.k.scales, a.k.biases, shift},
+        QuantizedRows<SB, 4>{a.v.x, a.v.scales, a.v.biases, shift});
+    }
+  });
+}
+
+// Elements [i, n) of a row (n - i < kVec) as a zero-padded vector.
+template <class Row>
+inline fvec partial_chunk(const Row& row, int64_t i, int64_t n) {
+  fvec v{};
+  for (int64_t j = 0; i + j < n; ++j) {
+    v[j] = row.at(i + j);
+  }
+  return v;
+}
+
+// Rows [s0, s0 + rows) of (b, h) into panel (kBlk × ld) for the prefill tiles;
+// rows past `rows` and columns past n are zero.
+template <class Rows>
+inline void load_panel(const Rows& rows_of, int64_t b, int64_t h, int64_t s0, int64_t rows, int64_t n, int64_t ld, float* panel) {
+  const int64_t full = n / kVec * kVec;
+  for (int64_t j = 0; j < rows; ++j) {
+    const auto row = rows_of.row(b, h, s0 + j);
+    float* dst = panel + j * ld;
+    for (int64_t i = 0; i < full; i += kVec) {
+      vstore(dst + i, row.chunk(i));
+    }
+    for (int64_t i = full; i < ld; i += kVec) {
+      vstore(dst + i, partial_chunk(row, i, n));
+    }
   }
   std::memset(panel + rows * ld, 0, sizeof(float) * (kBlk - rows) * ld);
 }
@@ -185,90 +230,146 @@ inline void store_out(const AttentionArgs& a, int64_t b, int64_t h, int64_t l, i
 
 // ---- decode: one piece of keys for the G·L rows of a kv head -------------------
 
-struct DecodeScratch {
-  float *q, *acc, *kp, *vp, *p;
-
-  DecodeScratch(const AttentionArgs& a, float* s) {
-    const int64_t R = attention_rows(a), ldk = round_up(a.D, 16), ldv = round_up(a.Dv, 16);
-    q = s;
-    acc = q + R * ldk;
-    kp = acc + R * ldv;
-    vp = kp + kBlk * ldk;
-    p = vp + kBlk * ldv;
+// out[r] = q[r] · row for RB rows of q (stride ldq, zero padded to ldq).
+template <int RB, class Row>
+inline void dot_rows(const float* q, int64_t ldq, const Row& row, int64_t n, float* out, int64_t out_stride) {
+  fvec d[RB] = {};
+  const int64_t full = n / kVec * kVec;
+  for (int64_t i = 0; i < full; i += kVec) {
+    const fvec k = row.chunk(i);
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) {
+      d[r] += vload<fvec>(q + r * ldq + i) * k;
+    }
   }
-};
-
-void decode_item(const AttentionArgs& a, int64_t item, float* scratch) {
-  const int64_t G = a.Hq / a.Hkv, R = G * a.L;
-  const int64_t nsplit = attention_splits(a);
-  const int64_t piece = item % nsplit, bh = item / nsplit, b = bh / a.Hkv, hkv = bh % a.Hkv;
-  const int64_t k0 = piece * kAttnSplit, k1 = k0 + kAttnSplit < a.S ? k0 + kAttnSplit : a.S;
-  const int64_t ldk = round_up(a.D, 16), ldv = round_up(a.Dv, 16);
-  DecodeScratch sc(a, scratch);
-  float* part = a.partial + item * R * (ldv + 2);  // per row: m, l, acc[ldv]
-  for (int64_t r = 0; r < R; ++r) {  // row r = g·L + l
-    q_row(a, b, hkv * G + r / a.L, r % a.L, ldk, sc.q + r * ldk);
-    part[r * (ldv + 2)] = -__builtin_inff();
-    part[r * (ldv + 2) + 1] = 0.0f;
+  if (full < n) {
+    const fvec k = partial_chunk(row, full, n);
+    for (int r = 0; r < RB; ++r) {
+      d[r] += vload<fvec>(q + r * ldq + full) * k;
+    }
   }
-  std::memset(sc.acc, 0, sizeof(float) * R * ldv);
-  for (int64_t s0 = k0; s0 < k1; s0 += kBlk) {
-    const int64_t nb = k1 - s0 < kBlk ? k1 - s0 : kBlk;
-    load_panel(a.k, a.group_size, b, hkv, s0, nb, a.D, ldk, sc.kp);
-    load_panel(a.v, a.group_size, b, hkv, s0, nb, a.Dv, ldv, sc.vp);
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t h = hkv * G + r / a.L, l = r % a.L;
-      const float* q = sc.q + r * ldk;
-      float* p = sc.p;
-      for (int64_t j = nb; j < kBlk; ++j) {
-        p[j] = 0.0f;
-      }
-      // 1. scores of this block (dot products along D), masked.
-      for (int64_t j = 0; j < nb; ++j) {
-        const float* k = sc.kp + j * ldk;
-        fvec d0{}, d1{};
-        int64_t i = 0;
-        for (; i + 2 * kVec <= ldk; i += 2 * kVec) {
-          d0 += vload<fvec>(q + i) * vload<fvec>(k + i);
-          d1 += vload<fvec>(q + i + kVec) * vload<fvec>(k + i + kVec);
+  for (int r = 0; r < RB; ++r) {
+    out[r * out_stride] = vsum(d[r]);
+  }
+}
+
+// acc[r][c0 .. c0 + NC·kVec) += Σ_j p[r][j] · v_j over the piece's keys, for RB
+// rows, in registers; sums of 32 keys are added to acc (error ~ n/32 + 32
+// roundings rather than n). `partial`: the last, short chunk of the row.
+template <int RB, int NC, bool Partial, class Rows>
+inline void accumulate_values(const Rows& V, int64_t b, int64_t h, int64_t k0, int64_t n, const float* p,
+                              int64_t ldp, int64_t c0, int64_t Dv, float* acc, int64_t lda) {
+  for (int64_t j0 = 0; j0 < n; j0 += 32) {
+    const int64_t j1 = j0 + 32 < n ? j0 + 32 : n;
+    fvec o[RB][NC] = {};
+    for (int64_t j = j0; j < j1; ++j) {
+      const auto row = V.row(b, h, k0 + j);
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) {
+        const fvec v = Partial ? partial_chunk(row, c0, Dv) : row.chunk(c0 + c * kVec);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r) {
+          o[r][c] += p[r * ldp + j] * v;
         }
-        for (; i < ldk; i += kVec) {
-          d0 += vload<fvec>(q + i) * vload<fvec>(k + i);
-        }
-        p[j] = masked(a, vsum(d0 + d1), b, h, l, s0 + j);
       }
-      // 2. online softmax: new max, rescale of the running sum and accumulator.
-      float* st = part + r * (ldv + 2);
-      float mb = st[0];
-      for (int64_t j = 0; j < nb; ++j) {
-        mb = mb > p[j] ? mb : p[j];
-      }
-      const float alpha = __builtin_expf(st[0] - mb);
-      float lsum = 0.0f;
-      for (int64_t j = 0; j < kBlk; j += kVec) {
-        vstore(p + j, vexp(vload<fvec>(p + j) - mb));
-      }
-      for (int64_t j = 0; j < nb; ++j) {
-        lsum += p[j];
-      }
-      st[0] = mb;
-      st[1] = st[1] * alpha + lsum;
-      // 3. acc = alpha·acc + Σ_j p_j·v_j.
-      float* acc = sc.acc + r * ldv;
-      // (The block's sum is formed on its own, then added: the error grows
-      // with S/kBlk + kBlk rather than S.)
-      for (int64_t i = 0; i < ldv; i += kVec) {
-        fvec o{};
-        for (int64_t j = 0; j < nb; ++j) {
-          o += p[j] * vload<fvec>(sc.vp + j * ldv + i);
-        }
-        vstore(acc + i, vload<fvec>(acc + i) * alpha + o);
+    }
+    for (int r = 0; r < RB; ++r) {
+      for (int c = 0; c < NC; ++c) {
+        float* dst = acc + r * lda + c0 + c * kVec;
+        vstore(dst, vload<fvec>(dst) + o[r][c]);
       }
     }
   }
-  for (int64_t r = 0; r < R; ++r) {
-    std::memcpy(part + r * (ldv + 2) + 2, sc.acc + r * ldv, sizeof(float) * ldv);
+}
+
+// All of acc's columns for RB rows: register blocks of 8/RB vectors, then single ones.
+template <int RB, class Rows>
+inline void values_rows(const Rows& V, int64_t b, int64_t h, int64_t k0, int64_t n, const float* p, int64_t ldp,
+                        int64_t Dv, float* acc, int64_t lda) {
+  constexpr int NC = 8 / RB;
+  const int64_t full = Dv / kVec * kVec;
+  int64_t c0 = 0;
+  for (; c0 + NC * kVec <= full; c0 += NC * kVec) {
+    accumulate_values<RB, NC, false>(V, b, h, k0, n, p, ldp, c0, Dv, acc, lda);
   }
+  for (; c0 < full; c0 += kVec) {
+    accumulate_values<RB, 1, false>(V, b, h, k0, n, p, ldp, c0, Dv, acc, lda);
+  }
+  if (full < Dv) {
+    accumulate_values<RB, 1, true>(V, b, h, k0, n, p, ldp, full, Dv, acc, lda);
+  }
+}
+
+// Rows [0, R) in blocks of 4, 2, 1: f.template operator()<RB>(r).
+template <class F>
+inline void row_blocks(int64_t R, F&& f) {
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) {
+    f.template operator()<4>(r);
+  }
+  for (; r + 2 <= R; r += 2) {
+    f.template operator()<2>(r);
+  }
+  for (; r < R; ++r) {
+    f.template operator()<1>(r);
+  }
+}
+
+// One piece of keys [k0, k1) for the R = G·L rows of kv head (b, hkv), in
+// three passes: 1. the scores (K read once, row by row); 2. per row, its max
+// m, p = e^(s − m) and l = Σ p, vectorized over the keys; 3. acc = Σ p·v
+// (V read once). Writes (m, l, acc) per row to a.partial.
+template <class Rows>
+void decode_piece(const AttentionArgs& a, const Rows& K, const Rows& V, int64_t item, float* scratch) {
+  const int64_t G = a.Hq / a.Hkv, R = G * a.L;
+  const int64_t nsplit = attention_splits(a);
+  const int64_t piece = item % nsplit, bh = item / nsplit, b = bh / a.Hkv, hkv = bh % a.Hkv;
+  const int64_t k0 = piece * kAttnSplit, n = k0 + kAttnSplit < a.S ? kAttnSplit : a.S - k0;
+  const int64_t ldk = round_up(a.D, 16), ldv = round_up(a.Dv, 16), stride = ldv + 2;
+  float* q = scratch;  // R × ldk
+  float* p = q + R * ldk;  // R × kAttnSplit
+  float* part = a.partial + item * R * stride;  // per row: m, l, acc[ldv]
+  for (int64_t r = 0; r < R; ++r) {  // row r = g·L + l
+    q_row(a, b, hkv * G + r / a.L, r % a.L, ldk, q + r * ldk);
+  }
+  // 1. scores, masked.
+  for (int64_t j = 0; j < n; ++j) {
+    const auto row = K.row(b, hkv, k0 + j);
+    row_blocks(R, [&]<int RB>(int64_t r) { dot_rows<RB>(q + r * ldk, ldk, row, a.D, p + r * kAttnSplit + j, kAttnSplit); });
+  }
+  if (a.mask != AttnMask::none) {
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t j = 0; j < n; ++j) {
+        p[r * kAttnSplit + j] = masked(a, p[r * kAttnSplit + j], b, hkv * G + r / a.L, r % a.L, k0 + j);
+      }
+    }
+  }
+  // 2. softmax statistics of the piece (padding keys are -inf: weight 0).
+  const int64_t np = round_up(n, kVec);
+  for (int64_t r = 0; r < R; ++r) {
+    float* pr = p + r * kAttnSplit;
+    for (int64_t j = n; j < np; ++j) {
+      pr[j] = -__builtin_inff();
+    }
+    fvec mv = vsplat(-__builtin_inff());
+    for (int64_t j = 0; j < np; j += kVec) {
+      mv = vmax(mv, vload<fvec>(pr + j));
+    }
+    const float m = vmax_lanes(mv);
+    fvec lv{};
+    for (int64_t j = 0; j < np; j += kVec) {
+      const fvec e = vexp(vload<fvec>(pr + j) - m);
+      vstore(pr + j, e);
+      lv += e;
+    }
+    part[r * stride] = m;
+    part[r * stride + 1] = vsum(lv);
+    std::memset(part + r * stride + 2, 0, sizeof(float) * ldv);
+  }
+  // 3. values.
+  row_blocks(R, [&]<int RB>(int64_t r) {
+    values_rows<RB>(V, b, hkv, k0, n, p + r * kAttnSplit, kAttnSplit, a.Dv, part + r * stride + 2, stride);
+  });
 }
 
 // ---- prefill: a tile of query rows against all the keys they see --------------
@@ -336,7 +437,8 @@ inline void values_tile(const float* vp, int64_t ldv, const float* st, const flo
   }
 }
 
-void prefill_item(const AttentionArgs& a, int64_t item, float* scratch) {
+template <class Rows>
+void prefill_item(const AttentionArgs& a, const Rows& K, const Rows& V, int64_t item, float* scratch) {
   const int64_t G = a.Hq / a.Hkv, Lb = attention_tile_positions(a), Rp = attention_tile_rows(a);
   const int64_t tiles = (a.L + Lb - 1) / Lb;
   const int64_t tile = item % tiles, bh = item / tiles, b = bh / a.Hkv, hkv = bh % a.Hkv;
@@ -368,8 +470,8 @@ void prefill_item(const AttentionArgs& a, int64_t item, float* scratch) {
   const float first_pos = float(l0 + a.S - a.L);
   for (int64_t s0 = 0; s0 < kend; s0 += kBlk) {
     const int64_t nb = kend - s0 < kBlk ? kend - s0 : kBlk;
-    load_panel(a.k, a.group_size, b, hkv, s0, nb, a.D, ldk, sc.kp);
-    load_panel(a.v, a.group_size, b, hkv, s0, nb, a.Dv, ldv, sc.vp);
+    load_panel(K, b, hkv, s0, nb, a.D, ldk, sc.kp);
+    load_panel(V, b, hkv, s0, nb, a.Dv, ldv, sc.vp);
     scores_tile(sc.kp, ldk, sc.qt, a.D, Rp, round_up(nb, 4), sc.st);
     // 3. masks.
     if (a.mask == AttnMask::causal && float(s0 + nb - 1) > first_pos) {
@@ -422,9 +524,11 @@ void prefill_item(const AttentionArgs& a, int64_t item, float* scratch) {
 } // namespace
 
 void attention_decode(const AttentionArgs& a, int64_t begin, int64_t end, float* scratch) {
-  for (int64_t item = begin; item < end; ++item) {
-    decode_item(a, item, scratch);
-  }
+  with_kv(a, [&](const auto& K, const auto& V) {
+    for (int64_t item = begin; item < end; ++item) {
+      decode_piece(a, K, V, item, scratch);
+    }
+  });
 }
 
 void attention_merge(const AttentionArgs& a, int64_t begin, int64_t end) {
@@ -463,9 +567,11 @@ void attention_merge(const AttentionArgs& a, int64_t begin, int64_t end) {
 }
 
 void attention_prefill(const AttentionArgs& a, int64_t begin, int64_t end, float* scratch) {
-  for (int64_t item = begin; item < end; ++item) {
-    prefill_item(a, item, scratch);
-  }
+  with_kv(a, [&](const auto& K, const auto& V) {
+    for (int64_t item = begin; item < end; ++item) {
+      prefill_item(a, K, V, item, scratch);
+    }
+  });
 }
 
 } // namespace tk::kern::TK_ISA
