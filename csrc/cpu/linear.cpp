@@ -1,7 +1,6 @@
 // linear's eval_cpu (x in fp32, then output columns across threads, through
 // csrc/kernels/linear.cpp).
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <numeric>
 
@@ -35,35 +34,6 @@ const void* row_major(const mx::array& a, std::vector<char>& keep) {
   return keep.data();
 }
 
-// Within a 128-column chunk, the column of x at position p of the bf16 x that
-// kernels/linear.cpp's q4_bf16_tile reads: four vectors of 32, the byte
-// unpacks (low, high half of each 128-bit lane) of the low nibbles, then of
-// the high nibbles; 16-bit lane w of a vector is byte 16·(w/8) + w%8 (+8 for
-// the high half) of the chunk's 64 code bytes, which holds columns 2·byte
-// (low nibble) and 2·byte + 1.
-const std::array<int, 128>& q4_bf16_order() {
-  static const std::array<int, 128> order = [] {
-    std::array<int, 128> o{};
-    for (int j = 0; j < 4; ++j) {
-      for (int w = 0; w < 32; ++w) {
-        const int byte = 16 * (w / 8) + w % 8 + (j % 2 ? 8 : 0);
-        o[j * 32 + w] = 2 * byte + (j >= 2 ? 1 : 0);
-      }
-    }
-    return o;
-  }();
-  return order;
-}
-
-bool cpu_has_avx512bf16() {
-#if defined(__x86_64__) || defined(_M_X64)
-  static const bool has = __builtin_cpu_supports("avx512bf16");
-  return has;
-#else
-  return false;
-#endif
-}
-
 // Output rows of w are handed to threads in blocks of this many (a multiple
 // of every kernel's row block), so each thread streams whole rows.
 constexpr int64_t kRowsPerItem = 16;
@@ -86,7 +56,7 @@ void output_rows(const kern::LinearArgs& args, void (*fn)(const kern::LinearArgs
 // kernels.h) and fp32/fp16 x keep the FMA loops, as does a table without
 // the integer path (base).
 bool linear_int8(const kern::Table& kernels, kern::LinearArgs& args, const kern::LinearX& xv) {
-  if (kernels.linear_int8 == nullptr || args.kind < kern::WeightKind::q4 || xv.dtype != kern::Dtype::bf16 ||
+  if (getenv("TK_NO_INT8") || kernels.linear_int8 == nullptr || args.kind < kern::WeightKind::q4 || xv.dtype != kern::Dtype::bf16 ||
       args.out_dtype == kern::Dtype::f32 || args.M > kern::kInt8MaxM) {
     return false;
   }
@@ -172,23 +142,7 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       args.xsum = xsum.data();
       args.factored = args.out_dtype != kern::Dtype::f32;
     }
-    // 3. q4 against bf16 x with vdpbf16ps, where the CPU has it (see q4_bf16_tile).
-    std::vector<uint16_t> xbf;
-    if (args.kind == kern::WeightKind::q4 && args.factored && xv.dtype == kern::Dtype::bf16 && args.M <= 2 &&
-        args.K % 128 == 0 && std::strcmp(kernels.isa, "v4") == 0 && cpu_has_avx512bf16()) {
-      xbf.resize(args.M * args.K);
-      const auto* src = static_cast<const uint16_t*>(xv.ptr);
-      const auto& order = q4_bf16_order();
-      for (int64_t m = 0; m < args.M; ++m) {
-        for (int64_t k0 = 0; k0 < args.K; k0 += 128) {
-          for (int p = 0; p < 128; ++p) {
-            xbf[m * args.K + k0 + p] = src[m * xv.row_stride + (k0 + order[p]) * xv.col_stride];
-          }
-        }
-      }
-      args.xbf = xbf.data();
-    }
-    // 4. Output columns in blocks of whole weight rows, across threads.
+    // 3. Output columns in blocks of whole weight rows, across threads.
     output_rows(args, kernels.linear);
   });
 }

@@ -119,9 +119,6 @@ struct LinearArgs {
   // Faster, but s·(q·x) and b·Σx may nearly cancel, so it is only used for
   // fp16/bf16 outputs, whose own rounding is far larger than that loss.
   bool factored;
-  // q4 with bf16 x, M <= 2, K % 64 == 0, on an AVX512-BF16 CPU (v4 table):
-  // x as bf16, (M, K) in 64-column chunks of even then odd columns; else null.
-  const uint16_t* xbf;
   // The integer path (linear_int8; quantized kinds, bf16 x, fp16/bf16 out):
   // x from linear_quantize_x, rows of int8_units(K) units of 64 columns.
   const int8_t* x8;  // (M, units·64) int8 codes of x, each unit in the kind's unit order

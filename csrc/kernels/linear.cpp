@@ -380,108 +380,6 @@ constexpr int kDecodeMR = 4;
 // Dense row length (bytes) from which decode reads kDecodeNR rows side by side.
 constexpr int64_t kSideBySideMinBytes = 4096;
 
-#if TK_VW == 16
-// q4 codes against bf16 x on CPUs with AVX512-BF16 (Zen 4, Sapphire Rapids):
-// vdpbf16ps multiplies 32 bf16 pairs and accumulates in fp32. A code c
-// becomes the bf16 128 + c by pairing its byte with the byte 0x43 (bf16
-// holds 128..255 exactly), so
-//   y = sum_g s_g·D_g + (b_g - 128·s_g)·Σx_g,  D_g = sum (128 + c)·x.
-// The products are exact (x is bf16), sums are fp32. Per 128-column chunk of
-// a row: one 64-byte load, two masks (low and high nibbles), four byte
-// unpacks against 0x43, four dot products, one scaled add. The unpacks work
-// within 128-bit lanes, so x comes as bf16 in the matching order
-// (cpu/linear.cpp, q4_bf16_x), and each fp32 lane of D belongs to one group:
-// lanes 4j..4j+3 to code bytes 16j..16j+15, i.e. columns 32j..32j+31.
-template <int GS>
-__attribute__((target("avx512bf16"), always_inline)) inline __m512 q4_bf16_scales(const float* s) {
-  if constexpr (GS == 128) {
-    return _mm512_set1_ps(s[0]);
-  } else {
-    // GS 64: lanes 0-7 group 0, 8-15 group 1; GS 32: four lanes per group.
-    const __m512i idx = GS == 64 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
-                                 : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    // (Reads 4 floats: for GS 64 the next two are the row's later scales or
-    // its biases, RowBlock's buffer either way.)
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(s)));
-  }
-}
-
-template <int MR, int NR, int GS>
-__attribute__((target("avx512bf16"))) void q4_bf16_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
-  const RowBlock<WeightKind::q4, NR> rows(a, n0);
-  const int64_t chunks = a.K / 128, groups = a.K / GS;
-  const __m512i low4 = _mm512_set1_epi8(0x0F), magic = _mm512_set1_epi8(0x43);
-  __m512 acc[MR][NR];
-  for (int m = 0; m < MR; ++m) {
-    for (int r = 0; r < NR; ++r) {
-      acc[m][r] = _mm512_setzero_ps();
-    }
-  }
-  for (int64_t c = 0; c < chunks; ++c) {
-    rows.prefetch_next(4 * c);  // (a chunk is four 32-column blocks, one cache line)
-    for (int r = 0; r < NR; ++r) {
-      const __m512i v = _mm512_loadu_si512(rows.row[r] + c * 64);
-      const __m512i lo = _mm512_and_si512(v, low4);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-      const __m512bh w0 = (__m512bh)_mm512_unpacklo_epi8(lo, magic);
-      const __m512bh w1 = (__m512bh)_mm512_unpackhi_epi8(lo, magic);
-      const __m512bh w2 = (__m512bh)_mm512_unpacklo_epi8(hi, magic);
-      const __m512bh w3 = (__m512bh)_mm512_unpackhi_epi8(hi, magic);
-      const __m512 sv = q4_bf16_scales<GS>(rows.scale[r] + c * (128 / GS));
-      for (int m = 0; m < MR; ++m) {
-        const uint16_t* xr = a.xbf + (m0 + m) * a.K + c * 128;
-        // Two chains of two, so the four dot products overlap.
-        __m512 d0 = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, (__m512bh)_mm512_loadu_si512(xr));
-        __m512 d1 = _mm512_dpbf16_ps(_mm512_setzero_ps(), w2, (__m512bh)_mm512_loadu_si512(xr + 64));
-        d0 = _mm512_dpbf16_ps(d0, w1, (__m512bh)_mm512_loadu_si512(xr + 32));
-        d1 = _mm512_dpbf16_ps(d1, w3, (__m512bh)_mm512_loadu_si512(xr + 96));
-        acc[m][r] = _mm512_fmadd_ps(_mm512_add_ps(d0, d1), sv, acc[m][r]);
-      }
-    }
-  }
-  for (int m = 0; m < MR; ++m) {
-    for (int r = 0; r < NR; ++r) {
-      const float* xs = a.xsum + (m0 + m) * groups;
-      const float bias_term = rows.bias_dot(r, xs) - 128.0f * dot(rows.scale[r], xs, groups);
-      store_any(a.out_dtype, a.out, (m0 + m) * a.N + n0 + r, _mm512_reduce_add_ps(acc[m][r]) + bias_term);
-    }
-  }
-}
-
-// Rows 8 at a time: their work is independent (no registers shared across
-// rows), and 8 streams keep more of memory's latency hidden than 4 (one core,
-// 5120 -> 15360: 11.5 -> 13.9 GB/s; two cores: 21.3 -> 25.8).
-constexpr int kBf16NR = 8;
-
-template <int MR, int GS>
-void q4_bf16_rows_mr(const LinearArgs& a, int64_t begin, int64_t end) {
-  int64_t n = begin;
-  for (; n + kBf16NR <= end; n += kBf16NR) {
-    q4_bf16_tile<MR, kBf16NR, GS>(a, n, 0);
-  }
-  for (; n < end; ++n) {
-    q4_bf16_tile<MR, 1, GS>(a, n, 0);
-  }
-}
-
-template <int GS>
-void q4_bf16_rows_gs(const LinearArgs& a, int64_t begin, int64_t end) {
-  return a.M == 1 ? q4_bf16_rows_mr<1, GS>(a, begin, end) : q4_bf16_rows_mr<2, GS>(a, begin, end);
-}
-
-// Output rows [begin, end) when a.xbf is set (M <= 2; see cpu/linear.cpp).
-void q4_bf16_rows(const LinearArgs& a, int64_t begin, int64_t end) {
-  switch (a.group_size) {
-    case 32:
-      return q4_bf16_rows_gs<32>(a, begin, end);
-    case 64:
-      return q4_bf16_rows_gs<64>(a, begin, end);
-    default:
-      return q4_bf16_rows_gs<128>(a, begin, end);
-  }
-}
-#endif
-
 template <WeightKind W, int MR, int NR>
 void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
   const RowBlock<W, NR> rows(a, n0);
@@ -586,13 +484,6 @@ void decode_rows(const LinearArgs& a, int64_t n0) {
 
 template <WeightKind W>
 void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
-#if TK_VW == 16
-  if constexpr (W == WeightKind::q4) {
-    if (a.xbf != nullptr) {
-      return q4_bf16_rows(a, begin, end);
-    }
-  }
-#endif
   int64_t n = begin;
   // Rows of w read side by side are separate streams for the hardware
   // prefetcher. Long rows: NR streams keep more reads in flight (measured on

@@ -206,17 +206,48 @@ inline float* scratch(int64_t floats) {
   return kept.data();
 }
 
-// MR rows of x (all of them) against NR consecutive rows of w from n0.
-template <WeightKind W, int MR, int NR>
-void tile(const LinearArgs& a, int64_t n0) {
-  const int64_t units = int8_units(a.K), whole = a.K / kUnit;
-  const int64_t groups = a.K / a.group_size, bpg = a.group_size / kLinearBlock;
+// One unit u of NR rows of w against MR rows of x (steps 2-4). G32: group
+// size 32, so the unit's two blocks have scales of their own; else both share
+// scale[r][u >> gshift1]. HALF: the row's last unit holds one block.
+template <WeightKind W, int MR, int NR, bool G32, bool HALF>
+__attribute__((always_inline)) inline void unit_step(const LinearArgs& a, const uint8_t* const* row,
+                                                     const float* const* scale, int gshift1, int64_t units,
+                                                     int64_t u, __m256 (&acc)[MR][NR]) {
   constexpr int64_t ub = unit_bytes<W>();
   const int64_t rb = a.K * bits_of<W>() / 8;
+  // The next row block's bytes of this unit, one request per cache line:
+  // NR rows side by side are NR short streams, which the hardware
+  // prefetcher alone keeps restarting.
+  if ((u * ub) % 64 < ub) {
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      __builtin_prefetch(row[r] + NR * rb + u * ub);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) {
+    __m256i c0, c1;
+    load_unit<W>(row[r], u, HALF, c0, c1);
+    const __m256i a0 = _mm256_abs_epi8(c0), a1 = _mm256_abs_epi8(c1);
+    const __m256 sv = G32 ? _mm256_set_m128(_mm_broadcast_ss(scale[r] + 2 * u + 1), _mm_broadcast_ss(scale[r] + 2 * u))
+                          : _mm256_broadcast_ss(scale[r] + (u >> gshift1));
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m256i I = unit_dot<W>(c0, c1, a0, a1, a.x8 + (m * units + u) * kUnit);
+      const __m256 d = _mm256_mul_ps(_mm256_loadu_ps(a.dx + (m * units + u) * 8), sv);
+      acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), d, acc[m][r]);
+    }
+  }
+}
+
+// MR rows of x (all of them) against NR consecutive rows of w from n0.
+template <WeightKind W, int MR, int NR, bool G32>
+void tile(const LinearArgs& a, int64_t n0) {
+  const int64_t units = int8_units(a.K), whole = a.K / kUnit;
+  const int64_t groups = a.K / a.group_size;
+  const int64_t rb = a.K * bits_of<W>() / 8;
   // Per row: s_g (and a zero past the last group, which a last unit of one
-  // block reads) and b'_g = b_g + offset·s_g, in fp32. Block kb is in group
-  // kb >> gshift.
-  const int gshift = a.group_size == 32 ? 0 : a.group_size == 64 ? 1 : 2;
+  // block reads) and b'_g = b_g + offset·s_g, in fp32.
   float* buf = scratch(NR * (2 * groups + 1));
   const uint8_t* row[NR];
   const float* scale[NR];
@@ -234,34 +265,18 @@ void tile(const LinearArgs& a, int64_t n0) {
     scale[r] = sc;
     bias[r] = bb;
   }
+  const int gshift1 = a.group_size == 128 ? 1 : 0;  // unit u is in group u >> gshift1 (G32 false)
   __m256 acc[MR][NR];
   for (int m = 0; m < MR; ++m) {
     for (int r = 0; r < NR; ++r) {
       acc[m][r] = _mm256_setzero_ps();
     }
   }
-  for (int64_t u = 0; u < units; ++u) {
-    const bool half = u == whole;
-    // The next row block's bytes of this unit, one request per cache line:
-    // NR rows side by side are NR short streams, which the hardware
-    // prefetcher alone keeps restarting.
-    if ((u * ub) % 64 < ub) {
-      for (int r = 0; r < NR; ++r) {
-        __builtin_prefetch(row[r] + NR * rb + u * ub);
-      }
-    }
-    for (int r = 0; r < NR; ++r) {
-      __m256i c0, c1;
-      load_unit<W>(row[r], u, half, c0, c1);
-      const __m256i a0 = _mm256_abs_epi8(c0), a1 = _mm256_abs_epi8(c1);
-      const __m256 sv = _mm256_set_m128(_mm_broadcast_ss(scale[r] + ((2 * u + 1) >> gshift)),
-                                         _mm_broadcast_ss(scale[r] + ((2 * u) >> gshift)));
-      for (int m = 0; m < MR; ++m) {
-        const __m256i I = unit_dot<W>(c0, c1, a0, a1, a.x8 + m * units * kUnit + u * kUnit);
-        const __m256 d = _mm256_mul_ps(_mm256_loadu_ps(a.dx + (m * units + u) * 8), sv);
-        acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), d, acc[m][r]);
-      }
-    }
+  for (int64_t u = 0; u < whole; ++u) {
+    unit_step<W, MR, NR, G32, false>(a, row, scale, gshift1, units, u, acc);
+  }
+  if (whole < units) {
+    unit_step<W, MR, NR, G32, true>(a, row, scale, gshift1, units, whole, acc);
   }
   for (int m = 0; m < MR; ++m) {
     const float* xs = a.xsum + m * groups;
@@ -292,16 +307,21 @@ void tile(const LinearArgs& a, int64_t n0) {
 
 // Rows of w in flight: 8 for one row of x (more streams hide more of
 // memory's latency), fewer as rows of x add accumulators (16 registers).
-template <WeightKind W, int MR>
+template <WeightKind W, int MR, bool G32>
 void rows_mr(const LinearArgs& a, int64_t begin, int64_t end) {
   constexpr int NR = MR == 1 ? 8 : MR == 2 ? 4 : MR <= 4 ? 2 : 1;
   int64_t n = begin;
   for (; n + NR <= end; n += NR) {
-    tile<W, MR, NR>(a, n);
+    tile<W, MR, NR, G32>(a, n);
   }
   for (; n < end; ++n) {
-    tile<W, MR, 1>(a, n);
+    tile<W, MR, 1, G32>(a, n);
   }
+}
+
+template <WeightKind W, int MR>
+void rows_mr(const LinearArgs& a, int64_t begin, int64_t end) {
+  return a.group_size == 32 ? rows_mr<W, MR, true>(a, begin, end) : rows_mr<W, MR, false>(a, begin, end);
 }
 
 template <WeightKind W>
