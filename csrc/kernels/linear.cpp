@@ -726,7 +726,9 @@ inline void weight_block(const LinearArgs& a, int64_t n, int64_t kb, vf* v) {
   if (kb < a.K / kLinearBlock) {
     load_block<W>(row, kb, v);
     if constexpr (quantized(W)) {
-      const int64_t g = n * (a.K / a.group_size) + kb * kLinearBlock / a.group_size;
+      // (group_size is a power of two: shifts, not two divisions per block.)
+      const int gs_log2 = __builtin_ctzll(uint64_t(a.group_size));
+      const int64_t g = n * (a.K >> gs_log2) + ((kb * kLinearBlock) >> gs_log2);
       const float s = load_any(a.scale_dtype, a.scales, g), b = load_any(a.bias_dtype, a.biases, g);
       for (int i = 0; i < BV; ++i) {
         v[i] = v[i] * s + b;
