@@ -667,22 +667,42 @@ inline float dense_at(const uint8_t* row, int64_t k) {
   }
 }
 
+#if TK_VW >= 8
+// The in-lane steps of a transpose, one name per vector width.
+#if TK_VW == 16
+typedef __m512 vreg;
+inline vreg unpack_lo(vreg a, vreg b) { return _mm512_unpacklo_ps(a, b); }
+inline vreg unpack_hi(vreg a, vreg b) { return _mm512_unpackhi_ps(a, b); }
+template <int I>
+inline vreg shuffle(vreg a, vreg b) { return _mm512_shuffle_ps(a, b, I); }
+#else
+typedef __m256 vreg;
+inline vreg unpack_lo(vreg a, vreg b) { return _mm256_unpacklo_ps(a, b); }
+inline vreg unpack_hi(vreg a, vreg b) { return _mm256_unpackhi_ps(a, b); }
+template <int I>
+inline vreg shuffle(vreg a, vreg b) { return _mm256_shuffle_ps(a, b, I); }
+#endif
+#endif
+
 // In-place transpose of a VW × VW square: afterwards v[i][j] is the old v[j][i].
 inline void transpose(vf* v) {
-#if TK_VW == 16
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+#if TK_VW >= 8
+  // 1. 4 × 4 transposes within each 128-bit lane: afterwards lane L of
+  //    u[4g + c] holds rows 4g..4g+3 of column 4L + c.
+  vreg t[VW], u[VW];
+  for (int i = 0; i < VW / 2; ++i) {
+    t[2 * i] = unpack_lo(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = unpack_hi(v[2 * i], v[2 * i + 1]);
   }
-  // Each 128-bit lane L of u[4g + c]: rows 4g..4g+3 of column 4L + c.
-  for (int g = 0; g < 4; ++g) {
-    u[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  for (int g = 0; g < VW / 4; ++g) {
+    u[4 * g] = shuffle<0x44>(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = shuffle<0xEE>(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = shuffle<0x44>(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = shuffle<0xEE>(t[4 * g + 1], t[4 * g + 3]);
   }
+  // 2. Whole 128-bit lanes: column 4L + c gathers lane L of every u[4g + c].
   for (int c = 0; c < 4; ++c) {
+#if TK_VW == 16
     const __m512 lo01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), hi01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
     const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44),
                  hi23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
@@ -690,23 +710,10 @@ inline void transpose(vf* v) {
     v[4 + c] = _mm512_shuffle_f32x4(lo01, lo23, 0xDD);
     v[8 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
     v[12 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0xDD);
-  }
-#elif TK_VW == 8
-  __m256 t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-  }
-  // Each 128-bit lane L of u[4g + c]: rows 4g..4g+3 of column 4L + c.
-  for (int g = 0; g < 2; ++g) {
-    u[4 * g] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-    u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-    u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-    u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
+#else
     v[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
     v[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+#endif
   }
 #else
   for (int i = 0; i < VW; ++i) {
