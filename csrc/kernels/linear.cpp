@@ -558,22 +558,42 @@ inline float dense_at(const uint8_t* row, int64_t k) {
   }
 }
 
+#if TK_VW >= 8
+// The in-lane steps of a transpose, one name per vector width.
+#if TK_VW == 16
+typedef __m512 vreg;
+inline vreg unpack_lo(vreg a, vreg b) { return _mm512_unpacklo_ps(a, b); }
+inline vreg unpack_hi(vreg a, vreg b) { return _mm512_unpackhi_ps(a, b); }
+template <int I>
+inline vreg shuffle(vreg a, vreg b) { return _mm512_shuffle_ps(a, b, I); }
+#else
+typedef __m256 vreg;
+inline vreg unpack_lo(vreg a, vreg b) { return _mm256_unpacklo_ps(a, b); }
+inline vreg unpack_hi(vreg a, vreg b) { return _mm256_unpackhi_ps(a, b); }
+template <int I>
+inline vreg shuffle(vreg a, vreg b) { return _mm256_shuffle_ps(a, b, I); }
+#endif
+#endif
+
 // In-place transpose of a VW × VW square: afterwards v[i][j] is the old v[j][i].
 inline void transpose(vf* v) {
-#if TK_VW == 16
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+#if TK_VW >= 8
+  // 1. 4 × 4 transposes within each 128-bit lane: afterwards lane L of
+  //    u[4g + c] holds rows 4g..4g+3 of column 4L + c.
+  vreg t[VW], u[VW];
+  for (int i = 0; i < VW / 2; ++i) {
+    t[2 * i] = unpack_lo(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = unpack_hi(v[2 * i], v[2 * i + 1]);
   }
-  // Each 128-bit lane L of u[4g + c]: rows 4g..4g+3 of column 4L + c.
-  for (int g = 0; g < 4; ++g) {
-    u[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  for (int g = 0; g < VW / 4; ++g) {
+    u[4 * g] = shuffle<0x44>(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = shuffle<0xEE>(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = shuffle<0x44>(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = shuffle<0xEE>(t[4 * g + 1], t[4 * g + 3]);
   }
+  // 2. Whole 128-bit lanes: column 4L + c gathers lane L of every u[4g + c].
   for (int c = 0; c < 4; ++c) {
+#if TK_VW == 16
     const __m512 lo01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), hi01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
     const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44),
                  hi23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
@@ -581,23 +601,10 @@ inline void transpose(vf* v) {
     v[4 + c] = _mm512_shuffle_f32x4(lo01, lo23, 0xDD);
     v[8 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
     v[12 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0xDD);
-  }
-#elif TK_VW == 8
-  __m256 t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-  }
-  // Each 128-bit lane L of u[4g + c]: rows 4g..4g+3 of column 4L + c.
-  for (int g = 0; g < 2; ++g) {
-    u[4 * g] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-    u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-    u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-    u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
+#else
     v[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
     v[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+#endif
   }
 #else
   for (int i = 0; i < VW; ++i) {
@@ -617,7 +624,9 @@ inline void weight_block(const LinearArgs& a, int64_t n, int64_t kb, vf* v) {
   if (kb < a.K / kLinearBlock) {
     load_block<W>(row, kb, v);
     if constexpr (quantized(W)) {
-      const int64_t g = n * (a.K / a.group_size) + kb * kLinearBlock / a.group_size;
+      // (group_size is a power of two: shifts, not two divisions per block.)
+      const int gs_log2 = __builtin_ctzll(uint64_t(a.group_size));
+      const int64_t g = n * (a.K >> gs_log2) + ((kb * kLinearBlock) >> gs_log2);
       const float s = load_any(a.scale_dtype, a.scales, g), b = load_any(a.bias_dtype, a.biases, g);
       for (int i = 0; i < BV; ++i) {
         v[i] = v[i] * s + b;
@@ -675,6 +684,9 @@ void pack_w(const LinearArgs& a, int64_t n0, int64_t nc, int64_t k0, int64_t kc,
 inline void gemm_tile(const float* xp, const float* bp, int64_t kc, float* c, bool first, bool last,
                       const LinearArgs& a, int64_t m0, int64_t n0, int mr, int nr) {
   vf acc[kMR][kNV] = {};
+  // (Unrolled: fewer loop instructions between the FMAs; 86 -> 90% of the
+  // peak for AVX-512 with the micro-panel in L2, in a standalone loop.)
+#pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     vf w[kNV];
     for (int j = 0; j < kNV; ++j) {
@@ -721,10 +733,15 @@ void linear_gemm(const LinearArgs& a, int64_t begin, int64_t end) {
   // Row blocks of equal size (whole register blocks), at most kMC.
   const int64_t mblocks = (a.M + kMC - 1) / kMC;
   const int64_t mc_rows = ((a.M + mblocks - 1) / mblocks + kMR - 1) / kMR * kMR;
+  // Column blocks likewise (whole micro-panels, at most kNC): 320 columns are
+  // two blocks of 160, not 256 and a thin 64 whose rows of x are copied for
+  // few register blocks.
+  const int64_t nblocks = (end - begin + kNC - 1) / kNC;
+  const int64_t nc_cols = ((end - begin + nblocks - 1) / nblocks + kNR - 1) / kNR * kNR;
   for (int64_t m0 = 0; m0 < a.M; m0 += mc_rows) {
     const int64_t mc = min64(mc_rows, a.M - m0);
-    for (int64_t n0 = begin; n0 < end; n0 += kNC) {
-      const int64_t nc = min64(kNC, end - n0);
+    for (int64_t n0 = begin; n0 < end; n0 += nc_cols) {
+      const int64_t nc = min64(nc_cols, end - n0);
       for (int64_t k0 = 0; k0 < a.Kp; k0 += kKC) {
         const int64_t kc = min64(kKC, a.Kp - k0);
         pack_w<W>(a, n0, nc, k0, kc, bp);
