@@ -114,7 +114,9 @@ DESCRIPTION = (
     "refuses to start, exit code 2: run generate there); invalid requests (an empty prompt, ...) get a 400 "
     "and the server keeps serving; SIGINT/SIGTERM exit with code 0, answering the "
     "requests in flight with what they generated (finish_reason \"abort\"); a request "
-    "whose client disconnected stops generating at the next decode step. "
+    "whose client disconnected stops generating at the next decode step (its prompt at "
+    "the next chunk); a request that fails while it is generated fails alone (a 500); a "
+    "request arriving during another's long prompt is served between its chunks. "
     "`talkie-kernels init-checkpoint DIR` writes a small random-weight one to try."
 )
 HELP = {

@@ -11,7 +11,6 @@ idle and while generating, answering the request in flight.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
