@@ -162,7 +162,7 @@ inline constexpr int64_t kAttnDecodeMaxL = 7;
 // Decode: keys per work item, a function of S only (bit-equal at any thread
 // count); 256 keys × 40 heads give 320 items at S = 2048.
 inline constexpr int64_t kAttnSplit = 256;
-// Keys per block of the online softmax (a panel of K and V rows in fp32).
+// Prefill: keys per block of the online softmax (panels of K and V rows in fp32).
 inline constexpr int64_t kAttnBlock = 16;
 // Prefill: query rows per work item (a multiple of two vectors of every ISA).
 inline constexpr int64_t kAttnRows = 32;

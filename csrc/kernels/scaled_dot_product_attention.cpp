@@ -99,14 +99,7 @@ struct QuantizedRows {
       if constexpr (Bits == 8) {
         q = vwiden_bytes(codes + i);
       } else {
-        // Lane j holds element i + j: byte (i + j) / 2, the low nibble for even j.
-        uint8_t dup[kVec];
-        uvec nibble;
-        for (int j = 0; j < kVec; ++j) {
-          dup[j] = codes[(i + j) / 2];
-          nibble[j] = 4 * (j & 1);
-        }
-        q = (vwiden_bytes(dup) >> nibble) & 15u;
+        q = vload_nibbles(codes + i / 2);
       }
       const int64_t g = i >> shift;
       return __builtin_convertvector(q, fvec) * load<SB>(sc[g]) + load<SB>(bi[g]);
