@@ -38,11 +38,6 @@ DTYPE_PAIRS = [(a, b) for a in DTYPES for b in DTYPES]
 DTYPE_PAIR_IDS = [f"{a}-{b}" for a in DTYPE_IDS for b in DTYPE_IDS]
 
 
-@pytest.fixture(scope="module")
-def native():
-    return get_impl("native")
-
-
 def rand(shape, dtype=mx.float32, seed=0, scale=1.0):
     return (scale * mx.random.normal(shape, key=mx.random.key(seed))).astype(dtype)
 
@@ -302,23 +297,6 @@ ISA_KINDS = {**WEIGHTS, "dense_fp16": (mx.float16, None), "q4_fp32": (mx.float32
 #: x in another dtype than the weight / scales (fp32 output): (weight dtype, bits, x dtype).
 ISA_MIXED = {"q4_fp32_bf16x": (mx.float32, 4, mx.bfloat16), "q8_fp16_bf16x": (mx.float16, 8, mx.bfloat16),
              "q6_bf16_fp16x": (mx.bfloat16, 6, mx.float16), "dense_fp32_bf16x": (mx.float32, None, mx.bfloat16)}
-
-
-@pytest.fixture(params=tk.native.ops.available_isas() if tk.native_available() else ["unbuilt"])
-def isa(request, native):
-    """Runs a test with each instruction set's kernels this CPU supports, then restores the default."""
-    N = tk.native.ops
-    before = N.isa()
-    N.use_isa(request.param)
-    yield request.param
-    N.use_isa(before)
-
-
-@pytest.fixture
-def restore_threads(native):
-    n = tk.native.ops.num_threads()
-    yield
-    tk.native.ops.set_num_threads(n)
 
 
 @pytest.mark.parametrize("kind", [*ISA_KINDS, *ISA_MIXED])

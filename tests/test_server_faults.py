@@ -34,8 +34,11 @@ CHUNK = "64"
 
 
 def long_prompt(words: str) -> str:
-    """~3,000 tokens; each test its own words (a prompt seen before is served from the prompt cache)."""
-    return f"{words} " * 600
+    """~12,000 tokens, so that with the native attention its chunks still take
+    seconds (at ~3,000 the whole prompt could finish before a second request
+    arrived); each test its own words (a prompt seen before is served from the
+    prompt cache)."""
+    return f"{words} " * 2400
 
 
 @pytest.fixture(scope="module")
