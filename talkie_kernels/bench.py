@@ -143,6 +143,7 @@ class Settings:
         self.do_models = args.only in (None, "models")
         self.do_linear = bool(self.linear_shapes) and args.only in (None, "linear")
         self.all_isas = args.all_isas
+        self.isas = _split(args.isas) if args.isas else None
         self.depths = args.depths
         self.depths_mlx = args.depths_mlx
 
@@ -193,6 +194,7 @@ class Settings:
             "depths": self.depths, "depths_mlx": self.depths_mlx,
             "seed": self.seed,
             "all_isas": self.all_isas,
+            "isas": self.isas,
             "distributed": None if self.group is None else {
                 "size": self.group.size(), "parallelism": "pipeline" if self.pipeline else "tensor",
             },
@@ -218,6 +220,15 @@ def _memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 1 << 62
+
+
+def _isa_names(text: str) -> str:
+    """An argparse type: comma-separated kernel tables this CPU runs."""
+    from . import native
+
+    if native.ops is None:
+        raise argparse.ArgumentTypeError(f"the native extension is not available ({native.load_error})")
+    return _names(native.ops.available_isas(), "instruction set")(text)
 
 
 def _names(known, what: str):
@@ -278,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "its share of a 2048-token prefill, mlx-lm's KV append (~1 min on 2 cores; --quick: a tiny model at 0, 16)")
     p.add_argument("--depths-mlx", action="store_true", help="with --depths: also mlx-lm's plain model by depth and MLX's "
                    "2048-token prefill attention (MLX's CPU attention is its composed fallback: minutes)")
+    p.add_argument("--isas", metavar="NAMES", type=_isa_names, help="like --all-isas, for these comma-separated tables only "
+                   "(names from talkie_kernels.native.ops.available_isas(), e.g. v3,v4-vnni)")
     p.add_argument("--op-dtype", choices=["float32", "float16", "bfloat16"], help=f"dtype of the per-op inputs (default {B.DEFAULTS.op_dtype}, as Talkie's weights)")
     p.add_argument("--prompt-len", type=int_in(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
     p.add_argument("--decode-tokens", type=int_in(1), metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
@@ -567,6 +580,8 @@ def _run_model(s, progress, notes, graph_nodes, run, models, label, fmt, fmt_lab
 def _check_args(args) -> str | None:
     """Why the arguments cannot run (for ``parser.error``), or None. Bad values of one flag are
     rejected by its argparse type; this checks the flags together and the paths."""
+    if args.all_isas and args.isas:
+        return "--all-isas and --isas both choose the kernel tables: give one"
     if args.model and (args.configs or args.dtypes):
         return "--configs and --dtypes choose the random-weight models: they do not apply with --model"
     if args.model:
@@ -593,14 +608,16 @@ def _check_args(args) -> str | None:
     return None
 
 
-def _isas(all_isas: bool) -> list:
-    """The kernel tables to measure: the one in use, or with ``all_isas`` every
-    table this CPU runs from x86-64-v3 up (the baseline copy is not judged on
-    speed); ``[None]`` without the native extension."""
+def _isas(all_isas: bool, names: list[str] | None = None) -> list:
+    """The kernel tables to measure: the one in use, ``names`` (``--isas``), or
+    with ``all_isas`` every table this CPU runs from x86-64-v3 up (the baseline
+    copy is not judged on speed); ``[None]`` without the native extension."""
     from . import native
 
     if native.ops is None:
         return [None]
+    if names:
+        return names
     if not all_isas:
         return [native.ops.isa()]
     return [t for t in native.ops.available_isas() if t != "base"] or [native.ops.isa()]
@@ -659,7 +676,7 @@ def _run(parser, args, group) -> int:
               + (len(s.linear_shapes) * (len(BL.FORMATS) + len(BL.PREFILL_FORMATS)) if s.do_linear else 0))
     records: list[dict] = []
     graph_nodes: dict[str, dict[str, int]] = {}
-    isas = _isas(s.all_isas)
+    isas = _isas(s.all_isas, s.isas)
     groups = 2 + (groups - 2) * len(isas)
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

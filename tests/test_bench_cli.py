@@ -422,3 +422,18 @@ def test_fused_only_model_has_no_reference_rows(monkeypatch):
     assert ref and all(r["status"] == "n/a" and "mlx-lm not timed" in r["error"] for r in ref)
     assert fused and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in fused)
     assert any("mlx-lm not timed" in n for n in notes)
+
+
+@pytest.mark.skipif(not tk.native_available(), reason="the native extension is not built")
+def test_isas_names_the_tables(tmp_path, capsys):
+    """``--isas``: just the named tables; unknown names and both flags together are argparse errors."""
+    isa = tk.native.ops.available_isas()[-1]
+    js = tmp_path / "isa.json"
+    bench.main(["--quick", "--only", "linear", "--isas", isa, "--json", str(js)])
+    doc = json.loads(js.read_text())
+    assert doc["metadata"]["isas"] == [isa] and {r["isa"] for r in doc["records"]} == {isa}
+    for argv, message in ((["--isas", "no-such-isa"], "argument --isas: unknown instruction set(s) ['no-such-isa']"),
+                          (["--isas", isa, "--all-isas"], "--all-isas and --isas both choose the kernel tables")):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--quick", *argv])
+        assert e.value.code == 2 and message in capsys.readouterr().err
