@@ -64,17 +64,23 @@ def rel_err(got, want) -> float:
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
-def assert_accurate(got, want, dtype, baseline=None, what=""):
-    """got within TOL[dtype] of the oracle, and no worse than plain MLX's baseline."""
+def assert_accurate(got, want, dtype, baseline=None, what="", conditioning=0.0):
+    """got within TOL[dtype] of the oracle, and no worse than plain MLX's baseline.
+
+    ``conditioning``: a relative error that every implementation in ``dtype``
+    has on these inputs, whatever it does (e.g. the rounding of attention
+    scores of size |s|: |s|·2^-24 in fp32 moves each softmax weight by that
+    fraction); both bounds are at least this.
+    """
     err = rel_err(got, want)
-    tol = TOL[dtype]
+    tol = max(TOL[dtype], conditioning)
     msg = f"{what}: rel. error {err:.3g} vs oracle"
     if baseline is not None:
         base_err = rel_err(baseline, want)
         msg += f" (plain MLX {base_err:.3g})"
         # Plain MLX rounds several times, so it can beat us by luck on tiny
         # inputs; the absolute floor keeps that from failing a correct kernel.
-        assert err <= max(SLACK * base_err, 0.25 * tol), msg + f" > {SLACK}× plain MLX"
+        assert err <= max(SLACK * base_err, 0.25 * tol, conditioning), msg + f" > {SLACK}× plain MLX"
     assert err <= tol, msg + f" > tolerance {tol:g} for {dtype}"
 
 
@@ -120,6 +126,17 @@ def linear(x, weight, scales=None, biases=None, group_size=64, bits=4):
     """``x @ weight.T`` in float64, the weight dequantized in float64 if quantized."""
     w = to64(weight) if scales is None else dequantize(weight, scales, biases, group_size, bits)
     return to64(x) @ w.T
+
+
+def attention_conditioning(q, k, scale) -> float:
+    """The relative output error fp32 rounding of the scores alone causes:
+    2^-24 · max over (l, s) of scale·Σ_d |q_d|·|k_d| (a score's rounding bound,
+    which shifts its softmax weight by that fraction). Large for peaked
+    softmaxes (|q| 8× a unit normal's at D = 80: ~4e-6, above fp32's TOL)."""
+    q, k = np.abs(to64(q)), np.abs(to64(k))
+    G = q.shape[1] // k.shape[1]
+    bound = scale * np.einsum("bhld,bhsd->bhls", q, np.repeat(k, G, axis=1)) if q.size and k.size else np.zeros(1)
+    return float(2.0**-24 * bound.max())
 
 
 def attention(q, k, v, scale, mask=None):

@@ -74,7 +74,8 @@ def check(impl, q, k, v, mask, scale=None, what=""):
     base = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     what = f"{impl} {what} q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype} mask={mask if isinstance(mask, str) else None if mask is None else mask.dtype}"
     assert got.shape == base.shape and got.dtype == base.dtype, what
-    O.assert_accurate(got, O.attention(q, k, v, scale, mask), got.dtype, base, what)
+    O.assert_accurate(got, O.attention(q, k, v, scale, mask), got.dtype, base, what,
+                      conditioning=O.attention_conditioning(q, k, scale))
     return got
 
 
