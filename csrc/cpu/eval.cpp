@@ -18,6 +18,22 @@ void set_output(mx::array& out, const mx::array* donor) {
   }
 }
 
+mx::cpu::CommandEncoder& encoder_for(
+    const mx::Stream& s,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& outs,
+    const std::vector<const mx::array*>& donors) {
+  auto& enc = mx::cpu::get_command_encoder(s);
+  for (auto& a : in) {
+    enc.set_input_array(a);
+  }
+  for (size_t i = 0; i < outs.size(); ++i) {
+    set_output(outs[i], i < donors.size() ? donors[i] : nullptr);
+    enc.set_output_array(outs[i]);
+  }
+  return enc;
+}
+
 // Working memory of the rope task (cos/sin table, scratch rows): up to a
 // cap, kept per thread between calls, since a fresh prefill-sized table
 // would cost a zero-fill and page faults on every call; beyond it, owned by

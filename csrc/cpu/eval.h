@@ -128,4 +128,13 @@ inline constexpr int64_t kMinWorkPerThread = 1 << 15;
 // allocation (see eval.cpp).
 void set_output(mx::array& out, const mx::array* donor);
 
+// The start of every eval_cpu: the stream's CPU command encoder with every
+// input registered and every output given a buffer (output i may take the
+// buffer of donors[i], see set_output) and registered.
+mx::cpu::CommandEncoder& encoder_for(
+    const mx::Stream& s,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& outs,
+    const std::vector<const mx::array*>& donors = {});
+
 } // namespace tk

@@ -82,13 +82,8 @@ bool linear_int8(const kern::Table& kernels, kern::LinearArgs& args, const kern:
 } // namespace
 
 void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (auto& a : in) {
-    enc.set_input_array(a);
-  }
+  auto& enc = encoder_for(stream(), in, outs);
   auto& out = outs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  enc.set_output_array(out);
   if (out.size() == 0) {
     return;
   }

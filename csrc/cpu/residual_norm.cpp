@@ -5,14 +5,7 @@
 namespace tk {
 
 void TalkieResidualNorm::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (auto& a : in) {
-    enc.set_input_array(a);
-  }
-  for (auto& o : outs) {
-    set_output(o, nullptr);
-    enc.set_output_array(o);
-  }
+  auto& enc = encoder_for(stream(), in, outs);
   const auto& x = in[0];
   if (x.size() == 0) {
     return;

@@ -5,12 +5,9 @@
 namespace tk {
 
 void TalkieRMSNorm::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
-  auto& enc = mx::cpu::get_command_encoder(stream());
   const auto& x = in[0];
+  auto& enc = encoder_for(stream(), in, outs, {&x});
   auto& out = outs[0];
-  enc.set_input_array(x);
-  set_output(out, &x);
-  enc.set_output_array(out);
   if (x.size() == 0) {
     return;
   }

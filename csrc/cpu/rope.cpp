@@ -65,14 +65,7 @@ void eval_rope(
     double base,
     bool norm,
     float eps) {
-  auto& enc = mx::cpu::get_command_encoder(stream);
-  for (auto& a : in) {
-    enc.set_input_array(a);
-  }
-  for (int t = 0; t < n_in; ++t) {
-    set_output(outs[t], n_in == 1 ? &in[t] : nullptr);
-    enc.set_output_array(outs[t]);
-  }
+  auto& enc = encoder_for(stream, in, outs, {n_in == 1 ? &in[0] : nullptr});
   const mx::array& offset = in[offset_at];
   const mx::array* head_gain = gain_at >= 0 ? &in[gain_at] : nullptr;
   const auto& x0 = in[0];
