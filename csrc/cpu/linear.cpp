@@ -1,5 +1,6 @@
-// linear's eval_cpu (x in fp32, then output columns across threads, through
-// csrc/kernels/linear.cpp).
+// linear's eval_cpu: x to int8 for the integer path (csrc/kernels/linear_int8.cpp),
+// else x in fp32 for the fp32 decode loops or the prefill GEMM
+// (csrc/kernels/linear.cpp); then output columns across threads.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -128,9 +129,10 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       kernels.linear_prepare_x(xv, args.kind, xbuf.data(), b, e);
     });
     args.x = xbuf.data();
-    // 2. Σx per group, once for all output columns (the bias term b·Σx_g).
+    // 2. Σx per group, once for all output columns (the decode loops' bias
+    //    term b·Σx_g; the prefill GEMM dequantizes its panels instead).
     std::vector<float> xsum;
-    if (args.kind >= kern::WeightKind::q4) {
+    if (args.kind >= kern::WeightKind::q4 && args.M < kern::kLinearGemmMinM) {
       const int64_t groups = args.K / args.group_size;
       xsum.resize(args.M * groups);
       for (int64_t m = 0; m < args.M; ++m) {

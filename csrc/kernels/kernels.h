@@ -99,6 +99,11 @@ enum class WeightKind : int { f32 = 0, f16 = 1, bf16 = 2, q4 = 3, q6 = 4, q8 = 5
 // ordered by j then i), so x is stored in that same order (linear_prepare_x).
 inline constexpr int64_t kLinearBlock = 32;
 
+// Rows of x from which linear packs the weights into panels (the prefill
+// GEMM) instead of streaming them straight from memory once per few rows (the
+// decode loops; measured on Zen 4 with the earlier panel kernel).
+inline constexpr int64_t kLinearGemmMinM = 8;
+
 // x as the op received it: (M, K) with element strides, any float storage.
 struct LinearX {
   const void* ptr;
@@ -131,7 +136,7 @@ struct LinearArgs {
 
 // The integer path's x: quantized per 32-column block, stored in units of 64
 // columns (two blocks) laid out as the kind's codes unpack (linear_int8.cpp).
-inline constexpr int64_t kInt8MaxM = 7;  // rows of x it handles (decode)
+inline constexpr int64_t kInt8MaxM = kLinearGemmMinM - 1;  // rows of x it handles (decode)
 inline int64_t int8_units(int64_t K) {
   return (K + 2 * kLinearBlock - 1) / (2 * kLinearBlock);
 }

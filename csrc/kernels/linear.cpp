@@ -776,14 +776,9 @@ void linear_gemm(const LinearArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-// Rows of x from which packing the weights into panels (the GEMM) is faster
-// than streaming them straight from memory once per 4 rows (measured on Zen 4
-// with the earlier panel kernel: see the bench).
-constexpr int64_t kPanelMinM = 8;
-
 template <WeightKind W>
 void linear_kind(const LinearArgs& a, int64_t begin, int64_t end) {
-  if (a.M >= kPanelMinM) {
+  if (a.M >= kLinearGemmMinM) {
     linear_gemm<W>(a, begin, end);
   } else {
     linear_decode<W>(a, begin, end);
