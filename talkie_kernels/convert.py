@@ -34,7 +34,7 @@ from pathlib import Path
 from mlx_lm.utils import dequantize_model
 
 from .cli import local_path_problem, uncreatable_dir
-from .loader import loading_through_talkie
+from .swap import loading_through_talkie, swapped
 
 # `import mlx_lm.convert` would give the function mlx_lm/__init__ re-exports under that name.
 _mlx_convert = importlib.import_module("mlx_lm.convert")
@@ -171,11 +171,8 @@ def requantizing(module, quantize: bool):
             config.pop("quantization_config", None)
         return model, tokenizer, config
 
-    module.load = dequantizing_load
-    try:
+    with swapped(module, load=dequantizing_load):
         yield
-    finally:
-        module.load = load
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 Same flags, chat-template handling, sampling and streamed output as
 ``mlx_lm.generate`` (mlx-lm 0.32.2): this runs mlx-lm's own ``main`` with the
 arguments given here, swapping only the ``load`` it calls for
-``talkie_kernels.load`` (see ``loader.loading_through_talkie``). ``--model`` is
+``talkie_kernels.load`` (see ``swap.loading_through_talkie``). ``--model`` is
 required (mlx-lm's default model is not a Talkie); a ``--draft-model`` is
 loaded the same way, so it must be a Talkie checkpoint too. Bad flag values
 are argparse errors (exit code 2) before anything loads, or, for those
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from .cli import finish, int_in, local_path_problem, rank0_output, shared_seed, world
-from .loader import loading_through_talkie, sys_argv
+from .swap import loading_through_talkie, swapped, sys_argv
 
 _mlx_generate = importlib.import_module("mlx_lm.generate")
 
@@ -145,11 +145,8 @@ def checked_against_model(module, parser, top_k: int):
         # top_k = vocabulary keeps every id: no filtering (mlx-lm's sampler wants < vocabulary).
         return make_sampler(*args, top_k=0 if vocab and top_k >= vocab[0] else top_k, **kwargs)
 
-    module.load, module.make_sampler = checked_load, sampler
-    try:
+    with swapped(module, load=checked_load, make_sampler=sampler):
         yield
-    finally:
-        module.load, module.make_sampler = load, make_sampler
 
 
 @contextlib.contextmanager
@@ -175,12 +172,8 @@ def sharded_loading(module, pipeline: bool, seed: int):
             path = Path(_download(str(path_or_repo), allow_patterns=["*.json"]))
         return model, tokenizer, load_config(path)
 
-    saved = module.load
-    module.load = load
-    try:
+    with swapped(module, load=load):
         yield
-    finally:
-        module.load = saved
 
 
 def main(argv=None) -> int:

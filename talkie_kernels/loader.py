@@ -14,10 +14,8 @@ of mlx-lm's plain Talkie are mapped onto the fused projections
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -374,34 +372,3 @@ def _fuse_adapter(model, weights: dict, errors: list):
                     segs[i][1] if i in segs else current[i * rows:(i + 1) * rows] for i in range(n)
                 ])
     return out, sources
-
-
-@contextlib.contextmanager
-def loading_through_talkie(*modules):
-    """Within the block, ``module.load`` is ``talkie_kernels.load`` for each module.
-
-    mlx-lm's command modules (``mlx_lm.generate``, ``mlx_lm.server``,
-    ``mlx_lm.convert``) import ``load`` from ``mlx_lm.utils`` into their own
-    namespace and call it by that name; swapping exactly that binding (and
-    restoring it) routes their model loading through the fused model and
-    leaves the rest of their code, flags and behaviour untouched.
-    """
-    saved = [(m, m.load) for m in modules]
-    try:
-        for m in modules:
-            m.load = load
-        yield
-    finally:
-        for m, original in saved:
-            m.load = original
-
-
-@contextlib.contextmanager
-def sys_argv(prog: str, args):
-    """``sys.argv`` as ``[prog, *args]`` within the block (mlx-lm's mains parse it)."""
-    saved = sys.argv
-    sys.argv = [prog, *args]
-    try:
-        yield
-    finally:
-        sys.argv = saved

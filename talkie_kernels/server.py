@@ -3,7 +3,7 @@
 Same flags and endpoints as ``mlx_lm.server`` (mlx-lm 0.32.2): this runs its
 ``main`` with the arguments given here, swapping only the ``load`` that its
 ``ModelProvider`` calls for ``talkie_kernels.load`` (see
-``loader.loading_through_talkie``). Models named in requests and
+``swap.loading_through_talkie``). Models named in requests and
 ``--draft-model`` load through it too, so they must be Talkie checkpoints.
 Distributed serving (``mlx.launch``) uses mlx-lm's ``sharded_load`` and is not
 routed. Batched requests run through ``BatchKVCache``, whose ``offset`` is an
@@ -88,7 +88,7 @@ import mlx.core as mx
 
 from .cli import local_path_problem
 from .fair_batching import FairBatchGenerator
-from .loader import loading_through_talkie, sys_argv
+from .swap import loading_through_talkie, swapped, sys_argv
 from .request_checks import (
     INTEGER_FIELDS,
     NUMBER_FIELDS,
@@ -195,12 +195,8 @@ def check_server_args(ns) -> str | None:
 @contextlib.contextmanager
 def talkie_arg_parser(module):
     """Within the block, ``module.argparse.ArgumentParser`` is this command's parser."""
-    saved = module.argparse
-    module.argparse = types.SimpleNamespace(**{**vars(argparse), "ArgumentParser": _Parser})
-    try:
+    with swapped(module, argparse=types.SimpleNamespace(**{**vars(argparse), "ArgumentParser": _Parser})):
         yield
-    finally:
-        module.argparse = saved
 
 
 # --------------------------------------------------------------------------
@@ -797,18 +793,10 @@ def _run_http_server(host, port, response_generator, server_class=ThreadingHTTPS
 @contextlib.contextmanager
 def robust_serving(module):
     """Within the block, ``module`` serves with this file's generator, handler and shutdown."""
-    names = ("ResponseGenerator", "_run_http_server", "_make_sampler", "_make_logits_processors",
-             "BatchGenerator")
-    saved = [getattr(module, name) for name in names]
-    ours = (TalkieResponseGenerator, _run_http_server, _request_sampler, _request_logits_processors,
-            FairBatchGenerator)
-    for name, value in zip(names, ours):
-        setattr(module, name, value)
-    try:
+    with swapped(module, ResponseGenerator=TalkieResponseGenerator, _run_http_server=_run_http_server,
+                 _make_sampler=_request_sampler, _make_logits_processors=_request_logits_processors,
+                 BatchGenerator=FairBatchGenerator):
         yield
-    finally:
-        for name, value in zip(names, saved):
-            setattr(module, name, value)
 
 
 def distributed_refusal(size: int) -> str:

@@ -25,7 +25,7 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 import talkie_kernels as tk
 from talkie_kernels.cli import main
 from talkie_kernels.configs import CONFIGS
-from talkie_kernels.loader import sys_argv
+from talkie_kernels.swap import sys_argv
 
 from checkpoints import write_checkpoint
 
