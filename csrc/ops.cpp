@@ -613,4 +613,34 @@ mx::array quantized_scaled_dot_product_attention(
       std::move(inputs));
 }
 
+// ---- kv_write -----------------------------------------------------------------
+
+mx::array kv_write(const mx::array& buffer, const mx::array& rows, int start, mx::StreamOrDevice s_) {
+  constexpr const char* op = "kv_write";
+  check_array(op, "buffer", buffer);
+  if (buffer.ndim() != 4 || rows.ndim() != 4) {
+    fail(op, "buffer and rows must have shape (B, H, S, D) and (B, H, n, D), got " + fmt(buffer.shape()) + " and " + fmt(rows.shape()) + ".");
+  }
+  if (rows.dtype() != buffer.dtype()) {
+    fail_type(op, "rows must have buffer's dtype " + fmt(buffer.dtype()) + ", got " + fmt(rows.dtype()) + ".");
+  }
+  if (rows.shape(0) != buffer.shape(0) || rows.shape(1) != buffer.shape(1) || rows.shape(3) != buffer.shape(3)) {
+    fail(op, "rows " + fmt(rows.shape()) + " do not match buffer " + fmt(buffer.shape()) + " in B, H and D.");
+  }
+  if (start < 0 || start + rows.shape(2) > buffer.shape(2)) {
+    fail(op, "rows [" + std::to_string(start) + ", " + std::to_string(start + rows.shape(2)) +
+                 ") do not fit a buffer of " + std::to_string(buffer.shape(2)) + " rows.");
+  }
+  auto s = mx::to_stream(s_);
+  auto fallback = [start, s](std::vector<mx::array> in) {
+    const auto& sh = in[1].shape();
+    return std::vector<mx::array>{
+        mx::slice_update(in[0], in[1], mx::Shape{0, 0, start, 0}, mx::Shape{sh[0], sh[1], start + sh[2], sh[3]}, s)};
+  };
+  if (use_fallback(s)) {
+    return fallback({buffer, rows})[0];
+  }
+  return mx::array(buffer.shape(), buffer.dtype(), std::make_shared<TalkieKVWrite>(s, fallback, start), {buffer, rows});
+}
+
 } // namespace tk

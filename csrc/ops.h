@@ -160,4 +160,16 @@ int64_t contiguous_copies();
 std::vector<std::string> available_isas();
 void use_isa(const std::string& name);
 
+// Writes rows into a KV cache buffer in place (the one op here that is not
+// functional: see talkie_kernels/kv_cache.py for the ownership rule that
+// makes it safe). buffer (B, H, S, D), rows (B, H, n, D), one dtype,
+// 0 <= start, start + n <= S -> (B, H, S, D) sharing buffer's memory.
+// 1. out = buffer (its memory, not a copy, whoever else holds it).
+// 2. out[:, :, start:start + n, :] = rows.
+// Readers of buffer's other rows, scheduled earlier on the same stream, read
+// them unchanged; MLX's slice_update instead copies the whole buffer whenever
+// a reader is still pending (mlx-lm's pipelined generate_step: every token).
+// Off the CPU: mx::slice_update.
+mx::array kv_write(const mx::array& buffer, const mx::array& rows, int start, mx::StreamOrDevice s = {});
+
 } // namespace tk

@@ -133,4 +133,12 @@ bool TalkieAttention::is_equivalent(const mx::Primitive& other) const {
   return scale_ == o.scale_ && mask_ == o.mask_ && bits_ == o.bits_ && group_size_ == o.group_size_;
 }
 
+void TalkieKVWrite::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("[kv_write] TalkieKVWrite has no GPU kernel; the op uses its fallback there.");
+}
+
+bool TalkieKVWrite::is_equivalent(const mx::Primitive& other) const {
+  return start_ == static_cast<const TalkieKVWrite&>(other).start_;
+}
+
 } // namespace tk

@@ -144,4 +144,22 @@ class TalkieAttention : public FallbackPrimitive {
   int group_size_;
 };
 
+// Inputs: {buffer, rows}. Outputs: {buffer with rows written at start}, in
+// buffer's memory (ops.h: kv_write).
+class TalkieKVWrite : public FallbackPrimitive {
+ public:
+  TalkieKVWrite(mx::Stream s, Fallback fallback, int start)
+      : FallbackPrimitive(s, std::move(fallback)), start_(start) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  DEFINE_NAME(TalkieKVWrite)
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    return {in[0].shape()};
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  int start_;
+};
+
 } // namespace tk

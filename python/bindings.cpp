@@ -163,6 +163,14 @@ NB_MODULE(_native, m) {
       "repeats"_a = 5,
       "GFLOP/s of fp32 FMA chains on the kernels' threads at the current ISA's vector width (median of repeats).");
 
+  m.def(
+      "kv_write",
+      [](const mx::array& buffer, const mx::array& rows, int start) { return tk::kv_write(buffer, rows, start); },
+      "buffer"_a,
+      "rows"_a,
+      "start"_a,
+      "buffer with rows written at [start, start + n) of its axis 2, in buffer's own memory (not functional: "
+      "see talkie_kernels/kv_cache.py).");
   m.def("num_threads", &tk::num_threads, "Threads the kernels use for large inputs.");
   m.def(
       "set_num_threads",

@@ -12,11 +12,12 @@
   scaled: all but attention grows linearly with the prompt).
 * The KV append: mlx-lm's ``KVCache.update_and_fetch`` per token at each
   depth, evaluated as the model consumes it (the views released), pipelined
-  as ``generate_step`` runs it (``mx.async_eval``), the same after the fused
-  model's ``wait_for_previous_step``, and with the previous
-  step's views still referenced, which makes MLX copy the whole buffer on
-  every step (its ``slice_update`` writes in place only into a buffer that
-  nothing else holds).
+  as ``generate_step`` runs it (``mx.async_eval``), the same waiting for the
+  step in flight first, the same through the fused model's in-place write
+  (``kv_cache.update_and_fetch``), and with the previous step's views still
+  referenced, which makes MLX copy the whole buffer on every step (its
+  ``slice_update`` writes in place only into a buffer that nothing else
+  holds).
 
 ``--quick`` runs the same on talkie-2l-256 at depths 0 and 16 (numbers not
 meaningful). Records feed ``bench_targets`` (the three attention targets).
@@ -215,7 +216,7 @@ def run_kv_append(quick: bool, seed: int, progress, depths=None) -> list[dict]:
     """mlx-lm's KVCache.update_and_fetch per token at 13B width, by depth."""
     from mlx_lm.models.cache import KVCache
 
-    from .models.talkie import wait_for_previous_step
+    from . import kv_cache
 
     H = QUICK_OP["heads"] if quick else HEADS
     records = []
@@ -223,7 +224,7 @@ def run_kv_append(quick: bool, seed: int, progress, depths=None) -> list[dict]:
         progress(f"depths: KV append at {depth}")
         row = {"kind": "kv_append", "model": "quick stand-in" if quick else "talkie-13b", "phase": "decode",
                "impl": "mlx-lm", "depth": depth, "shape": [1, H, 1, HEAD_DIM], "dtype": "bfloat16", "status": "ok"}
-        for mode in ("us", "held_us", "pipelined_us", "pipelined_wait_us"):
+        for mode in ("us", "held_us", "pipelined_us", "pipelined_wait_us", "pipelined_in_place_us"):
             c = KVCache()
             if depth:
                 x = mx.random.normal((1, H, depth, HEAD_DIM), key=mx.random.key(seed)).astype(mx.bfloat16)
@@ -235,8 +236,12 @@ def run_kv_append(quick: bool, seed: int, progress, depths=None) -> list[dict]:
             for _ in range(6 if quick else 12):
                 t = time.perf_counter()
                 if mode == "pipelined_wait_us":
-                    wait_for_previous_step([c])
-                k, v = c.update_and_fetch(new, new)
+                    mx.synchronize()  # the fused model's wait, for caches it cannot write in place
+                if mode == "pipelined_in_place_us":
+                    kv_cache.wait_for_previous_step([c])  # waits only where the write cannot be in place
+                    k, v = kv_cache.update_and_fetch(c, new, new)
+                else:
+                    k, v = c.update_and_fetch(new, new)
                 out = k[..., -1:, :] + v[..., -1:, :]  # a consumer of the views, as attention is
                 if mode.startswith("pipelined"):
                     # As mlx-lm's generate_step: step n+1 is built and queued before step n is awaited.
@@ -321,12 +326,12 @@ def render(console, records: list[dict]) -> None:
     if rows:
         _, heads, _, dim = rows[0]["shape"]
         t = Table(title=f"mlx-lm KVCache.update_and_fetch per token, bf16 ({heads} heads × {dim})")
-        for col in ("depth", "µs (views released)", "µs (async_eval pipeline)", "µs (pipeline, fused model's wait)",
-                    "µs (previous views held)"):
+        for col in ("depth", "µs (views released)", "µs (async_eval pipeline)", "µs (pipeline, waiting first)",
+                    "µs (pipeline, fused model's in-place write)", "µs (previous views held)"):
             t.add_column(col, justify="right")
         for r in rows:
             t.add_row(str(r["depth"]), f"{r['us']:.0f}", f"{r['pipelined_us']:.0f}", f"{r['pipelined_wait_us']:.0f}",
-                      f"{r['held_us']:.0f}")
+                      f"{r['pipelined_in_place_us']:.0f}", f"{r['held_us']:.0f}")
         console.print(t)
 
 

@@ -46,7 +46,7 @@ from mlx_lm.models.base import (
 )
 
 import talkie_kernels as tk
-from talkie_kernels import distributed
+from talkie_kernels import distributed, kv_cache
 from talkie_kernels._checks import ATTENTION_BITS
 
 
@@ -204,7 +204,7 @@ class Attention(nn.Module):
         )
 
         if cache is not None:
-            keys, values = cache.update_and_fetch(keys, values)
+            keys, values = kv_cache.update_and_fetch(cache, keys, values)
 
         output = attention(queries, keys, values, cache, self.scale, mask)
         if L == 1:
@@ -214,23 +214,6 @@ class Attention(nn.Module):
             output = output.transpose(0, 2, 1, 3).reshape(B * L, -1)
         out = self.attn_resid(output)
         return out if self.tp_group is None else mx.distributed.all_sum(out, group=self.tp_group)
-
-
-def wait_for_previous_step(cache) -> None:
-    """On a CPU stream, wait for the work in flight before a step that appends to ``cache``.
-
-    mlx-lm's caches append with ``keys[..., prev:offset, :] = new`` (a
-    ``slice_update``), which MLX writes in place only if nothing else holds the
-    buffer when the update is scheduled. mlx-lm's ``generate_step`` schedules
-    step n+1 (``mx.async_eval``) while step n's attention still holds its views
-    of the buffers, so every step copied every layer's whole K and V buffers:
-    31 ms instead of 3 ms per layer (append + attention) at 2048 cached
-    positions, 40 heads × 128, bf16. Step n+1 needs step n's token anyway; the
-    wait only stops its graph being built while step n computes (well under a
-    millisecond for this model). On the GPU mlx-lm's behaviour is kept.
-    """
-    if cache and mx.default_device().type == mx.cpu and getattr(cache[0], "keys", None) is not None:
-        mx.synchronize()
 
 
 def attention(queries, keys, values, cache, scale: float, mask):
@@ -314,7 +297,7 @@ class TalkieModel(nn.Module):
         """
         h = input_embeddings if input_embeddings is not None else self.embed(inputs)
         B, L, _ = h.shape
-        wait_for_previous_step(cache)
+        kv_cache.wait_for_previous_step(cache, L)
         mask = create_attention_mask(h, cache[0] if cache is not None else None)
         h = tk.rms_norm(h.reshape(B * L, -1), self.eps)
         e_x = h
