@@ -14,12 +14,13 @@ import importlib
 import sys
 
 from talkie_kernels import server
+from talkie_kernels.server import sampling
 
 SAMPLER_FAULT_TEMPERATURE = 0.123
 THREAD_FAULT_TOP_LOGPROBS = 7
 
 _mlx_server = importlib.import_module("mlx_lm.server")
-_make_sampler, _format_top_logprobs = server._make_sampler, _mlx_server._format_top_logprobs
+_make_sampler, _format_top_logprobs = sampling._make_sampler, _mlx_server._format_top_logprobs
 
 
 def faulty_sampler(args, tokenizer):
@@ -40,6 +41,6 @@ def faulty_top_logprobs(logprobs, top_n, tokenizer):
 
 
 if __name__ == "__main__":
-    server._make_sampler = faulty_sampler
+    sampling._make_sampler = faulty_sampler
     _mlx_server._format_top_logprobs = faulty_top_logprobs
     sys.exit(server.main(sys.argv[1:]))

@@ -135,10 +135,10 @@ def test_help_flags_kept(capsys):
     import argparse
 
     assert mlx_server.argparse is argparse  # the server's parser swap is undone
-    from talkie_kernels import server
+    from talkie_kernels.server import shutdown, supervision
 
-    assert mlx_server.ResponseGenerator is not server.TalkieResponseGenerator  # and its serving swap
-    assert mlx_server._run_http_server is not server._run_http_server
+    assert mlx_server.ResponseGenerator is not supervision.TalkieResponseGenerator  # and its serving swap
+    assert mlx_server._run_http_server is not shutdown.run_http_server
 
 
 def test_help_says_how_commands_run_under_mlx_launch(capsys):

@@ -279,7 +279,7 @@ def test_generation_thread_that_dies_fails_its_requests_and_restarts():
     """In process, with a stand-in model: the requests the thread held get an error, the next run serves."""
     import types
 
-    from talkie_kernels import server as S
+    from talkie_kernels.server import supervision as S
 
     class Provider:
         cli_args = types.SimpleNamespace(model="stand-in")

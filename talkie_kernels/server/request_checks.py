@@ -6,9 +6,11 @@ above the vocabulary, a context size of 2**31: every request in the batch
 failed with it) or escaped the handler as a ``TypeError`` (``logit_bias``
 values that are lists: the connection closed without an answer). Every
 check here raises ``RequestError``, which the handler answers with a 400 and
-a JSON body. ``model_limits`` needs the loaded model's vocabulary: the
-handler calls it when the model is loaded, the generation thread again
-for the model it serves the request with.
+a JSON body. The handler (``handler.TalkieAPIHandler.validate_model_parameters``)
+calls ``check_logit_bias`` before mlx-lm's own checks, then ``check_fields``,
+``model_limits`` and ``check_request``. ``model_limits`` needs the loaded
+model's vocabulary: the handler calls it when the model is loaded, the
+generation thread again for the model it serves the request with.
 """
 
 from __future__ import annotations
@@ -139,3 +141,36 @@ def check_stop(stop) -> None:
         raise RequestError("stop must be a string or a list of strings")
     if any(w == "" for w in words):
         raise RequestError("stop words must not be empty")
+
+
+def check_request(path: str, body: dict, *, draft_model, stream_options, chat_template_kwargs) -> None:
+    """The rest of a request besides its sampling and logits fields (``check_fields``):
+    ``draft_model``, ``stream_options`` and ``chat_template_kwargs`` as mlx-lm's handler
+    read them from ``body``, the stop words, and the prompt (``path`` ``/v1/completions``)
+    or the messages, tools and role mapping (the chat endpoints)."""
+    if not isinstance(draft_model, str):
+        raise RequestError("draft_model must be a string")
+    if stream_options is not None and not (
+        isinstance(stream_options, dict)
+        and isinstance(stream_options.get("include_usage", False), bool)
+    ):
+        raise RequestError("stream_options must be an object whose include_usage is a boolean")
+    check_stop(body.get("stop"))
+    if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+        raise RequestError("chat_template_kwargs must be an object")
+    if path == "/v1/completions":
+        if "prompt" not in body:
+            raise RequestError("Request did not contain a prompt")
+        check_prompt(body["prompt"])
+    else:
+        if "messages" not in body:
+            raise RequestError("Request did not contain messages")
+        check_messages(body["messages"])
+        tools = body.get("tools")
+        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise RequestError("tools must be a list of objects")
+        mapping = body.get("role_mapping")
+        if mapping is not None and not (
+            isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())
+        ):
+            raise RequestError("role_mapping must map names to strings")
