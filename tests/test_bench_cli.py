@@ -14,10 +14,12 @@ import time
 import pytest
 
 import talkie_kernels as tk
-from talkie_kernels import bench, bench_linear, cli
-from talkie_kernels.bench import BLOCK_13B, BLOCK_13B_FORMATS, QUICK_FORMATS
-from talkie_kernels.bench_models import COMPILED_DECODE_NA, MODEL_WORKLOADS
-from talkie_kernels.benchmarking import IMPLS, OPS, interleaved
+from talkie_kernels import cli
+from talkie_kernels.bench import cli as bench
+from talkie_kernels.bench import linear as bench_linear
+from talkie_kernels.bench.cli import BLOCK_13B, BLOCK_13B_FORMATS, QUICK_FORMATS
+from talkie_kernels.bench.models import COMPILED_DECODE_NA, MODEL_WORKLOADS
+from talkie_kernels.bench.timing import IMPLS, OPS, interleaved
 
 
 @pytest.fixture(scope="module")

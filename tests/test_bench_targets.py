@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from talkie_kernels import bench
-from talkie_kernels.bench_linear import SHAPES_13B
-from talkie_kernels.bench_targets import check_targets
-from talkie_kernels.benchmarking import Stats
+from talkie_kernels.bench import cli as bench
+from talkie_kernels.bench.linear import SHAPES_13B
+from talkie_kernels.bench.targets import check_targets
+from talkie_kernels.bench.timing import Stats
 
 
 def _model(phase, fmt, impl, ms, model="talkie-8l-512", weight_bytes=None, tokens=32):

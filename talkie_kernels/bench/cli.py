@@ -1,7 +1,7 @@
 """``talkie-kernels bench``: fused ops, ``linear`` and model against plain MLX, measured in one run.
 
-Implementations, interleaved round by round (see ``benchmarking.py``; models in
-``bench_models.py``):
+Implementations, interleaved round by round (see ``timing.py``; models in
+``models.py``):
 ``reference`` (plain MLX, eager: ``talkie_kernels.reference`` and mlx-lm's
 ``models/talkie.py``), ``reference_compiled`` (the same under ``mx.compile``
 where it applies) and ``fused`` (the top-level ops, dispatched to the current
@@ -30,18 +30,18 @@ backend, and ``talkie_kernels.models.talkie``).
   others'); only rank 0 prints and writes ``--json`` / ``--plot``.
 * ``--linear-shapes``: ``linear`` at Talkie 13B's decode shapes, bf16/q4/q8,
   GB/s and % of the read bandwidth, and at the same shapes with 512 rows of x
-  (prefill, fused only), GFLOP/s and % of the FMA peak (``bench_linear.py``).
+  (prefill, fused only), GFLOP/s and % of the FMA peak (``linear.py``).
 * Per-op: rms_norm, rope, rope_qk_norm, residual_norm (with skip) at Talkie's
   shapes (40 heads × 128, hidden 5120), decode L=1 and prefill L=512, bf16.
-* ``--depths``: attention by context length (``bench_attention.py``): decode
+* ``--depths``: attention by context length (``attention.py``): decode
   tok/s of one 13B-width bf16 block at 0/512/2048/4096 cached positions with
   floors, the attention op against MLX's CPU SDPA and its read floor, its
   share of a 2048-token prefill, and mlx-lm's KV append per token
   (``--depths-mlx`` adds mlx-lm's plain model and MLX's 2048-token prefill).
 
 Reports medians with p20/p80 and sample counts, ratios against ``reference``,
-the targets (``bench_targets.py``), versions, device and backend
-(``bench_report.py``); ``--json`` and ``--plot`` save them.
+the targets (``targets.py``), versions, device and backend
+(``report.py``); ``--json`` and ``--plot`` save them.
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import bench_attention as BA
-from . import bench_linear as BL
-from . import bench_models as M
-from . import benchmarking as B
-from .cli import int_in
-from .bench_report import plot, render, write_json
-from .bench_targets import check_targets
-from .configs import CONFIGS, WIDTH_13B
+from . import attention as BA
+from . import linear as BL
+from . import models as M
+from . import timing as B
+from ..cli import int_in
+from .report import plot, render, write_json
+from .targets import check_targets
+from ..configs import CONFIGS, WIDTH_13B
 
 #: The default run: talkie-8l-512 at these formats, prefill on 64 tokens (MLX's
 #: CPU matmuls make 512 too slow for a 2-minute run; ``--prompt-len 512``).
@@ -224,7 +224,7 @@ def _memory_bytes() -> int:
 
 def _isa_names(text: str) -> str:
     """An argparse type: comma-separated kernel tables this CPU runs."""
-    from . import native
+    from .. import native
 
     if native.ops is None:
         raise argparse.ArgumentTypeError(f"the native extension is not available ({native.load_error})")
@@ -496,7 +496,7 @@ class NotSharded(B.NotApplicable):
 
 def _load_sharded(path: str, s: Settings, notes: list[str]) -> dict:
     """This rank's share of a checkpoint (the fused model); the reference is n/a."""
-    from .distributed import maybe_shard
+    from ..distributed import maybe_shard
 
     fused = maybe_shard(path, pipeline=s.pipeline)[0]
     kind = "pipeline (blocks split)" if s.pipeline else "tensor parallel (heads split)"
@@ -612,7 +612,7 @@ def _isas(all_isas: bool, names: list[str] | None = None) -> list:
     """The kernel tables to measure: the one in use, ``names`` (``--isas``), or
     with ``all_isas`` every table this CPU runs from x86-64-v3 up (the baseline
     copy is not judged on speed); ``[None]`` without the native extension."""
-    from . import native
+    from .. import native
 
     if native.ops is None:
         return [None]
@@ -626,7 +626,7 @@ def _isas(all_isas: bool, names: list[str] | None = None) -> list:
 @contextlib.contextmanager
 def _using_isa(isa):
     """The native kernels run on table ``isa`` inside, on the previous one after."""
-    from . import native
+    from .. import native
 
     before = native.ops.isa() if native.ops is not None else None
     if isa is not None and isa != before:
@@ -639,7 +639,7 @@ def _using_isa(isa):
 
 
 def main(argv=None) -> int:
-    from .cli import finish, rank0_output, world
+    from ..cli import finish, rank0_output, world
 
     parser = build_parser()
     args = parser.parse_args(argv)
