@@ -40,7 +40,7 @@ from ..configs import TALKIE_HEAD_DIM, TALKIE_HEADS, TALKIE_HIDDEN
 @dataclass(frozen=True)
 class Defaults:
     """The sampling a bench starts from, in one place: ``talkie-kernels bench``
-    (``bench.cli.Settings``, which flags override) and the pytest-benchmark suites
+    (``bench.settings.Settings``, which flags override) and the pytest-benchmark suites
     (``benchmarks/conftest.py``) both read it."""
 
     #: Timed samples per implementation of an op, model workload or linear shape.
