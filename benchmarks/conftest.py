@@ -1,8 +1,8 @@
 """pytest-benchmark suites: per-op and ``linear`` timings and model tokens/s.
 
 Run with ``pytest benchmarks --benchmark-only`` (the default ``pytest`` run only
-collects ``tests/``). Everything is built by ``talkie_kernels.benchmarking``,
-``bench_models`` and ``bench_linear``, the same code ``talkie-kernels bench``
+collects ``tests/``). Everything is built by ``talkie_kernels.bench.timing``,
+``bench.models`` and ``bench.linear``, the same code ``talkie-kernels bench``
 uses: inputs at Talkie's shapes, the baselines from ``talkie_kernels.reference``
 and mlx-lm's plain model, the random-weight models (one config registry:
 ``talkie_kernels.configs``) and weights.
@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 
 import talkie_kernels as tk
-from talkie_kernels import bench_linear as BL
-from talkie_kernels import bench_models as M
-from talkie_kernels import benchmarking as B
+from talkie_kernels.bench import linear as BL
+from talkie_kernels.bench import models as M
+from talkie_kernels.bench import timing as B
 
 #: Timed rounds per benchmark (after one warm-up round) and sample lengths:
-#: the same defaults as ``talkie-kernels bench`` (benchmarking.DEFAULTS).
+#: the same defaults as ``talkie-kernels bench`` (bench.timing.DEFAULTS).
 OP_ROUNDS = LINEAR_ROUNDS = B.DEFAULTS.rounds
 MODEL_ROUNDS = {"prefill": B.DEFAULTS.min_rounds, "decode": B.DEFAULTS.rounds}
 OP_SAMPLE_MS = B.DEFAULTS.op_sample_ms
 LINEAR_SAMPLE_MS = B.DEFAULTS.linear_sample_ms
 OP_DTYPE = B.parse_dtype(B.DEFAULTS.op_dtype)
-#: Weight format of the models (a ``bench_models.WEIGHT_FORMATS`` name).
+#: Weight format of the models (a ``bench.models.WEIGHT_FORMATS`` name).
 MODEL_FORMAT = "float32"
 
 
@@ -147,7 +147,7 @@ def linear_bench(benchmark):
 
     ``fmt``: a float dtype or ``q4``/``q8`` (affine, group 64, bf16 scales). Calls
     cycle through copies of the weight that together overflow the last-level
-    cache (``bench_linear.rotation``), as a decode step reads its weights.
+    cache (``bench.linear.rotation``), as a decode step reads its weights.
     """
 
     def run(phase, M, K, N, fmt, impl):

@@ -14,7 +14,7 @@ the prefill GEMM at the same shapes against the FMA peak.
 
 import pytest
 
-from talkie_kernels.bench_linear import IMPLS
+from talkie_kernels.bench.linear import IMPLS
 
 CASES = (
     ("decode", 1, 5120, 5120),  # attn_resid

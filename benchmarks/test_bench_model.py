@@ -13,8 +13,8 @@ Each benchmark stores ``tokens_per_s`` in ``extra_info``.
 
 import pytest
 
-from talkie_kernels.bench_models import DEFAULT_MODELS, MODEL_WORKLOADS
-from talkie_kernels.benchmarking import IMPLS
+from talkie_kernels.bench.models import DEFAULT_MODELS, MODEL_WORKLOADS
+from talkie_kernels.bench.timing import IMPLS
 
 
 @pytest.mark.parametrize("phase, method", MODEL_WORKLOADS, ids=["prefill", "decode", "decode-generate_step"])

@@ -7,7 +7,7 @@ The baseline is ``talkie_kernels.reference.residual_norm``; the fused op is ``ta
 
 import pytest
 
-from talkie_kernels.benchmarking import IMPLS, PHASES
+from talkie_kernels.bench.timing import IMPLS, PHASES
 
 
 @pytest.mark.parametrize("phase", PHASES)

@@ -7,7 +7,7 @@ The baseline is ``talkie_kernels.reference.rope_qk_norm``; the fused op is ``tal
 
 import pytest
 
-from talkie_kernels.benchmarking import IMPLS, PHASES
+from talkie_kernels.bench.timing import IMPLS, PHASES
 
 
 @pytest.mark.parametrize("phase", PHASES)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 COMMANDS = {
-    "bench": ("talkie_kernels.bench", "benchmark the fused ops and model against plain MLX"),
+    "bench": ("talkie_kernels.bench.cli", "benchmark the fused ops and model against plain MLX"),
     "generate": ("talkie_kernels.generate", "generate text with the fused model (mlx_lm.generate's flags)"),
     "server": ("talkie_kernels.server", "serve the fused model with mlx-lm's OpenAI-compatible server"),
     "convert": ("talkie_kernels.convert", "convert/quantize a checkpoint (lm_head quantized too)"),

@@ -14,10 +14,14 @@ import time
 import pytest
 
 import talkie_kernels as tk
-from talkie_kernels import bench, bench_linear, cli
-from talkie_kernels.bench import BLOCK_13B, BLOCK_13B_FORMATS, QUICK_FORMATS
-from talkie_kernels.bench_models import COMPILED_DECODE_NA, MODEL_WORKLOADS
-from talkie_kernels.benchmarking import IMPLS, OPS, interleaved
+from talkie_kernels import cli
+from talkie_kernels.bench import cli as bench
+from talkie_kernels.bench import linear as bench_linear
+from talkie_kernels.bench import settings
+from talkie_kernels.bench.model_runs import run_models
+from talkie_kernels.bench.models import COMPILED_DECODE_NA, MODEL_WORKLOADS
+from talkie_kernels.bench.settings import BLOCK_13B, BLOCK_13B_FORMATS, QUICK_FORMATS, Settings
+from talkie_kernels.bench.timing import IMPLS, OPS, interleaved
 
 
 @pytest.fixture(scope="module")
@@ -232,18 +236,18 @@ def test_bad_arguments_are_argparse_errors(argv, message, capsys):
 
 def test_settings_of_the_flags():
     parse = bench.build_parser().parse_args
-    s = bench.Settings(parse([]))
+    s = Settings.from_args(parse([]))
     assert [(r.name, r.prompt_len, r.formats) for r in s.models] == [
         ("talkie-8l-512", 64, ["float32", "bfloat16", "q4", "q8"])]
     assert not s.do_linear and s.decode_lengths(False) == (32, 16) and s.decode_lengths(True) == (4, 4)
-    s = bench.Settings(parse(["--block-13b", "--linear-shapes", "--dtypes", "bfloat16"]))
+    s = Settings.from_args(parse(["--block-13b", "--linear-shapes", "--dtypes", "bfloat16"]))
     assert [(r.name, r.formats) for r in s.models] == [("talkie-8l-512", ["bfloat16"]),
                                                        (BLOCK_13B, list(BLOCK_13B_FORMATS))]
     assert BLOCK_13B_FORMATS == ("q4", "q8", "bfloat16")
     assert s.workloads(s.models[1], "q4") == [("decode", "step_loop", ("reference", "fused"))]
     assert not s.models[1].fused_only and not s.all_isas
     # Four blocks at 13B width: decode only, fused alone.
-    s4 = bench.Settings(parse(["--configs", "talkie-4l-13b-width", "--dtypes", "q4,bfloat16", "--all-isas"]))
+    s4 = Settings.from_args(parse(["--configs", "talkie-4l-13b-width", "--dtypes", "q4,bfloat16", "--all-isas"]))
     (run,) = s4.models
     assert (run.name, run.formats, run.fused_only, s4.all_isas) == ("talkie-4l-13b-width", ["q4", "bfloat16"], True, True)
     assert s4.workloads(run, "q4") == [("decode", "step_loop", ("reference", "fused"))]
@@ -251,9 +255,9 @@ def test_settings_of_the_flags():
     assert [(n, K, N) for n, K, N in bench_linear.SHAPES_13B] == [
         ("attn_qkv", 5120, 15360), ("attn_resid", 5120, 5120), ("mlp_gate_linear", 5120, 27392),
         ("mlp_resid", 13696, 5120), ("lm_head", 5120, 65540)]
-    s = bench.Settings(parse(["--configs", "talkie-8l-512,talkie-2l-256"]))
+    s = Settings.from_args(parse(["--configs", "talkie-8l-512,talkie-2l-256"]))
     assert [(r.name, r.prompt_len) for r in s.models] == [("talkie-8l-512", 64), ("talkie-2l-256", 512)]
-    s = bench.Settings(parse(["--only", "linear"]))
+    s = Settings.from_args(parse(["--only", "linear"]))
     assert s.do_linear and not s.do_models and not s.do_ops
 
 
@@ -413,10 +417,10 @@ def test_all_isas_measures_every_table_from_v3_up(tmp_path):
 @pytest.mark.skipif(not tk.native_available(), reason="the native extension is not built")
 def test_fused_only_model_has_no_reference_rows(monkeypatch):
     """A FUSED_ONLY config runs the fused model alone; its reference rows are n/a, saying why."""
-    monkeypatch.setattr(bench, "FUSED_ONLY", ("talkie-2l-256",))
+    monkeypatch.setattr(settings, "FUSED_ONLY", ("talkie-2l-256",))
     args = bench.build_parser().parse_args(["--quick", "--configs", "talkie-2l-256", "--dtypes", "q4"])
-    s = bench.Settings(args)
-    records = bench.run_models(s, lambda desc: None, notes := [], {})
+    s = Settings.from_args(args)
+    records = run_models(s, lambda desc: None, notes := [], {})
     ref = [r for r in records if r["impl"] == "reference"]
     fused = [r for r in records if r["impl"] == "fused"]
     assert ref and all(r["status"] == "n/a" and "mlx-lm not timed" in r["error"] for r in ref)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from talkie_kernels import bench
-from talkie_kernels.bench_linear import SHAPES_13B
-from talkie_kernels.bench_targets import check_targets
-from talkie_kernels.benchmarking import Stats
+from talkie_kernels.bench.linear import SHAPES_13B
+from talkie_kernels.bench.records import add_speedups, apply_bandwidth, apply_fma_peak, record
+from talkie_kernels.bench.targets import check_targets
+from talkie_kernels.bench.timing import Stats
 
 
 def _model(phase, fmt, impl, ms, model="talkie-8l-512", weight_bytes=None, tokens=32):
     base = {"kind": "model", "model": model, "phase": phase, "method": "step_loop" if phase == "decode" else "forward",
             "dtype": fmt, "weight_bytes_per_token": weight_bytes}
-    return bench._record(base, impl, Stats([ms]), tokens)
+    return record(base, impl, Stats([ms]), tokens)
 
 
 def _linear(fmt, gbps, name="attn_qkv"):
@@ -22,8 +22,8 @@ def _linear(fmt, gbps, name="attn_qkv"):
 
 
 def _rows(records, graph_nodes=None, read_gbps=100.0):
-    bench.apply_bandwidth(records, read_gbps)
-    bench._add_speedups(records)
+    apply_bandwidth(records, read_gbps)
+    add_speedups(records)
     return {t["target"]: t for t in check_targets(records, graph_nodes)}
 
 
@@ -78,7 +78,7 @@ def test_prefill_targets_are_the_worst_shape():
     records = [_prefill("bfloat16", g, name) for (name, _, _), g in zip(SHAPES_13B, dense)]
     records += [_prefill("q4", g * (0.9 if i == 1 else 1.6), name) for i, ((name, _, _), g) in enumerate(zip(SHAPES_13B, dense))]
     records += [_prefill("q8", g * (1.2 + i / 10), name) for i, ((name, _, _), g) in enumerate(zip(SHAPES_13B, dense))]
-    bench.apply_fma_peak(records, 200.0)
+    apply_fma_peak(records, 200.0)
     assert records[0]["pct_of_fma_peak"] == pytest.approx(75.0)
     rows = _rows(records)
     bf16 = rows["prefill GEMM at Talkie 13B shapes, M = 512, bfloat16: worst shape, of the FMA peak"]
@@ -89,7 +89,7 @@ def test_prefill_targets_are_the_worst_shape():
     assert q8["status"] == "pass" and q8["measured"] == pytest.approx(1.2)
     # Without a measured peak there is no number, not a pass; without rows, "not run".
     records = [_prefill("bfloat16", 150.0)]
-    bench.apply_fma_peak(records, None)
+    apply_fma_peak(records, None)
     rows = _rows(records)
     assert rows["prefill GEMM at Talkie 13B shapes, M = 512, bfloat16: worst shape, of the FMA peak"]["status"] == \
         "no number"

@@ -20,7 +20,7 @@
   holds).
 
 ``--quick`` runs the same on talkie-2l-256 at depths 0 and 16 (numbers not
-meaningful). Records feed ``bench_targets`` (the three attention targets).
+meaningful). Records feed ``targets`` (the three attention targets).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from . import bench_models as M
-from . import benchmarking as B
+from . import models as M
+from . import timing as B
 
 DEPTHS = (0, 512, 2048, 4096)
 QUICK_DEPTHS = (0, 16)
@@ -216,7 +216,7 @@ def run_kv_append(quick: bool, seed: int, progress, depths=None) -> list[dict]:
     """mlx-lm's KVCache.update_and_fetch per token at 13B width, by depth."""
     from mlx_lm.models.cache import KVCache
 
-    from . import kv_cache
+    from .. import kv_cache
 
     H = QUICK_OP["heads"] if quick else HEADS
     records = []

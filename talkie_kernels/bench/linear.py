@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 
 import mlx.core as mx
 
-from . import reference
-from .bench_models import QUANT_GROUP_SIZE, weight_format
-from .benchmarking import interleaved, timed_ms
+from .. import reference
+from .models import QUANT_GROUP_SIZE, weight_format
+from .timing import interleaved, timed_ms
 
 IMPLS = ("reference", "fused")
 #: Talkie 13B's projections as the fused model runs them: (name, K, N).
@@ -150,7 +150,7 @@ def time_prefill(shapes, M: int, rounds: int, min_rounds: int, budget_s: float |
     cores (its bf16 ``matmul`` 3.6 s, the fused op 0.2 s). One weight is
     alive at a time and no copies rotate: a prefill call reuses each weight
     M times, so where it sits (cache or memory) hardly matters. Samples as
-    ``benchmarking.interleaved``: ``rounds``, cut to ``budget_s`` but at
+    ``timing.interleaved``: ``rounds``, cut to ``budget_s`` but at
     least ``min_rounds``.
     """
     for name, K, N in shapes:

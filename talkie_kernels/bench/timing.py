@@ -3,8 +3,8 @@
 One place for: the timing loop (warm-up, interleaved rounds, p20/p50/p80), the
 per-op inputs at Talkie's shapes, the per-op step functions of each
 implementation, the machine's read bandwidth, and the run metadata (versions,
-device, backend). The models and their workloads are ``bench_models.py``; the
-per-shape ``linear`` benchmark is ``bench_linear.py``.
+device, backend). The models and their workloads are ``models.py``; the
+per-shape ``linear`` benchmark is ``linear.py``.
 
 Implementations compared everywhere:
 
@@ -34,13 +34,13 @@ from typing import Any, Callable
 import mlx.core as mx
 import numpy as np
 
-from . import reference
-from .configs import TALKIE_HEAD_DIM, TALKIE_HEADS, TALKIE_HIDDEN
+from .. import reference
+from ..configs import TALKIE_HEAD_DIM, TALKIE_HEADS, TALKIE_HIDDEN
 
 @dataclass(frozen=True)
 class Defaults:
     """The sampling a bench starts from, in one place: ``talkie-kernels bench``
-    (``bench.Settings``, which flags override) and the pytest-benchmark suites
+    (``bench.settings.Settings``, which flags override) and the pytest-benchmark suites
     (``benchmarks/conftest.py``) both read it."""
 
     #: Timed samples per implementation of an op, model workload or linear shape.
@@ -234,7 +234,7 @@ def require_fused_backend() -> str:
         warnings.simplefilter("ignore", RuntimeWarning)
         name = talkie_kernels.backend()
     if name == "reference":
-        from . import native
+        from .. import native
 
         why = native.load_error or f"no kernels for device {mx.default_device()}"
         raise RuntimeError(f"fused ops unavailable: talkie_kernels dispatches to the plain-MLX reference here ({why})")
@@ -308,7 +308,7 @@ def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict
     ops' thread count (both cores here), so the floor of a decode step is the
     weight bytes it reads divided by what the kernels' own threads can read.
     """
-    from . import native
+    from .. import native
 
     measure = getattr(native.ops, "memory_read_gbps", None)
     if measure is None:
@@ -326,7 +326,7 @@ def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[s
     under v4), so a prefill GEMM's GFLOP/s reads as a share of what the same
     threads can do at the same vector width.
     """
-    from . import native
+    from .. import native
 
     measure = getattr(native.ops, "fma_peak_gflops", None)
     if measure is None:
@@ -342,7 +342,7 @@ def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[s
 
 def _git_describe() -> str | None:
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         out = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty"],
             capture_output=True, text=True, timeout=5,

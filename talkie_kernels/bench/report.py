@@ -256,7 +256,7 @@ def render(console, meta: dict, records: list[dict], targets: list[dict], notes:
         rows = [r for r in records if r["kind"] == kind]
         if rows:
             console.print(table(rows, footnotes))
-    from .bench_attention import render as render_depths
+    from .attention import render as render_depths
 
     render_depths(console, records)
     if any(not x["status"].startswith("not run") for x in targets):

@@ -3,7 +3,7 @@
 Random-weight Talkie-shaped models from ``talkie_kernels.configs`` (mlx-lm's
 plain model and the fused model get the same weights, float or quantized as
 ``mlx_lm.convert -q`` quantizes them) or a real checkpoint; the prefill and
-decode workloads timed by ``benchmarking.interleaved``; the weight bytes a
+decode workloads timed by ``timing.interleaved``; the weight bytes a
 decoded token reads (its floor, with the machine's read bandwidth); the graph
 size of a decode step and the logits agreement of the two models.
 """
@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from .benchmarking import NotApplicable, dtype_name, require_fused_backend, sync
-from .checkpoint import random_weights
-from .configs import CONFIGS
+from .timing import NotApplicable, dtype_name, require_fused_backend, sync
+from ..checkpoint import random_weights
+from ..configs import CONFIGS
 
 #: Why there is no ``reference_compiled`` decode number. mlx-lm's KVCache keeps
 #: its offset as a Python int and slices its buffers by it, so the traced graph
@@ -110,7 +110,7 @@ def build_fused_model(config: str | dict, weights: dict[str, mx.array], quantiza
     """
     import mlx.nn as nn
 
-    from .models.talkie import Model, ModelArgs
+    from ..models.talkie import Model, ModelArgs
 
     model = Model(ModelArgs.from_dict(config_args(config)))
     weights = model.sanitize(dict(weights))
@@ -165,7 +165,7 @@ def build_fused_only(config: str | dict, weights: str = "float32", seed: int = 0
     """
     import mlx.nn as nn
 
-    from .models.talkie import Model, ModelArgs
+    from ..models.talkie import Model, ModelArgs
 
     dtype, bits = weight_format(weights)
     try:
@@ -400,7 +400,7 @@ def decode_weight_bytes(model) -> int:
 
 def decode_nodes(models: dict[str, Any]) -> dict[str, int]:
     """Primitive nodes of one decode step, reference and fused (``talkie_kernels.graph``)."""
-    from .graph import decode_step_nodes
+    from ..graph import decode_step_nodes
 
     return {impl: sum(decode_step_nodes(models[impl]).values()) for impl in ("reference", "fused")}
 
