@@ -7,6 +7,11 @@ within ``oracle.TOL`` of the output dtype wherever MLX's own result is. MLX's
 CPU ``quantized_matmul`` accumulates bf16·bf16 and fp16·fp16 in the input
 dtype, so its own error there can exceed the tolerance; the native kernel
 accumulates in fp32 and is held to the tolerance wherever MLX meets it.
+Two native paths round where MLX's op does not, and say so in their rule:
+the integer decode path (x rounded to int8 per 32 columns:
+``assert_int8_accurate``) and the prefill GEMM with a quantized weight (each
+dequantized weight rounded to fp32 once: ``weight_rounding`` is added to the
+comparison with MLX).
 
 Shape, output dtype (MLX's promotion of x, weight / scales, biases) and the
 ``[linear]`` errors are the same on every backend. ``linear`` has no Metal
@@ -65,13 +70,15 @@ def mlx_linear(x, w, s=None, b=None, group_size=None, bits=None, mode="affine"):
     return mx.quantized_matmul(x, w, s, b, transpose=True, group_size=group_size, bits=bits, mode=mode)
 
 
-def assert_no_worse_than_mlx(got, want, baseline, what):
-    """The accuracy rule (module docstring) for an output of ``got.dtype``."""
+def assert_no_worse_than_mlx(got, want, baseline, what, extra=0.0):
+    """The accuracy rule (module docstring) for an output of ``got.dtype``;
+    ``extra``: a rounding the kernel makes and MLX's op does not, bounded
+    (``weight_rounding``), added to the comparison with MLX."""
     err, base = O.rel_err(got, want), O.rel_err(baseline, want)
     tol = O.TOL[got.dtype]
     msg = f"{what}: rel. error {err:.3g} vs the float64 oracle, MLX's own {base:.3g}"
     # MLX can beat a correct kernel by luck on tiny inputs: an absolute floor.
-    assert err <= max(O.SLACK * base, 0.25 * tol), msg + f" (> {O.SLACK}× MLX's)"
+    assert err <= max(O.SLACK * base, 0.25 * tol) + extra, msg + f" (> {O.SLACK}× MLX's + {extra:.2g})"
     if base <= tol:
         assert err <= tol, msg + f" (> tolerance {tol:g} for {got.dtype}, which MLX meets)"
 
@@ -89,9 +96,29 @@ def check(impl, x, w, s=None, b=None, group_size=None, bits=None, what=""):
     want = O.linear(x, w, s, b, group_size or 64, bits or 4)
     if impl.name == "native" and int8_path(x, s, got.dtype):
         assert_int8_accurate(got, want, x, O.dequantize(w, s, b, group_size or 64, bits or 4), what)
+    elif impl.name == "native" and dequantizing_gemm(x, s):
+        w64 = O.dequantize(w, s, b, group_size or 64, bits or 4)
+        assert_no_worse_than_mlx(got, want, base, what, extra=weight_rounding(x, w64, want))
     else:
         assert_no_worse_than_mlx(got, want, base, what)
     return got
+
+
+def dequantizing_gemm(x, s):
+    """Whether the native op takes the prefill GEMM with a quantized weight
+    (csrc/cpu/linear.cpp: kLinearGemmMinM = 8 rows of x or more), which
+    dequantizes the weight into fp32 panels: w = s·q + b rounded once per
+    weight, a rounding MLX's op (which scales per group) does not make."""
+    return s is not None and int(np.prod(x.shape[:-1])) >= 8
+
+
+def weight_rounding(x, w64, want):
+    """The most that rounding each dequantized weight to fp32 moves an output,
+    relative to max|y| (rel_err's scale): 2^-24 · max_n Σ_k |x_k|·|w_nk|. Measured
+    where it decided a case (x (141, 256) bf16 at scale 50, q6 g32, fp16
+    scales): 8.5e-7 against MLX's 5.0e-7, this term 2.1e-7."""
+    x64 = np.abs(O.to64(x).reshape(-1, w64.shape[1]))
+    return 2.0**-24 * float(np.max(x64 @ np.abs(w64).T)) / max(float(np.max(np.abs(want))), 1e-30)
 
 
 def int8_path(x, s, out_dtype):
