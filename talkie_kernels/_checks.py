@@ -165,12 +165,11 @@ def _check_residual_norm(op: str, x, y, gain, skip, skip_gain):
     return gain, skip_gain
 
 
-#: Affine quantization the native kernels run (other modes, bits and group
-#: sizes go to MLX's own ``quantized_matmul``).
-NATIVE_BITS = (4, 6, 8)
-NATIVE_GROUP_SIZES = (32, 64, 128)
 #: ``mx.quantize``'s defaults for affine quantization.
 AFFINE_DEFAULTS = {"group_size": 64, "bits": 4}
+#: ``mx.quantize``'s affine group sizes: what ``linear`` and the quantized
+#: attention accept.
+AFFINE_GROUP_SIZES = (32, 64, 128)
 
 
 def _check_linear(op: str, x, weight, scales, biases, group_size, bits, mode):
@@ -218,7 +217,7 @@ def _check_linear(op: str, x, weight, scales, biases, group_size, bits, mode):
     bits = AFFINE_DEFAULTS["bits"] if bits is None else int(bits)
     if bits not in (2, 3, 4, 5, 6, 8):
         _fail(op, f"bits must be one of 2, 3, 4, 5, 6, 8 for affine quantization, got {bits}.")
-    if group_size not in (32, 64, 128):
+    if group_size not in AFFINE_GROUP_SIZES:
         _fail(op, f"group_size must be 32, 64 or 128 for affine quantization, got {group_size}.")
     K = x.shape[-1]
     N = weight.shape[0]
@@ -363,7 +362,7 @@ def quantized_scaled_dot_product_attention_args(q, q_keys, q_values, scale, mask
     group_size, bits = int(group_size), int(bits)
     if bits not in ATTENTION_BITS:
         _fail(op, f"bits must be 4 or 8, got {bits}.")
-    if group_size not in NATIVE_GROUP_SIZES:
+    if group_size not in AFFINE_GROUP_SIZES:
         _fail(op, f"group_size must be 32, 64 or 128, got {group_size}.")
     out_dtype = q.dtype
     for name, (codes, scales, biases) in (("q_keys", q_keys), ("q_values", q_values)):

@@ -1,13 +1,15 @@
-"""Metal kernels (``mx.fast.metal_kernel``) for the four Talkie ops.
+"""Metal kernels (``mx.fast.metal_kernel``) for four of the seven ops: ``rms_norm``,
+``rope``, ``rope_qk_norm`` and ``residual_norm``. ``linear`` and the two
+attention ops are MLX's own GPU ops, as in ``talkie_kernels.reference``.
 
 Same signatures, validation and semantics as ``talkie_kernels.reference``; the
-differences are numerical: every output is computed in fp32 from the inputs and
-rounded to the input dtype once (the reference rounds after each step), and the
-RoPE angle is carried in extended precision without ``double`` (see
-``msl/rope.header.metal``): the position is split into two 16-bit halves, each
-exact in fp32, so fp32 results stay at fp32 rounding (~1e-7) of the float64
-oracle at every position ``offset + l``: any int32 offset, and sums past
-2^31 - 1 from an offset array, as the native kernel's.
+kernels' differences are numerical: every output is computed in fp32 from the
+inputs and rounded to the input dtype once (the reference rounds after each
+step), and the RoPE angle is carried in extended precision without
+``double`` (see ``msl/rope.header.metal``): the position is split into two
+16-bit halves, each exact in fp32, so fp32 results stay at fp32 rounding
+(~1e-7) of the float64 oracle at every position ``offset + l``: any int32
+offset, and sums past 2^31 - 1 from an offset array, as the native kernel's.
 
 Kernels: each is a header and a body of plain MSL in ``msl/``
 (``<op>.body.metal``; the norms share ``rms_norm.header.metal``, the RoPE
@@ -38,12 +40,13 @@ which wraps the body in the kernel's signature. Types and integer constants
 
 Each kernel object is built on first use, once per kernel factory
 (``_set_kernel_factory``; ``talkie_kernels.testing.emulate_metal`` swaps in the
-CPU emulator). Every op is an ``mx.custom_function`` whose vjp is the vjp of
-the plain-MLX reference, so gradients equal plain MLX's.
+CPU emulator). Every kernel op is an ``mx.custom_function`` whose vjp and jvp
+are the plain-MLX reference's, so derivatives equal plain MLX's.
 """
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 from importlib import resources
 
@@ -148,10 +151,6 @@ _ROPE_SIMDGROUPS_PER_THREADGROUP = 8
 _NORM_READS = 8
 _NORM_MAX_THREADS = 1024
 
-_inv_freq_tables: dict = {}
-_eps_arrays: dict = {}
-
-
 # 2π to 60 digits, for the reduction of the frequency table.
 _TWO_PI = 2 * Fraction("3.14159265358979323846264338327950288419716939937510582097494")
 
@@ -163,6 +162,7 @@ def _fp32_pair(values) -> np.ndarray:
     return np.stack([hi, lo])
 
 
+@functools.cache
 def _inv_freq_table(head_dim: int, base: float) -> mx.array:
     """(2D,) fp32: four runs of D/2 for the RoPE kernels (msl/rope.header.metal).
 
@@ -171,22 +171,16 @@ def _inv_freq_table(head_dim: int, base: float) -> mx.array:
     computed exactly from the float64 ``f``, as hi and lo parts: the kernel
     splits the position as ``hi · 2^16 + lo`` and takes ``hi · g + lo · f``.
     """
-    key = (head_dim, base)
-    table = _inv_freq_tables.get(key)
-    if table is None:
-        inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-        f = [Fraction(float(v)) for v in inv]
-        g = [v * 2**16 for v in f]
-        g = [v - round(v / _TWO_PI) * _TWO_PI for v in g]
-        table = _inv_freq_tables[key] = mx.array(np.concatenate([*_fp32_pair(f), *_fp32_pair(g)]))
-    return table
+    inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    f = [Fraction(float(v)) for v in inv]
+    g = [v * 2**16 for v in f]
+    g = [v - round(v / _TWO_PI) * _TWO_PI for v in g]
+    return mx.array(np.concatenate([*_fp32_pair(f), *_fp32_pair(g)]))
 
 
+@functools.cache
 def _eps_array(eps: float) -> mx.array:
-    arr = _eps_arrays.get(eps)
-    if arr is None:
-        arr = _eps_arrays[eps] = mx.array(eps, dtype=mx.float32)
-    return arr
+    return mx.array(eps, dtype=mx.float32)
 
 
 def _offsets(offset) -> mx.array:
@@ -221,7 +215,33 @@ def _norm_launch(x: mx.array):
 
 
 # ---------------------------------------------------------------------------
-# Forward passes (kernels) with the reference's vjp
+# Forward passes (kernels) with the reference's vjp and jvp
+
+
+def _reference_derivatives(fn, parts):
+    """Give the custom function ``fn`` the vjp and jvp of the reference.
+
+    ``parts(primals) -> (f, arrays)``: the reference as a function of the
+    differentiable array inputs, and those inputs (the first ``len(arrays)``
+    primals). Other array primals (the offsets) get zero cotangents.
+    """
+
+    def vjp(primals, cotangents, outputs):
+        f, arrays = parts(primals)
+        cotangents = list(cotangents) if isinstance(cotangents, (list, tuple)) else [cotangents]
+        _, grads = mx.vjp(f, list(arrays), cotangents)
+        rest = [mx.zeros_like(p) for p in primals[len(arrays):] if isinstance(p, mx.array)]
+        return (*grads, *rest)
+
+    def jvp(primals, tangents):
+        f, arrays = parts(primals)
+        # A None tangent (an input held constant) as zeros.
+        tangents = [mx.zeros_like(a) if t is None else t for a, t in zip(arrays, tangents)]
+        out = mx.jvp(f, list(arrays), tangents)[1]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    fn.vjp(vjp)
+    fn.jvp(jvp)
 
 
 @mx.custom_function
@@ -237,33 +257,13 @@ def _rope_qk_norm_fn(q, k, head_gain, offsets, base, eps):
     return q_out, k_out
 
 
-def _reference_jvp(fn, arrays, tangents):
-    """Output tangents of ``fn(*arrays)`` (the reference), a None tangent as zeros."""
-    tangents = [mx.zeros_like(a) if t is None else t for a, t in zip(arrays, tangents)]
-    return mx.jvp(fn, list(arrays), tangents)[1]
-
-
-@_rope_qk_norm_fn.vjp
-def _rope_qk_norm_vjp(primals, cotangents, outputs):
+def _rope_qk_norm_parts(primals):
     q, k, head_gain, offsets, base, eps = primals
     offset = mx.broadcast_to(offsets, (q.shape[0],))
-    _, grads = mx.vjp(
-        lambda q, k, g: reference._rope_qk_norm(q, k, g, offset, base, eps),
-        [q, k, head_gain],
-        list(cotangents),
-    )
-    return (*grads, mx.zeros_like(offsets))
+    return (lambda q, k, g: reference._rope_qk_norm(q, k, g, offset, base, eps)), (q, k, head_gain)
 
 
-@_rope_qk_norm_fn.jvp
-def _rope_qk_norm_jvp(primals, tangents):
-    q, k, head_gain, offsets, base, eps = primals
-    offset = mx.broadcast_to(offsets, (q.shape[0],))
-    return tuple(_reference_jvp(
-        lambda q, k, g: reference._rope_qk_norm(q, k, g, offset, base, eps),
-        (q, k, head_gain),
-        tangents[:3],
-    ))
+_reference_derivatives(_rope_qk_norm_fn, _rope_qk_norm_parts)
 
 
 @mx.custom_function
@@ -278,49 +278,37 @@ def _rope_fn(x, offsets, base):
     )[0]
 
 
-@_rope_fn.vjp
-def _rope_vjp(primals, cotangent, output):
+def _rope_parts(primals):
     x, offsets, base = primals
     offset = mx.broadcast_to(offsets, (x.shape[0],))
-    _, (grad,) = mx.vjp(lambda x: reference._rope(x, offset, base), [x], [cotangent])
-    return grad, mx.zeros_like(offsets)
+    return (lambda x: reference._rope(x, offset, base)), (x,)
 
 
-@_rope_fn.jvp
-def _rope_jvp(primals, tangents):
-    x, offsets, base = primals
-    offset = mx.broadcast_to(offsets, (x.shape[0],))
-    return _reference_jvp(lambda x: reference._rope(x, offset, base), (x,), tangents[:1])[0]
+_reference_derivatives(_rope_fn, _rope_parts)
 
 
 @mx.custom_function
-def _rms_norm_fn(x, eps):
+def _rms_norm(x, eps):
     if x.size == 0:
         return mx.zeros(x.shape, x.dtype)
-    launch = _norm_launch(x)
     return _kernel("talkie_rms_norm")(
         inputs=[x, _eps_array(eps)],
         output_shapes=[x.shape],
         output_dtypes=[x.dtype],
-        **launch,
+        **_norm_launch(x),
     )[0]
 
 
-@_rms_norm_fn.vjp
-def _rms_norm_vjp(primals, cotangent, output):
+def _rms_norm_parts(primals):
     x, eps = primals
-    _, (grad,) = mx.vjp(lambda x: reference._rms_norm(x, eps), [x], [cotangent])
-    return (grad,)
+    return (lambda x: reference._rms_norm(x, eps)), (x,)
 
 
-@_rms_norm_fn.jvp
-def _rms_norm_jvp(primals, tangents):
-    x, eps = primals
-    return _reference_jvp(lambda x: reference._rms_norm(x, eps), (x,), tangents[:1])[0]
+_reference_derivatives(_rms_norm, _rms_norm_parts)
 
 
 @mx.custom_function
-def _residual_norm_fn(x, y, gain, skip, skip_gain, eps):
+def _residual_norm(x, y, gain, skip, skip_gain, eps):
     if x.size == 0:
         return mx.zeros(x.shape, x.dtype), mx.zeros(x.shape, x.dtype)
     launch = _norm_launch(x)
@@ -345,7 +333,6 @@ def _residual_norm_fn(x, y, gain, skip, skip_gain, eps):
 
 
 def _residual_norm_parts(primals):
-    """The reference as a function of the array inputs, and those inputs."""
     x, y, gain, skip, skip_gain, eps = primals
     arrays = (x, y, gain) + ((skip, skip_gain) if skip is not None else ())
 
@@ -355,26 +342,12 @@ def _residual_norm_parts(primals):
     return f, arrays
 
 
-@_residual_norm_fn.vjp
-def _residual_norm_vjp(primals, cotangents, outputs):
-    f, arrays = _residual_norm_parts(primals)
-    _, grads = mx.vjp(f, list(arrays), list(cotangents))
-    return tuple(grads)
-
-
-@_residual_norm_fn.jvp
-def _residual_norm_jvp(primals, tangents):
-    f, arrays = _residual_norm_parts(primals)
-    picked = [t for p, t in zip(primals, tangents) if isinstance(p, mx.array)]
-    return tuple(_reference_jvp(f, arrays, picked))
+_reference_derivatives(_residual_norm, _residual_norm_parts)
 
 
 # ---------------------------------------------------------------------------
-# The unchecked ops the dispatcher calls (arguments from _checks.<op>_args)
-
-
-def _rms_norm(x, eps):
-    return _rms_norm_fn(x, eps)
+# The unchecked ops the dispatcher calls (arguments from _checks.<op>_args;
+# _rms_norm and _residual_norm are the custom functions above)
 
 
 def _rope(x, offset, base):
@@ -383,10 +356,6 @@ def _rope(x, offset, base):
 
 def _rope_qk_norm(q, k, head_gain, offset, base, eps):
     return _rope_qk_norm_fn(q, k, head_gain, _offsets(offset), base, eps)
-
-
-def _residual_norm(x, y, gain, skip, skip_gain, eps):
-    return _residual_norm_fn(x, y, gain, skip, skip_gain, eps)
 
 
 # On the GPU MLX's own matmuls are already near the memory limit.
@@ -450,7 +419,6 @@ def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
        rounded once.
     """
     return _residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
-
 
 
 def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):

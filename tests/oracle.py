@@ -1,9 +1,11 @@
-"""The float64 NumPy oracle and the one tolerance table.
+"""The float64 NumPy oracle, the one tolerance table and the tests' named bounds.
 
 Every implementation (reference, native, Metal-through-the-emulator) is judged
-here: its relative error ``max|got − oracle| / max|oracle|`` must be within
-``TOL[dtype]`` and no worse than plain MLX's on the same inputs (with slack).
-Benchmarks and tests import from this file; there is no second copy.
+here: its relative error ``max|got − oracle| / max|oracle|`` (``rel_err``) must
+be within ``TOL[dtype]`` and no worse than plain MLX's on the same inputs (with
+slack). The whole-model tests bound the same ``rel_err`` between two runs of a
+model by the named constants below the table. The tests import all of these
+from this file; there is no second copy.
 """
 
 from __future__ import annotations
@@ -17,6 +19,62 @@ EPS = 1.1920928955078125e-07
 TOL = {mx.float32: 3e-6, mx.float16: 2e-3, mx.bfloat16: 1.6e-2}
 #: How much worse than plain MLX an implementation may be on the same inputs.
 SLACK = 1.5
+
+# Whole models (test_model, test_adapters, test_distributed, test_loader_errors,
+# test_cli): bounds on ``rel_err`` between the logits of two runs of the same
+# weights (tiny random checkpoints of 2 and 8 blocks). "Measured" is the worst
+# case over those tests with mlx 0.32.4 on x86-64.
+
+#: fp32: the fused model against mlx-lm's plain one, or against another fp32
+#: route to the same weights (MLX's own matmuls, the dequantized weights, an
+#: adapter fused in, a 4-bit model split over ranks; and the LoRA training
+#: loss). Each op differs by a few fp32 roundings (TOL[fp32] bounds one op),
+#: compounded over two blocks and the head: measured ≤ 1.5e-6; 1e-4 leaves
+#: room for other CPUs and shapes while staying far below what changed weights
+#: do to the logits (the adapters' smallest effect: 6e-2).
+MODEL_FP32 = 1e-4
+#: fp32: one computation whose sums run in another order or are split, the
+#: same ops otherwise: prefill then decode against one pass, the model split
+#: over two ranks, a gain folded into the quantized head's scales, one
+#: quantized layer through ``tk.linear`` against ``nn.QuantizedLinear``.
+#: Measured ≤ 1.1e-6; 10× tighter than MODEL_FP32.
+REORDERED_FP32 = 1e-5
+#: fp32: a checkpoint written by ``talkie_kernels.convert`` (gains folded in)
+#: and loaded again, against the model loaded from the original checkpoint:
+#: the same folded weights and ops (measured 0); folding the gains a second
+#: time would scale the logits by them, O(1).
+RESAVED_FP32 = 1e-6
+#: fp32 gradients (LoRA factors; a quantized layer's scales and biases)
+#: through ``tk.linear`` against MLX's own matmuls, each parameter's relative
+#: to its own largest entry. Measured ≤ 1.2e-6; 10× MODEL_FP32 because a
+#: gradient sums over every token with cancellation, so its relative error has
+#: no bound as small as the logits'.
+GRADS_FP32 = 1e-3
+#: bf16 activations (bf16 and mixed-dtype checkpoints, mxfp4): against an
+#: fp32 run of the same weights the fused model may be SLACK× as far as
+#: mlx-lm's own model or this far, the floor for checkpoints where mlx-lm's
+#: model is (nearly) exact (measured: 1.6e-3 beside mlx-lm's 0; elsewhere up to
+#: 1.2e-2 beside mlx-lm's 1.6e-2); and prefill then decode against one pass
+#: (measured 6.1e-3). bf16 rounds by up to 2^-9 ≈ 2e-3 per op, and two blocks
+#: of rounded activations end near 1e-2.
+MODEL_BF16 = 1e-2
+#: bf16: the fused model against mlx-lm's plain model directly, each about
+#: MODEL_BF16 from exact and rounding differently: measured 2.1e-2, so 3×
+#: MODEL_BF16 (about the two errors' sum, with a margin).
+MODEL_BF16_VS_PLAIN = 3e-2
+#: An adapter must move mlx-lm's logits by more than this (measured ≥ 6e-2),
+#: or matching mlx-lm's adapted model within MODEL_FP32 would not show that
+#: the adapter was applied: 10× MODEL_FP32.
+ADAPTER_EFFECT = 1e-3
+#: A 4-bit checkpoint quantized again (8 bits, or 6 with a recipe) against the
+#: 4-bit model: the second rounding of the 4-bit weights alone (measured 5e-3
+#: at 8 bits, 3e-3 with the recipe), far below quantizing the fp32 original
+#: (0.15), which is what re-quantizing the wrong weights would give.
+REQUANTIZED = 2e-2
+#: Not an error bound: primitive nodes of a fused decode step ÷ mlx-lm's plain
+#: model's (``talkie_kernels.graph``; the bench's target for this ratio): per-op
+#: overhead dominates decode on the CPU at the test sizes.
+DECODE_NODES_RATIO = 0.35
 
 
 def to64(a) -> np.ndarray:

@@ -15,7 +15,6 @@ import json
 
 import mlx.core as mx
 import mlx_lm
-import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.dora import DoRALinear
@@ -27,16 +26,12 @@ from talkie_kernels.cli import main
 from talkie_kernels.configs import CONFIGS
 from talkie_kernels.swap import sys_argv
 
+import oracle as O
 from checkpoints import write_checkpoint
 
 CONFIG = CONFIGS["talkie-2l-256"]
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time there lived a king."
 QV = ["attn.attn_query", "attn.attn_value"]
-
-
-def rel_err(got, want) -> float:
-    got, want = np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 def greedy(model, prompt, n=16):
@@ -135,8 +130,8 @@ def test_plain_model_adapter_gives_mlx_lm_outputs(request, tmp_path, ids, case):
     plain_base, _ = mlx_lm.load(str(path))
     x = mx.array([ids])
     want = plain(x)
-    assert rel_err(plain_base(x), want) > 1e-3  # the adapter changes the outputs
-    assert rel_err(model(x), want) <= 1e-4
+    assert O.rel_err(plain_base(x), want) > O.ADAPTER_EFFECT  # the adapter changes the outputs
+    assert O.rel_err(model(x), want) <= O.MODEL_FP32
     assert greedy(model, ids) == greedy(plain, ids)
     if fine_tune_type != "full":
         # One adapted layer per fused projection: mlx-lm's own LoRA/DoRA class.
@@ -158,7 +153,7 @@ def test_adapter_trained_on_fused_model_reloads(base, tmp_path, ids):
     assert any(".attn_qkv.lora_a" in k for k in mx.load(str(adapter / "adapters.safetensors")))
     reloaded, _ = tk.load(base, adapter_path=str(adapter))
     x = mx.array([ids])
-    assert rel_err(reloaded(x), model(x)) == 0.0
+    assert O.rel_err(reloaded(x), model(x)) == 0.0
 
 
 def test_plain_adapter_saved_from_fused_model_reloads(base, tmp_path, ids):
@@ -172,7 +167,7 @@ def test_plain_adapter_saved_from_fused_model_reloads(base, tmp_path, ids):
     again = save_adapter(model, tmp_path / "again", "dora", 2, config["lora_parameters"])
     reloaded, _ = tk.load(base, adapter_path=str(again))
     x = mx.array([ids])
-    assert rel_err(reloaded(x), model(x)) == 0.0
+    assert O.rel_err(reloaded(x), model(x)) == 0.0
 
 
 def test_adapter_errors_name_the_key(base, tmp_path):

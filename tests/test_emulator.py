@@ -11,19 +11,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from talkie_kernels import testing
+from talkie_kernels import metal, reference, testing
 from talkie_kernels.testing import _build
 from talkie_kernels.testing import metal_kernel
 
+import oracle as O
+
 DTYPES = [(mx.float32, 1e-6), (mx.float16, 1e-3), (mx.bfloat16, 8e-3)]
-
-
-def f64(a: mx.array) -> np.ndarray:
-    return np.array(a.astype(mx.float32), dtype=np.float64)
-
-
-def rel_err(got: mx.array, want: np.ndarray) -> float:
-    return float(np.max(np.abs(f64(got) - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
 # ---------------------------------------------------------------------------
@@ -51,8 +45,8 @@ def test_elementwise_template_dtype(dtype, tol):
         output_dtypes=[dtype],
     )
     assert out.dtype == dtype and out.shape == a.shape
-    x = f64(a)
-    assert rel_err(out, np.exp(x) * 0.5 + x) <= 2 * tol
+    x = O.to64(a)
+    assert O.rel_err(out, np.exp(x) * 0.5 + x) <= 2 * tol
 
 
 def test_half_and_bfloat_round_to_nearest_even():
@@ -85,7 +79,7 @@ def test_half_and_bfloat_round_to_nearest_even():
         grid=(1, 1, 1), threadgroup=(1, 1, 1),
         output_shapes=[(1,), (1,)], output_dtypes=[mx.float16, mx.bfloat16],
     )
-    assert np.isnan(np.array(nan[0])).all() and np.isnan(f64(nan[1])).all()
+    assert np.isnan(np.array(nan[0])).all() and np.isnan(O.to64(nan[1])).all()
 
 
 def test_16_bit_conversions_bit_exact_on_random_patterns():
@@ -175,7 +169,7 @@ def test_simd_sum_row_reduction():
         inputs=[x], template=[("N", 200)], grid=(32, 70, 1), threadgroup=(32, 1, 1),
         output_shapes=[(70,), (70,)], output_dtypes=[mx.float32, mx.float32],
     )
-    np.testing.assert_allclose(np.array(out), f64(x).sum(1), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.array(out), O.to64(x).sum(1), rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(np.array(m), np.array(x)[:, :32].max(1))
 
 
@@ -204,7 +198,7 @@ def test_threadgroup_memory_tree_reduction():
         inputs=[x], template=[("TG", 256)], grid=(9 * 256, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(9,)], output_dtypes=[mx.float32],
     )
-    np.testing.assert_allclose(np.array(out), f64(x).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(np.array(out), O.to64(x).sum(1), rtol=1e-5)
 
 
 def test_simd_then_threadgroup_then_simd():
@@ -235,7 +229,7 @@ def test_simd_then_threadgroup_then_simd():
         inputs=[x], template=[("D", 1000)], grid=(1000, 6, 1), threadgroup=(1000, 1, 1),
         output_shapes=[(6,)], output_dtypes=[mx.float32],
     )
-    np.testing.assert_allclose(np.array(out), f64(x).sum(1), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.array(out), O.to64(x).sum(1), rtol=1e-5, atol=1e-4)
 
 
 def test_threadgroup_memory_starts_poisoned_in_every_threadgroup():
@@ -905,9 +899,6 @@ def test_verbose_prints_mlx_style_source(capsys):
 
 
 def test_emulate_metal_runs_talkie_kernels_metal():
-    metal = pytest.importorskip("talkie_kernels.metal")
-    from talkie_kernels import reference
-
     x = mx.random.normal((3, 5, 96), key=mx.random.key(8))
     with testing.emulate_metal():
         got = metal.rms_norm(x)
@@ -915,7 +906,6 @@ def test_emulate_metal_runs_talkie_kernels_metal():
 
 
 def test_emulate_metal_swaps_the_factory():
-    metal = pytest.importorskip("talkie_kernels.metal")
     before = metal._set_kernel_factory(None)
     metal._set_kernel_factory(before)
     with testing.emulate_metal():

@@ -18,7 +18,6 @@ import importlib
 import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
-import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.generate import batch_generate, generate_step
@@ -31,17 +30,13 @@ from talkie_kernels.graph import decode_step_nodes
 from talkie_kernels.loader import CheckpointError
 from talkie_kernels.models import talkie
 
+import oracle as O
 from checkpoints import edit_checkpoint, write_checkpoint
 
 CONFIG = CONFIGS["talkie-2l-256"]
 # Not from the tokenizer's training corpus (checkpoint._CORPUS), whose lines now
 # tokenize to a few long merges: 57 ids here (the corpus's fox-and-king lines: 20).
 PROMPT = "The wireless set in the parlour hummed while Grandmother said the telegraph was faster than any horse."
-
-
-def rel_err(got, want) -> float:
-    got, want = np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 def greedy(model, prompt, n):
@@ -119,9 +114,9 @@ def test_model_structure(fp32):
 def test_logits_match_plain_fp32(fp32, ids):
     model, plain, _ = fp32
     batch = mx.concatenate([ids, ids[:, ::-1]])  # B = 2
-    err = rel_err(model(batch), plain(batch))
+    err = O.rel_err(model(batch), plain(batch))
     print(f"fp32 logits rel err vs mlx-lm: {err:.2e}")
-    assert err <= 1e-4
+    assert err <= O.MODEL_FP32
 
 
 def test_prefill_then_decode_equals_full_pass(fp32, ids):
@@ -133,7 +128,7 @@ def test_prefill_then_decode_equals_full_pass(fp32, ids):
     for i in range(n, ids.shape[1]):
         steps.append(model(ids[:, i : i + 1], cache=cache))
         assert isinstance(cache[0].offset, int)
-    assert rel_err(mx.concatenate(steps, axis=1), full) <= 1e-5
+    assert O.rel_err(mx.concatenate(steps, axis=1), full) <= O.REORDERED_FP32
 
 
 def test_greedy_tokens_equal_plain(fp32, ids):
@@ -166,7 +161,7 @@ def test_decode_past_trained_context(fp32):
             c.state = (k, v, 3000)
             cache.append(c)
         outs.append(mx.concatenate([m(mx.array([[t]]), cache=cache) for t in (5, 77, 300)], axis=1))
-    assert rel_err(outs[0], outs[1]) <= 1e-4
+    assert O.rel_err(outs[0], outs[1]) <= O.MODEL_FP32
 
 
 def test_batch_generate_equals_one_at_a_time(fp32):
@@ -199,7 +194,7 @@ def test_array_offsets_left_padding(fp32):
             assert isinstance(cache[0].offset, mx.array)
             logits.append(m(mx.array([[t], [t]]), cache=cache)[:, -1])
         outs.append(mx.stack(logits))
-    assert rel_err(outs[0], outs[1]) <= 1e-4
+    assert O.rel_err(outs[0], outs[1]) <= O.MODEL_FP32
 
 
 def test_bf16_close_to_plain(bf16_path, ids):
@@ -209,10 +204,10 @@ def test_bf16_close_to_plain(bf16_path, ids):
     ref, _ = mlx_lm.load(str(bf16_path))
     ref.update(tree_map(lambda p: p.astype(mx.float32), ref.parameters()))
     want = ref(ids)
-    err, plain_err = rel_err(model(ids), want), rel_err(plain(ids), want)
+    err, plain_err = O.rel_err(model(ids), want), O.rel_err(plain(ids), want)
     print(f"bf16 rel err vs fp32: fused {err:.2e}, mlx-lm {plain_err:.2e}")
-    assert err <= max(1.5 * plain_err, 1e-2)
-    assert rel_err(model(ids), plain(ids)) <= 3e-2
+    assert err <= max(O.SLACK * plain_err, O.MODEL_BF16)
+    assert O.rel_err(model(ids), plain(ids)) <= O.MODEL_BF16_VS_PLAIN
 
 
 MIXES = {
@@ -244,14 +239,14 @@ def test_mixed_dtype_checkpoints_run_as_plain(ckpt_dir, fp32_path, bf16_path, id
     ref.update(tree_map(lambda p: p.astype(mx.float32), ref.parameters()))
     got, want, exact = model(ids), plain(ids), ref(ids)
     assert got.dtype == want.dtype
-    err, plain_err = rel_err(got, exact), rel_err(want, exact)
+    err, plain_err = O.rel_err(got, exact), O.rel_err(want, exact)
     print(f"{mix}: logits rel err vs fp32: fused {err:.2e}, mlx-lm {plain_err:.2e}")
-    assert err <= max(1.5 * plain_err, 1e-2)
-    assert rel_err(got, want) <= 3e-2
+    assert err <= max(O.SLACK * plain_err, O.MODEL_BF16)
+    assert O.rel_err(got, want) <= O.MODEL_BF16_VS_PLAIN
     # Through the KV cache too (the cache holds the promoted dtype).
     cache = make_prompt_cache(model)
     steps = [model(ids[:, :5], cache=cache)] + [model(ids[:, i:i + 1], cache=cache) for i in range(5, 8)]
-    assert rel_err(mx.concatenate(steps, axis=1), got[:, :8]) <= 1e-2
+    assert O.rel_err(mx.concatenate(steps, axis=1), got[:, :8]) <= O.MODEL_BF16
 
 
 def test_q4_mlx_convert_matches_plain(q4_mlx_path, ids):
@@ -259,7 +254,7 @@ def test_q4_mlx_convert_matches_plain(q4_mlx_path, ids):
     plain, _ = mlx_lm.load(str(q4_mlx_path))
     assert isinstance(model.layers[0].attn.attn_qkv, nn.QuantizedLinear)
     assert isinstance(model.lm_head, nn.Linear)  # mlx-lm leaves the bare head alone
-    assert rel_err(model(ids), plain(ids)) <= 1e-4
+    assert O.rel_err(model(ids), plain(ids)) <= O.MODEL_FP32
     assert greedy(model, ids[0], 12) == greedy(plain, ids[0], 12)
 
 
@@ -287,7 +282,7 @@ def test_q4_tk_convert_quantizes_lm_head(q4_tk_path, q4_mlx_path, fp32_path, ids
     folded = raw["lm_head"] * raw["lm_head_gain.w_g"]
     w = mx.dequantize(*mx.quantize(folded, group_size=64, bits=4), group_size=64, bits=4)
     want = plain.model(ids) @ w.T
-    assert rel_err(model(ids), want) <= 1e-4
+    assert O.rel_err(model(ids), want) <= O.MODEL_FP32
     # mlx-lm's plain Talkie expects the bare HF head and the unfused keys.
     with pytest.raises(ValueError):
         mlx_lm.load(str(q4_tk_path))
@@ -297,7 +292,7 @@ def test_reload_of_saved_fused_model_does_not_refold(ckpt_dir, fp32_path, fp32, 
     dst = ckpt_dir / "fused-fp32"
     tk_convert(str(fp32_path), str(dst))
     model, _ = tk.load(dst)
-    assert rel_err(model(ids), fp32[0](ids)) <= 1e-6
+    assert O.rel_err(model(ids), fp32[0](ids)) <= O.RESAVED_FP32
 
 
 @pytest.mark.parametrize("hidden", [256, 512])
@@ -377,10 +372,10 @@ def test_mxfp4_checkpoint_no_further_from_exact_than_mlx_lm(mlx_quantized, ids):
     plain, _ = mlx_lm.load(str(path))
     assert model.layers[0].attn.attn_qkv.mode == "mxfp4"
     exact = dequantized_fp32(mlx_lm.load(str(path))[0])(ids)
-    err, plain_err = rel_err(model(ids), exact), rel_err(plain(ids), exact)
+    err, plain_err = O.rel_err(model(ids), exact), O.rel_err(plain(ids), exact)
     print(f"mxfp4: logits rel err vs exact: fused {err:.2e}, mlx-lm {plain_err:.2e}")
     # Both errors are mostly the bf16 activations' (as in test_bf16_close_to_plain).
-    assert err <= max(1.5 * plain_err, 1e-2)
+    assert err <= max(O.SLACK * plain_err, O.MODEL_BF16)
 
 
 def dequantized_fp32(model):
@@ -416,9 +411,9 @@ def test_quantized_logits_no_further_from_exact_than_mlx_lm(mlx_quantized, ids, 
     assert isinstance(model.layers[0].attn.attn_qkv, talkie.QuantizedLinear)
     assert model.layers[0].attn.attn_qkv.scales.dtype == getattr(mx, dtype)
     exact = dequantized_fp32(mlx_lm.load(str(path))[0])(ids)
-    err, plain_err = rel_err(model(ids), exact), rel_err(plain(ids), exact)
+    err, plain_err = O.rel_err(model(ids), exact), O.rel_err(plain(ids), exact)
     print(f"q{bits} {dtype} scales: logits rel err vs exact: fused {err:.2e}, mlx-lm {plain_err:.2e}")
-    floor = 1e-4 if dtype == "float32" else 1.6e-2
+    floor = O.MODEL_FP32 if dtype == "float32" else O.TOL[mx.bfloat16]
     assert err <= max(plain_err, floor)
 
 
@@ -430,7 +425,7 @@ def test_nn_quantize_fused_model(fp32_path, ids):
     for name, m in projections(model):
         assert type(m) is talkie.QuantizedLinear and (m.group_size, m.bits) == (32, 6), name
     got = model(ids)
-    assert rel_err(got, dequantized_fp32(model)(ids)) <= 1e-4
+    assert O.rel_err(got, dequantized_fp32(model)(ids)) <= O.MODEL_FP32
 
 
 @pytest.mark.parametrize("mode", ["affine", "mxfp4", "mxfp8"])
@@ -443,7 +438,7 @@ def test_to_quantized_modes(mode):
     assert all(mx.array_equal(q[k], want[k]).item() for k in want if k in q)
     x = mx.random.normal((3, 128), key=mx.random.key(0))
     if mode == "affine":
-        assert rel_err(q(x), want(x)) <= 1e-5
+        assert O.rel_err(q(x), want(x)) <= O.REORDERED_FP32
     else:
         assert mx.array_equal(q(x), want(x)).item()
     # Quantized activations have no tk.linear path: mlx's own layer.
@@ -487,10 +482,10 @@ def test_lora_forward_and_gradients(request, ckpt, ids, monkeypatch):
     monkeypatch.setattr(tk, "linear", tk.reference.linear)
     ref_model, _ = tk.load(path)
     ref_value, ref_grads = lora_grads(ref_model, ids)
-    assert abs(value.item() - ref_value.item()) <= 1e-4 * abs(ref_value.item())
+    assert abs(value.item() - ref_value.item()) <= O.MODEL_FP32 * abs(ref_value.item())
     assert grads.keys() == ref_grads.keys()
     for k in grads:
-        assert rel_err(grads[k], ref_grads[k]) <= 1e-3, k
+        assert O.rel_err(grads[k], ref_grads[k]) <= O.GRADS_FP32, k
 
 
 def test_quantized_scales_and_biases_gradients(q4_mlx_path, ids, monkeypatch):
@@ -509,7 +504,7 @@ def test_quantized_scales_and_biases_gradients(q4_mlx_path, ids, monkeypatch):
     qkv = "model.blocks.0.attn.attn_qkv."
     assert {qkv + "scales", qkv + "biases"} <= got.keys() and got.keys() == want.keys()
     for k in got:
-        assert rel_err(got[k], want[k]) <= 1e-3, k
+        assert O.rel_err(got[k], want[k]) <= O.GRADS_FP32, k
 
 
 def test_dora_and_fuse(fp32_path, ids):
@@ -526,7 +521,7 @@ def test_dora_and_fuse(fp32_path, ids):
     model.update_modules(
         tree_unflatten([(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "fuse")])
     )
-    assert rel_err(model(ids), before) <= 1e-4
+    assert O.rel_err(model(ids), before) <= O.MODEL_FP32
 
 
 def test_decode_graph_nodes(fp32):
@@ -536,7 +531,7 @@ def test_decode_graph_nodes(fp32):
     fused, ref = decode_step_nodes(model, prompt_len=12), decode_step_nodes(plain, prompt_len=12)
     ratio = sum(fused.values()) / sum(ref.values())
     print(f"decode nodes: fused {sum(fused.values())}, mlx-lm {sum(ref.values())}, ratio {ratio:.3f}")
-    assert ratio <= 0.35, (fused, ref)
+    assert ratio <= O.DECODE_NODES_RATIO, (fused, ref)
 
 
 # Bad checkpoints: each error names what is wrong.
@@ -588,7 +583,7 @@ def test_gain_folds_into_quantized_head(ckpt_dir, q4_tk_path, ids):
     bad = edit_checkpoint(q4_tk_path, ckpt_dir / "q4-tk-gain", add={"lm_head_gain.w_g": mx.array([2.5])})
     scaled, _ = tk.load(bad)
     assert isinstance(scaled.lm_head, nn.QuantizedLinear)
-    assert rel_err(scaled(ids), 2.5 * model(ids)) <= 1e-5
+    assert O.rel_err(scaled(ids), 2.5 * model(ids)) <= O.REORDERED_FP32
 
 
 def test_repo_id_resolves_through_mlx_lm(monkeypatch, fp32_path, ids, fp32):
@@ -604,4 +599,4 @@ def test_repo_id_resolves_through_mlx_lm(monkeypatch, fp32_path, ids, fp32):
     monkeypatch.setattr(mlx_lm.utils, "snapshot_download", snapshot_download)
     model, _ = tk.load("someone/talkie-tiny")
     assert seen and set(seen) == {"someone/talkie-tiny"}
-    assert rel_err(model(ids), fp32[0](ids)) == 0.0
+    assert O.rel_err(model(ids), fp32[0](ids)) == 0.0

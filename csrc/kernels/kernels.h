@@ -126,7 +126,7 @@ struct LinearArgs {
   bool factored;
   // The integer path (linear_int8; quantized kinds, bf16 x, fp16/bf16 out):
   // x from linear_quantize_x, rows of int8_units(K) units of 64 columns.
-  const int8_t* x8;  // (M, units·64) int8 codes of x, each unit in the kind's unit order
+  const int8_t* x8;  // (M, units·64) int8 codes of x, each unit in the kind's order (linear_int8.cpp's unit_column)
   const float* dx;  // (M, units·8): per unit, block 2u's scale in 4 lanes, then block 2u+1's
   const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
   const void* scales;  // (N, K/group_size), row-contiguous

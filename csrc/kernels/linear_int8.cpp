@@ -14,7 +14,7 @@
 //   2. Per 64 columns (two blocks) of a weight row: the codes as two vectors
 //      of 32 bytes, c0 and c1, whose 32-bit lanes 0-3 hold block 2u's bytes
 //      and lanes 4-7 block 2u+1's; x8 is stored in the order that matches
-//      (kernels.h's "unit order"), so no shuffle meets the codes.
+//      (unit_column below), so no shuffle meets the codes.
 //   3. I = Σ of the 4-byte products per lane (vpdpbusd with VNNI, else
 //      vpmaddubsw then vpmaddwd), exact in int32.
 //   4. acc += float(I) · (dx_b · s_g) per lane (fp32); at the end
