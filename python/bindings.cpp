@@ -182,6 +182,21 @@ NB_MODULE(_native, m) {
       [] { return std::string(tk::kern::select().isa); },
       "The instruction set of the kernels in use ('base', 'v3' or 'v4').");
   m.def(
+      "int8_gemm_bits",
+      [] {
+        std::vector<int> out;
+        const unsigned kinds = tk::kern::select().gemm8_kinds;
+        for (auto [kind, bits] : {std::pair{tk::kern::WeightKind::q4, 4}, {tk::kern::WeightKind::q6, 6},
+                                  {tk::kern::WeightKind::q8, 8}}) {
+          if (kinds & (1u << unsigned(kind))) {
+            out.push_back(bits);
+          }
+        }
+        return out;
+      },
+      "The quantized widths whose prefill (bf16 x, at least 8 rows, bf16/fp16 output) runs the integer GEMM "
+      "(x rounded to int8 per 32 columns) on the instruction set in use; the others run the fp32 GEMM.");
+  m.def(
       "contiguous_copies",
       &tk::contiguous_copies,
       "How many inputs were copied because their last axis was strided (others are read in place).");

@@ -94,7 +94,7 @@ def check(impl, x, w, s=None, b=None, group_size=None, bits=None, what=""):
     assert got.shape == base.shape == (*x.shape[:-1], w.shape[0]), what
     assert got.dtype == base.dtype, f"{what}: dtype {got.dtype}, MLX gives {base.dtype}"
     want = O.linear(x, w, s, b, group_size or 64, bits or 4)
-    if impl.name == "native" and int8_path(x, s, got.dtype):
+    if impl.name == "native" and int8_path(x, s, bits, got.dtype):
         assert_int8_accurate(got, want, x, O.dequantize(w, s, b, group_size or 64, bits or 4), what)
     elif impl.name == "native" and dequantizing_gemm(x, s):
         w64 = O.dequantize(w, s, b, group_size or 64, bits or 4)
@@ -121,13 +121,15 @@ def weight_rounding(x, w64, want):
     return 2.0**-24 * float(np.max(x64 @ np.abs(w64).T)) / max(float(np.max(np.abs(want))), 1e-30)
 
 
-def int8_path(x, s, out_dtype):
-    """Whether the native op takes the integer path (csrc/cpu/linear.cpp's
-    linear_int8): a quantized weight, bf16 x, a half-precision output, at most
-    7 rows of x, on a table with AVX2."""
+def int8_path(x, s, bits, out_dtype):
+    """Whether the native op rounds x to int8 (csrc/cpu/linear.cpp's
+    linear_int8 and linear_gemm8): a quantized weight, bf16 x, a half-precision
+    output, on a table with AVX2; at most 7 rows of x (decode), or more where
+    the table runs the integer prefill GEMM for these bits."""
+    if s is None or x.dtype != mx.bfloat16 or out_dtype == mx.float32 or tk.native.ops.isa() == "base":
+        return False
     rows = int(np.prod(x.shape[:-1]))
-    return (s is not None and x.dtype == mx.bfloat16 and out_dtype != mx.float32 and rows <= 7
-            and tk.native.ops.isa() != "base")
+    return rows <= 7 or (bits or 4) in tk.native.ops.int8_gemm_bits()
 
 
 def assert_int8_accurate(got, want, x, w, what):
@@ -402,6 +404,38 @@ def test_int8_path(native, isa, restore_threads, bits, group_size):
         N.set_num_threads(1)
         one = native.linear(x, w, s, b, group_size=group_size, bits=bits)
         assert mx.array_equal(one, two).item(), f"isa={isa} M={M}: 1 thread != 2 threads"
+
+
+@pytest.mark.parametrize("group_size", GROUP_SIZES)
+@pytest.mark.parametrize("bits", BITS)
+def test_int8_gemm(native, isa, restore_threads, bits, group_size):
+    # The integer prefill GEMM (csrc/kernels/linear_gemm8.cpp) on each ISA
+    # that runs it for these bits, by the integer path's rule (check); at
+    # Talkie's widths (13696, 5120) within the bf16 tolerance of the float64
+    # oracle relative to max|y|, as the decode path; 1 and 2 threads give the
+    # same bits. M: the decode/prefill switch (8), odd (13: the last register
+    # block reads padding rows), a prefill (100). K: past two K blocks (512)
+    # with a short last one; group size 32: 32·odd (a last half unit). N = 51:
+    # a second, partial micro-panel. Measured
+    # (v3, v4, v4-vnni; q4/q6/q8), relative to max|y|: at most 0.014 at
+    # Talkie's widths with int8_x's 300× outliers and zero blocks (as the
+    # decode path: test_int8_path), up to 0.018 at K = 1152 / 1184, where an
+    # outlier's block is a larger share of y (check's rule holds there).
+    if bits not in tk.native.ops.int8_gemm_bits():
+        pytest.skip(f"{isa} runs the fp32 GEMM for q{bits} prefill (csrc/kernels/table.cpp: TK_GEMM8_KINDS)")
+    N = tk.native.ops
+    K = 32 * 37 if group_size == 32 else 1152
+    for M, k in ((8, K), (13, K), (100, K), (13, 13696), (100, 5120)):
+        x = int8_x(M, k, M)
+        w, s, b = quantized(51, k, mx.bfloat16, group_size, bits, seed=M + bits)
+        N.set_num_threads(2)
+        two = check(native, x, w, s, b, group_size, bits, what=f"isa={isa} M={M} K={k}")
+        if k >= 5120:
+            err = O.rel_err(two, O.linear(x, w, s, b, group_size, bits))
+            assert err <= O.TOL[mx.bfloat16], f"isa={isa} M={M} K={k}: rel. error {err:.3g} vs the float64 oracle"
+        N.set_num_threads(1)
+        one = native.linear(x, w, s, b, group_size=group_size, bits=bits)
+        assert mx.array_equal(one, two).item(), f"isa={isa} M={M} K={k}: 1 thread != 2 threads"
 
 
 def test_int8_path_odd_units(native, isa):

@@ -1,6 +1,7 @@
-// linear's eval_cpu: x to int8 for the integer path (csrc/kernels/linear_int8.cpp),
-// else x in fp32 for the fp32 decode loops or the prefill GEMM
-// (csrc/kernels/linear.cpp); then output columns across threads.
+// linear's eval_cpu: x to int8 for the integer paths (csrc/kernels/linear_int8.cpp
+// for decode, linear_gemm8.cpp for prefill), else x in fp32 for the fp32 decode
+// loops or the prefill GEMM (csrc/kernels/linear.cpp); then output columns
+// across threads.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -80,6 +81,42 @@ bool linear_int8(const kern::Table& kernels, kern::LinearArgs& args, const kern:
   return true;
 }
 
+// Quantized weights against bf16 x, prefill rows, bf16/fp16 output, kinds
+// the table's integer GEMM runs (gemm8_kinds): x to int8 once, then the
+// integer GEMM (kernels/linear_gemm8.cpp). False elsewhere: the fp32 GEMM.
+bool linear_gemm8(const kern::Table& kernels, kern::LinearArgs& args, const kern::LinearX& xv) {
+  if (kernels.linear_gemm8 == nullptr || args.kind < kern::WeightKind::q4 || xv.dtype != kern::Dtype::bf16 ||
+      args.out_dtype == kern::Dtype::f32 || args.M < kern::kLinearGemmMinM ||
+      !(kernels.gemm8_kinds & (1u << unsigned(args.kind)))) {
+    return false;
+  }
+  const int64_t rows = args.M + kern::kGemm8PadRows, ldx = kern::gemm8_ldx(args.K);
+  const int64_t blocks = args.K / kern::kLinearBlock, groups = args.K / args.group_size;
+  // Kept between calls up to 64 MB of codes, as x in fp32 for the fp32 GEMM.
+  thread_local std::vector<int8_t> kept_x8;
+  thread_local std::vector<float> kept_dx, kept_xsum;
+  std::vector<int8_t> owned_x8;
+  std::vector<float> owned_dx, owned_xsum;
+  const bool keep = rows * ldx <= (int64_t(1) << 26);
+  std::vector<int8_t>& x8 = keep ? kept_x8 : owned_x8;
+  std::vector<float>& dx = keep ? kept_dx : owned_dx;
+  std::vector<float>& xsum = keep ? kept_xsum : owned_xsum;
+  x8.resize(rows * ldx);
+  dx.resize(rows * blocks);
+  xsum.resize(rows * groups);
+  std::memset(x8.data() + args.M * ldx, 0, kern::kGemm8PadRows * ldx);
+  std::memset(dx.data() + args.M * blocks, 0, sizeof(float) * kern::kGemm8PadRows * blocks);
+  std::memset(xsum.data() + args.M * groups, 0, sizeof(float) * kern::kGemm8PadRows * groups);
+  parallel_for(args.M, args.K, int64_t(1) << 18, [&](int64_t b, int64_t e, int) {
+    kernels.linear_quantize_x8(xv, args.group_size, x8.data(), dx.data(), xsum.data(), b, e);
+  });
+  args.x8 = x8.data();
+  args.dx = dx.data();
+  args.xsum = xsum.data();
+  output_rows(args, kernels.linear_gemm8);
+  return true;
+}
+
 } // namespace
 
 void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
@@ -113,7 +150,7 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       args.biases = row_major(weights[2], keep[2]);
     }
     const auto& kernels = kern::select();
-    if (linear_int8(kernels, args, xv)) {
+    if (linear_int8(kernels, args, xv) || linear_gemm8(kernels, args, xv)) {
       return;
     }
     // 1. x in fp32, in the weight's block order; kept between calls (a

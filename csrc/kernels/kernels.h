@@ -3,7 +3,7 @@
 // The files of csrc/kernels/ are compiled once per instruction set (baseline,
 // and on x86-64 also x86-64-v3 = AVX2/FMA/F16C and x86-64-v4 = AVX-512) into
 // their own namespace; the VNNI tables (v3_vnni: + AVX-VNNI, v4_vnni: +
-// AVX512-VNNI) compile only linear_int8.cpp and take every
+// AVX512-VNNI) compile only linear_int8.cpp and linear_gemm8.cpp and take every
 // other entry from v3 / v4; `select()` picks the table for the running CPU. Every loop works on a range of
 // independent items [begin, end) so csrc/parallel.cpp can split the work.
 //
@@ -124,10 +124,11 @@ struct LinearArgs {
   // Faster, but s·(q·x) and b·Σx may nearly cancel, so it is only used for
   // fp16/bf16 outputs, whose own rounding is far larger than that loss.
   bool factored;
-  // The integer path (linear_int8; quantized kinds, bf16 x, fp16/bf16 out):
-  // x from linear_quantize_x, rows of int8_units(K) units of 64 columns.
-  const int8_t* x8;  // (M, units·64) int8 codes of x, each unit in the kind's order (linear_int8.cpp's unit_column)
-  const float* dx;  // (M, units·8): per unit, block 2u's scale in 4 lanes, then block 2u+1's
+  // The integer paths (quantized kinds, bf16 x, fp16/bf16 out). linear_int8:
+  // x from linear_quantize_x, rows of int8_units(K) units of 64 columns;
+  // linear_gemm8: from linear_quantize_x8 (gemm8_ldx).
+  const int8_t* x8;  // int8: (M, units·64) codes of x, each unit in the kind's order (linear_int8.cpp's unit_column)
+  const float* dx;  // int8: (M, units·8): per unit, block 2u's scale in 4 lanes, then block 2u+1's
   const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
   const void* scales;  // (N, K/group_size), row-contiguous
   const void* biases;
@@ -139,6 +140,15 @@ struct LinearArgs {
 inline constexpr int64_t kInt8MaxM = kLinearGemmMinM - 1;  // rows of x it handles (decode)
 inline int64_t int8_units(int64_t K) {
   return (K + 2 * kLinearBlock - 1) / (2 * kLinearBlock);
+}
+
+// The integer prefill GEMM's x (linear_gemm8.cpp; M >= kLinearGemmMinM):
+// rows of K int8 codes in column order at row stride gemm8_ldx(K) (x8), one
+// scale per 32-column block (dx: (rows, K/32)) and Σx̂ per group (xsum),
+// followed by kGemm8PadRows rows of zeros that the last register block reads.
+inline constexpr int64_t kGemm8PadRows = 8;
+inline int64_t gemm8_ldx(int64_t K) {
+  return K + 64;  // not a multiple of 4 KB: rows of a register block in different L1 sets
 }
 
 // ---- scaled_dot_product_attention -------------------------------------------
@@ -237,6 +247,14 @@ struct Table {
   void (*linear_quantize_x)(const LinearX&, WeightKind kind, int64_t group_size, int8_t* x8, float* dx,
                             float* xsum, int64_t begin, int64_t end);
   void (*linear_int8)(const LinearArgs&, int64_t begin, int64_t end);
+  // The integer prefill GEMM (null in tables without AVX2): rows [begin, end)
+  // of x -> x8, dx, xsum in its layout (kGemm8PadRows); then output columns
+  // [begin, end) of a quantized weight. gemm8_kinds: bit 1 << kind set for
+  // the kinds it runs on this table (where it beats the fp32 GEMM, table.cpp).
+  void (*linear_quantize_x8)(const LinearX&, int64_t group_size, int8_t* x8, float* dx, float* xsum,
+                             int64_t begin, int64_t end);
+  void (*linear_gemm8)(const LinearArgs&, int64_t begin, int64_t end);
+  unsigned gemm8_kinds;
   // The probes (probe.cpp). Sum of n 64-bit words (a streaming read, for the
   // bandwidth probe).
   uint64_t (*read_sum)(const uint64_t* p, int64_t n);
@@ -265,6 +283,8 @@ struct Table {
   void linear(const LinearArgs&, int64_t, int64_t);                                             \
   void linear_quantize_x(const LinearX&, WeightKind, int64_t, int8_t*, float*, float*, int64_t, int64_t); \
   void linear_int8(const LinearArgs&, int64_t, int64_t);                                        \
+  void linear_quantize_x8(const LinearX&, int64_t, int8_t*, float*, float*, int64_t, int64_t);   \
+  void linear_gemm8(const LinearArgs&, int64_t, int64_t);                                       \
   uint64_t read_sum(const uint64_t*, int64_t);                                                  \
   int64_t fma_chains(int64_t, float*);                                                          \
   void attention_decode(const AttentionArgs&, int64_t, int64_t, float*);                        \

@@ -54,6 +54,7 @@ namespace {
 
 #include "storage.inc"
 #include "common.inc"
+#include "quantize_x.inc"
 
 // vpdpbusd (u8 × s8, four products summed into each int32 lane): the VEX
 // form (AVX-VNNI) or the EVEX one (AVX512-VNNI on 256-bit vectors).
@@ -371,16 +372,8 @@ void linear_quantize_x(const LinearX& x, WeightKind kind, int64_t group_size, in
           v[k] = c < x.K ? load<D>(xr[c * x.col_stride]) : 0.0f;
         }
         for (int b = 0; b < 2 && (2 * u + b) * kLinearBlock < x.K; ++b) {
-          float amax = 0.0f;
-          for (int k = 0; k < kLinearBlock; ++k) {
-            amax = __builtin_fmaxf(amax, __builtin_fabsf(v[b * kLinearBlock + k]));
-          }
-          const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, d = amax / 127.0f;
-          int32_t sum = 0;
-          for (int k = 0; k < kLinearBlock; ++k) {
-            q[b * kLinearBlock + k] = int8_t(__builtin_nearbyintf(v[b * kLinearBlock + k] * inv));
-            sum += q[b * kLinearBlock + k];
-          }
+          int32_t sum;
+          const float d = quantize_block(v + b * kLinearBlock, q + b * kLinearBlock, &sum);
           xs[(2 * u + b) * kLinearBlock / group_size] += d * float(sum);
           for (int l = 0; l < 4; ++l) {
             dx[(m * units + u) * 8 + 4 * b + l] = d;

@@ -21,6 +21,19 @@ namespace tk::kern::TK_ISA {
 #define TK_FROM(f) f
 #define TK_NAME TK_STR(TK_ISA)
 #endif
+// The quantized kinds the integer prefill GEMM (linear_gemm8.cpp) runs on
+// this table; the fp32 GEMM (linear.cpp) runs the others. Measured on Zen 4
+// (AMD EPYC), one core, M = 512, 5120 -> 15360 / 5120 -> 5120, GFLOP/s,
+// interleaved medians on a shared machine (bf16 dense: 82-86): v4-vnni q4
+// 256 / 252, q8 255 / 233 (fp32 GEMM: 83-86); v4 q4 132 / 139; v3 q4
+// 122 / 128; without VNNI, q8 by the sign trick (AVX2) 89 / 73 against the
+// fp32 GEMM's 83 / 77: not taken.
+#define TK_KIND(k) (1u << unsigned(WeightKind::k))
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+#define TK_GEMM8_KINDS (TK_KIND(q4) | TK_KIND(q6) | TK_KIND(q8))
+#else
+#define TK_GEMM8_KINDS (TK_KIND(q4) | TK_KIND(q6))
+#endif
 extern const Table table = {
     TK_NAME,
     TK_FROM(rms_norm),
@@ -32,9 +45,15 @@ extern const Table table = {
 #if defined(__AVX2__)
     linear_quantize_x,
     linear_int8,
+    linear_quantize_x8,
+    linear_gemm8,
+    TK_GEMM8_KINDS,
 #else
     nullptr,
     nullptr,
+    nullptr,
+    nullptr,
+    0,
 #endif
     TK_FROM(read_sum),
     TK_FROM(fma_chains),
