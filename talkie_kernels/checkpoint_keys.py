@@ -15,6 +15,9 @@ the model file can delegate to it.
 
 from __future__ import annotations
 
+import re
+from typing import Optional
+
 import mlx.core as mx
 
 #: The fused projections of a block and their parts in row order: module paths
@@ -27,6 +30,20 @@ FUSED = {
 #: Each part of a fused projection (module path in a block) -> (fused path, index).
 PARTS = {part: (fused, i) for fused, parts in FUSED.items() for i, part in enumerate(parts)}
 
+_BLOCK_KEY = re.compile(r"^model\.blocks\.(\d+)\.")
+
+
+def block_index(key: str) -> Optional[int]:
+    """The block a checkpoint key belongs to (``model.blocks.<i>.``), or None."""
+    m = _BLOCK_KEY.match(key)
+    return None if m is None else int(m.group(1))
+
+
+def _in_blocks(key: str, blocks: range) -> bool:
+    i = block_index(key)
+    return i is None or i in blocks
+
+
 @mx.compile
 def scaled(w: mx.array, g: mx.array) -> mx.array:
     # One elementwise kernel, which may write over w's buffer: folding the gain
@@ -34,9 +51,11 @@ def scaled(w: mx.array, g: mx.array) -> mx.array:
     return (w.astype(mx.float32) * g).astype(w.dtype)
 
 
-def sanitize(weights: dict, args) -> dict:
+def sanitize(weights: dict, args, blocks: Optional[range] = None) -> dict:
     """HF or mlx-lm checkpoint keys -> the fused model's keys, for the model of ``args``.
 
+    * ``blocks`` (a pipeline stage's block indices): the weights of other
+      blocks are dropped first (``mx.load`` is lazy: they are never read);
     * drops precomputed rotary buffers (as the plain model does);
     * concatenates attn_query/key/value into ``attn.attn_qkv`` and
       mlp_gate/mlp_linear into ``mlp.mlp_gate_linear`` — weights, and for
@@ -53,6 +72,8 @@ def sanitize(weights: dict, args) -> dict:
     ``lm_head_gain.w_g`` raise ``ValueError`` naming the key at fault, or
     the config.json fields when all parts disagree with them alike.
     """
+    if blocks is not None:
+        weights = {k: v for k, v in weights.items() if _in_blocks(k, blocks)}
     weights = {
         k: v
         for k, v in weights.items()

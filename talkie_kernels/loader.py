@@ -1,15 +1,17 @@
-"""``talkie_kernels.load``: a Talkie checkpoint as the fused model, like ``mlx_lm.load``.
+"""``talkie_kernels.load`` and ``sharded_load``: a Talkie checkpoint as the fused
+model, like ``mlx_lm.load`` and ``mlx_lm.utils.sharded_load``.
 
 Built on mlx-lm's own pieces, so every checkpoint mlx-lm reads loads the same
 way: ``mlx_lm.utils._download`` resolves a local path or a Hugging Face repo id
 (the helper ``mlx_lm.load`` itself uses), ``mlx_lm.utils.load_model`` reads the
 config and weights with ``get_model_classes`` pointing at
 ``talkie_kernels.models.talkie`` (quantized checkpoints are quantized with the
-config's ``quantization`` before the strict weight load), and
-``mlx_lm.utils.load_tokenizer`` builds the tokenizer wrapper. Weights are
-evaluated one fused projection at a time (``evaluate_weights``), and adapters
-of mlx-lm's plain Talkie are mapped onto the fused projections
-(``adapters.load_adapters``).
+config's ``quantization`` before the strict weight load; the model's
+``sanitize`` maps the checkpoint's keys, ``checkpoint_keys``), and
+``mlx_lm.utils.load_tokenizer`` builds the tokenizer wrapper. Both loads go
+through ``load_model_only``; weights are evaluated one projection at a time
+(``evaluate_weights``). Adapters of mlx-lm's plain Talkie are mapped onto the
+fused projections by ``adapters.load_adapters``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ import mlx.core as mx
 from mlx_lm.utils import _download, load_model, load_tokenizer
 
 from .adapters import load_adapters
+from .checkpoint_keys import block_index
+from .lost_peer import exit_on_lost_peer
 from .models import talkie
+from .models.pipeline import stage_range
+from .models.tensor_parallel import check_tensor_parallel, config_layers
 
 
 class CheckpointError(ValueError):
@@ -47,7 +53,7 @@ def load_model_only(
     """``(model, config)`` for a local checkpoint directory, errors naming the path.
 
     ``model_classes``: ``load_model``'s ``get_model_classes`` hook (the Talkie
-    classes; ``distributed.sharded_load`` passes one that builds a stage)."""
+    classes; ``sharded_load`` passes one that builds a pipeline stage)."""
     model_path = Path(model_path)
     if not (model_path / "config.json").exists():
         raise FileNotFoundError(f"{model_path}: no config.json (not a model directory)")
@@ -177,12 +183,20 @@ def evaluate_weights(model) -> None:
     ``mx.load`` reads safetensors lazily and ``sanitize`` concatenates the parts
     of each fused projection lazily. Evaluating all weights at once (what
     ``load_model`` does) would hold every part next to its concatenation;
-    evaluating one fused projection at a time holds the parts of only one, and
-    they are freed as soon as it is written (nothing else refers to them).
+    evaluating one projection at a time holds the parts of only one, and they
+    are freed as soon as it is written (nothing else refers to them). On a
+    tensor-parallel rank each projection's full arrays are read once, its
+    slice kept and the rest freed before the next.
     """
     for block in model.layers:
-        for fused in (block.attn.attn_qkv, block.mlp.mlp_gate_linear):
-            mx.eval(fused.parameters())
+        for layer in (
+            block.attn.attn_qkv,
+            block.attn.attn_resid,
+            block.mlp.mlp_gate_linear,
+            block.mlp.mlp_resid,
+        ):
+            mx.eval(layer.parameters())
+        mx.eval(block.parameters())
     mx.eval(model.parameters())
 
 
@@ -243,3 +257,120 @@ def load(
     if return_config:
         return model, tokenizer, config
     return model, tokenizer
+
+
+def sharded_load(
+    path_or_repo,
+    pipeline_group: Optional[mx.distributed.Group] = None,
+    tensor_group: Optional[mx.distributed.Group] = None,
+    return_config: bool = False,
+    *,
+    tokenizer_config: Optional[Dict[str, Any]] = None,
+    model_config: Optional[Dict[str, Any]] = None,
+    pipeline_split=None,
+):
+    """Load this rank's share of a Talkie checkpoint -> ``(model, tokenizer[, config])``.
+
+    As ``mlx_lm.utils.sharded_load``: with neither group, tensor parallel over
+    ``mx.distributed.init()``. The config is checked first (heads, MLP width and
+    quantization groups for tensor parallelism, block count for the pipeline):
+    ``ValueError`` before any weight is read. A pipeline stage loads only its
+    blocks (with ``model.safetensors.index.json`` a downloaded repo fetches
+    only their files; without it, every file is opened but only the stage's
+    arrays are read: the stage's ``sanitize`` drops the others); a
+    tensor-parallel rank reads each projection whole once and keeps its
+    slices. Weights are evaluated one projection at a time, so a rank's peak
+    memory is its share plus about one projection (a fused one's parts and
+    their concatenation).
+
+    When the world has more than one rank, ``lost_peer.exit_on_lost_peer`` is
+    installed, and every rank waits for the others before returning (ready
+    before the first collective of generation).
+    """
+    if pipeline_group is None and tensor_group is None:
+        tensor_group = mx.distributed.init()
+
+    # The config alone decides whether the split is possible.
+    path = str(path_or_repo)
+    local = path.startswith(("/", ".", "~")) or Path(path).is_dir()
+    if local:
+        model_path = _local_path(path)
+    else:
+        model_path = Path(_download(path, allow_patterns=["*.json"]))
+    cfg_file = model_path / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{model_path}: no config.json (not a model directory)")
+    config = json.loads(cfg_file.read_text())
+    if model_config:
+        config.update(model_config)
+    get_model_classes(config)  # model_type must be talkie
+    if tensor_group is not None:
+        n = tensor_group.size()
+        check_tensor_parallel(n, config["num_attention_heads"], config["intermediate_size"], config_layers(config))
+    layers = None
+    if pipeline_group is not None:
+        layers = stage_range(
+            config["num_hidden_layers"], pipeline_group.size(), pipeline_group.rank(), pipeline_split
+        )
+    if not local:
+        model_path = _local_path(path, layers)
+
+    def model_classes(config):
+        model_class, args_class = get_model_classes(config)
+
+        def build(args):
+            model = model_class(args)
+            if pipeline_group is not None:
+                # Before the strict load: the stage's sanitize then drops the
+                # other stages' block weights (never read, never referenced).
+                model.model.pipeline(pipeline_group, split=pipeline_split)
+            return model
+
+        return build, args_class
+
+    model, config = load_model_only(model_path, lazy=True, model_config=model_config, model_classes=model_classes)
+    if tensor_group is not None:
+        model.shard(tensor_group)
+    evaluate_weights(model)
+
+    tokenizer = load_tokenizer(
+        model_path, tokenizer_config, eos_token_ids=config.get("eos_token_id", None)
+    )
+    # Every rank is ready before the first collective of generation.
+    world = mx.distributed.init()
+    if world.size() > 1:
+        exit_on_lost_peer()
+    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=world, stream=mx.cpu))
+    if return_config:
+        return model, tokenizer, config
+    return model, tokenizer
+
+
+def _local_path(path_or_repo, pipeline_layers=None) -> Path:
+    """A local checkpoint directory; a Hugging Face repo is downloaded (for a
+    pipeline stage, only the weight files with its blocks when the checkpoint
+    has an index)."""
+    path = str(path_or_repo)
+    if path.startswith(("/", ".", "~")) or Path(path).is_dir():
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such model directory")
+        return p
+    meta = ["*.json", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jsonl", "*.jinja"]
+    model_path = Path(_download(path, allow_patterns=meta))
+    index = model_path / "model.safetensors.index.json"
+    if pipeline_layers is not None and index.exists():
+        _download(path, allow_patterns=sorted(_files_for(index, pipeline_layers)))
+    else:
+        _download(path)
+    return model_path
+
+
+def _files_for(index: Path, layers: range) -> set:
+    """The weight files of ``index`` holding blocks in ``layers`` or non-block weights."""
+    files = set()
+    for key, f in json.loads(index.read_text())["weight_map"].items():
+        i = block_index(key)
+        if i is None or i in layers:
+            files.add(f)
+    return files

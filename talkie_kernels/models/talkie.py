@@ -28,7 +28,10 @@ kernels on the CPU, MLX's own matmuls elsewhere).
 
 Attribute names are checkpoint keys; the fused ones are ``attn.attn_qkv`` and
 ``mlp.mlp_gate_linear``, which a saved fused model reloads as is. ``sanitize``
-maps other checkpoints' keys onto them (``talkie_kernels.checkpoint_keys``).
+maps other checkpoints' keys onto them (``talkie_kernels.checkpoint_keys``);
+``Model.shard`` splits the model by heads across processes and
+``TalkieModel.pipeline`` by blocks (``models/tensor_parallel.py``,
+``models/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_inplace
 from mlx_lm.models.base import (
     BaseModelArgs,
     create_attention_mask,
@@ -47,8 +51,11 @@ from mlx_lm.models.base import (
 )
 
 import talkie_kernels as tk
-from talkie_kernels import checkpoint_keys, distributed, kv_cache
+from talkie_kernels import checkpoint_keys, kv_cache
 from talkie_kernels._checks import ATTENTION_BITS
+
+from .pipeline import PipelineMixin
+from .tensor_parallel import check_tensor_parallel, model_layers
 
 
 @dataclass
@@ -160,9 +167,6 @@ class ActGain(nn.Module):
 
 
 class Attention(nn.Module):
-    # Set by Model.shard: attn_resid's output is then this rank's partial sum.
-    tp_group = None
-
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim = args.hidden_size
@@ -175,6 +179,8 @@ class Attention(nn.Module):
         self.attn_qkv = Linear(dim, 3 * proj_dim, bias=False)
         self.attn_resid = Linear(proj_dim, dim, bias=False)
         self.head_gain = HeadGain(self.n_heads)
+        # Set by Model.shard: attn_resid's output is then this rank's partial sum.
+        self.tp_group: Optional[mx.distributed.Group] = None
 
     def __call__(self, x: mx.array, B: int, L: int, mask=None, cache=None) -> mx.array:
         """``x`` (B·L, dim) -> (B·L, dim)."""
@@ -220,13 +226,12 @@ def attention(queries, keys, values, cache, scale: float, mask):
 
 
 class MLP(nn.Module):
-    tp_group = None  # as Attention's
-
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim, hidden_dim = args.hidden_size, args.intermediate_size
         self.mlp_gate_linear = Linear(dim, 2 * hidden_dim, bias=False)
         self.mlp_resid = Linear(hidden_dim, dim, bias=False)
+        self.tp_group: Optional[mx.distributed.Group] = None  # as Attention's
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, lin = mx.split(self.mlp_gate_linear(x), 2, axis=-1)
@@ -257,11 +262,7 @@ class TransformerBlock(nn.Module):
         )
 
 
-class TalkieModel(nn.Module):
-    # Set by pipeline(): this rank runs blocks[start_idx:end_idx].
-    pipeline_group = None
-    start_idx, end_idx = 0, None
-
+class TalkieModel(PipelineMixin, nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -296,22 +297,12 @@ class TalkieModel(nn.Module):
             cache = [None] * len(blocks)
         x = h
         if self.pipeline_group is not None:
-            x, normed = distributed.pipeline_recv(self, x, normed)
+            x, normed = self.pipeline_recv(x, normed)
         for block, c in zip(blocks, cache):
             x, normed = block(x, normed, e_x, B, L, mask, c)
         if self.pipeline_group is not None:
-            normed = distributed.pipeline_send(self, x, normed, cache)
+            normed = self.pipeline_send(x, normed, cache)
         return normed
-
-    @property
-    def pipeline_layers(self):
-        """This rank's blocks (all of them unless split by ``pipeline``)."""
-        return self.blocks[self.start_idx : self.end_idx]
-
-    def pipeline(self, group, split=None):
-        """Keep this rank's blocks of a pipeline over ``group`` (mlx-lm's convention:
-        rank n-1 runs the first blocks); see ``talkie_kernels.distributed.pipeline``."""
-        distributed.pipeline(self, group, split)
 
 
 class Model(nn.Module):
@@ -329,13 +320,40 @@ class Model(nn.Module):
 
     def sanitize(self, weights: dict) -> dict:
         """HF or mlx-lm checkpoint keys -> this model's (``checkpoint_keys.sanitize``:
-        parts fused, ``lm_head_gain`` folded, ``ValueError`` naming a bad key)."""
-        return checkpoint_keys.sanitize(weights, self.args)
+        parts fused, ``lm_head_gain`` folded, ``ValueError`` naming a bad key);
+        a pipeline stage keeps only its own blocks' weights."""
+        return checkpoint_keys.sanitize(weights, self.args, self.model.stage_blocks)
 
-    def shard(self, group=None):
-        """Tensor parallel over ``group``: heads split across ranks, in place; see
-        ``talkie_kernels.distributed.shard``."""
-        distributed.shard(self, group)
+    def shard(self, group: Optional[mx.distributed.Group] = None) -> None:
+        """Tensor parallel over ``group``: split every block's heads and MLP, in place.
+
+        The fused projections are split per segment (the rows of each of q, k,
+        v, and of each of gate, linear, by rank), ``attn_resid`` / ``mlp_resid``
+        by input columns with an ``all_sum`` of their partial outputs,
+        ``head_gain`` with its heads; the embedding and ``lm_head`` stay whole.
+        The layers stay this module's ``Linear`` / ``QuantizedLinear`` (their
+        arrays are sliced in place). Everything is checked first
+        (``ValueError``, nothing changed). The slices are lazy: on a lazily
+        loaded model, evaluating one reads its full array once and keeps only
+        the rank's part.
+        """
+        group = group or mx.distributed.init()
+        n = group.size()
+        if n == 1:
+            return
+        check_tensor_parallel(n, self.args.num_attention_heads, self.args.intermediate_size, model_layers(self))
+        for block in self.model.blocks:
+            if block is None:
+                continue
+            attn, mlp = block.attn, block.mlp
+            shard_inplace(attn.attn_qkv, "all-to-sharded", segments=3, group=group)
+            shard_inplace(attn.head_gain, "all-to-sharded", group=group)
+            shard_inplace(attn.attn_resid, "sharded-to-all", group=group)
+            attn.n_heads //= n
+            attn.tp_group = group
+            shard_inplace(mlp.mlp_gate_linear, "all-to-sharded", segments=2, group=group)
+            shard_inplace(mlp.mlp_resid, "sharded-to-all", group=group)
+            mlp.tp_group = group
 
     @property
     def layers(self):
