@@ -28,10 +28,10 @@ kernels on the CPU, MLX's own matmuls elsewhere).
 
 Attribute names are checkpoint keys; the fused ones are ``attn.attn_qkv`` and
 ``mlp.mlp_gate_linear``, which a saved fused model reloads as is. ``sanitize``
-maps other checkpoints' keys onto them (``talkie_kernels.checkpoint_keys``);
-``Model.shard`` splits the model by heads across processes and
-``TalkieModel.pipeline`` by blocks (``models/tensor_parallel.py``,
-``models/pipeline.py``).
+maps other checkpoints' keys onto them (``talkie_kernels.checkpoint_keys``).
+Across processes, ``Model.shard`` splits the model by heads (its check in
+``models/tensor_parallel.py``) and ``TalkieModel.pipeline`` by blocks
+(``models/pipeline.py``'s ``PipelineMixin``), as mlx-lm's models do.
 """
 
 from __future__ import annotations
