@@ -19,10 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "talkie_kernels"
 
-#: Modules over the size limit today: server.py and bench.py, which other
-#: branches of this round split, and metal.py (471 lines), which none does yet.
-#: The set empties as they are split.
-SPLIT_ELSEWHERE = {"talkie_kernels/server.py", "talkie_kernels/bench.py", "talkie_kernels/metal.py"}
+#: Modules over the size limit today: metal.py (471 lines), which no branch
+#: of this round splits yet. The set empties as it is split.
+SPLIT_ELSEWHERE = {"talkie_kernels/metal.py"}
 MAX_LINES = 450
 
 
@@ -161,6 +160,7 @@ NOT_FROM_THE_MODEL = (
     "talkie_kernels.distributed", "talkie_kernels.loader", "talkie_kernels.launch",
     "talkie_kernels.lost_peer", "talkie_kernels.server", "talkie_kernels.generate",
     "talkie_kernels.cli", "talkie_kernels.convert", "talkie_kernels.checkpoint",
+    "talkie_kernels.bench",
 )
 
 
@@ -176,7 +176,7 @@ def test_the_model_file_imports_none_of_the_entry_points():
     assert "talkie_kernels.models.talkie" in loaded
     bad = sorted(
         m for m in loaded
-        if m in NOT_FROM_THE_MODEL or m.startswith("talkie_kernels.bench")
+        if any(m == n or m.startswith(n + ".") for n in NOT_FROM_THE_MODEL)
     )
     assert bad == [], bad
 
