@@ -133,7 +133,7 @@ def load(path_or_repo, **kwargs):
 def sharded_load(path_or_repo, pipeline_group=None, tensor_group=None, **kwargs):
     """This rank's share of a Talkie checkpoint (tensor or pipeline parallel):
     ``(model, tokenizer)``, like ``mlx_lm.utils.sharded_load``."""
-    from .distributed import sharded_load as _sharded_load
+    from .loader import sharded_load as _sharded_load
 
     return _sharded_load(path_or_repo, pipeline_group, tensor_group, **kwargs)
 

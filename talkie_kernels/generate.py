@@ -11,7 +11,7 @@ checked against the model (``--top-k`` beyond its vocabulary), right after it
 loaded.
 
 Under ``mlx.launch`` (a world of more than one process) the model is loaded
-with ``distributed.maybe_shard`` (tensor parallel; ``--pipeline``: pipeline
+with ``launch.maybe_shard`` (tensor parallel; ``--pipeline``: pipeline
 parallel), MLX's generator is seeded alike on every rank after loading
 (``--seed``, or a seed drawn by rank 0 and shared), and only rank 0 prints.
 """
@@ -152,11 +152,11 @@ def checked_against_model(module, parser, top_k: int):
 @contextlib.contextmanager
 def sharded_loading(module, pipeline: bool, seed: int):
     """Within the block, ``module.load`` loads this rank's share of the model
-    (``distributed.maybe_shard``) and then seeds MLX's generator with ``seed``, so
+    (``launch.maybe_shard``) and then seeds MLX's generator with ``seed``, so
     every rank samples alike whatever loading drew from it."""
     from mlx_lm.utils import _download, load_config
 
-    from .distributed import maybe_shard
+    from .launch import maybe_shard
 
     def load(path_or_repo, tokenizer_config=None, model_config=None, return_config=False, **_):
         import mlx.core as mx

@@ -1,15 +1,17 @@
-"""``talkie_kernels.load``: a Talkie checkpoint as the fused model, like ``mlx_lm.load``.
+"""``talkie_kernels.load`` and ``sharded_load``: a Talkie checkpoint as the fused
+model, like ``mlx_lm.load`` and ``mlx_lm.utils.sharded_load``.
 
 Built on mlx-lm's own pieces, so every checkpoint mlx-lm reads loads the same
 way: ``mlx_lm.utils._download`` resolves a local path or a Hugging Face repo id
 (the helper ``mlx_lm.load`` itself uses), ``mlx_lm.utils.load_model`` reads the
 config and weights with ``get_model_classes`` pointing at
 ``talkie_kernels.models.talkie`` (quantized checkpoints are quantized with the
-config's ``quantization`` before the strict weight load), and
-``mlx_lm.utils.load_tokenizer`` builds the tokenizer wrapper. Weights are
-evaluated one fused projection at a time (``evaluate_weights``), and adapters
-of mlx-lm's plain Talkie are mapped onto the fused projections
-(``load_adapters``).
+config's ``quantization`` before the strict weight load; the model's
+``sanitize`` maps the checkpoint's keys, ``checkpoint_keys``), and
+``mlx_lm.utils.load_tokenizer`` builds the tokenizer wrapper. Both loads go
+through ``load_model_only``; weights are evaluated one projection at a time
+(``evaluate_weights``). Adapters of mlx-lm's plain Talkie are mapped onto the
+fused projections by ``adapters.load_adapters``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
-from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import _download, load_model, load_tokenizer
 
+from .adapters import load_adapters
+from .checkpoint_keys import block_index
+from .lost_peer import exit_on_lost_peer
 from .models import talkie
+from .models.pipeline import stage_range
+from .models.tensor_parallel import check_tensor_parallel, config_layers
 
 
 class CheckpointError(ValueError):
@@ -48,7 +53,7 @@ def load_model_only(
     """``(model, config)`` for a local checkpoint directory, errors naming the path.
 
     ``model_classes``: ``load_model``'s ``get_model_classes`` hook (the Talkie
-    classes; ``distributed.sharded_load`` passes one that builds a stage)."""
+    classes; ``sharded_load`` passes one that builds a pipeline stage)."""
     model_path = Path(model_path)
     if not (model_path / "config.json").exists():
         raise FileNotFoundError(f"{model_path}: no config.json (not a model directory)")
@@ -178,12 +183,20 @@ def evaluate_weights(model) -> None:
     ``mx.load`` reads safetensors lazily and ``sanitize`` concatenates the parts
     of each fused projection lazily. Evaluating all weights at once (what
     ``load_model`` does) would hold every part next to its concatenation;
-    evaluating one fused projection at a time holds the parts of only one, and
-    they are freed as soon as it is written (nothing else refers to them).
+    evaluating one projection at a time holds the parts of only one, and they
+    are freed as soon as it is written (nothing else refers to them). On a
+    tensor-parallel rank each projection's full arrays are read once, its
+    slice kept and the rest freed before the next.
     """
     for block in model.layers:
-        for fused in (block.attn.attn_qkv, block.mlp.mlp_gate_linear):
-            mx.eval(fused.parameters())
+        for layer in (
+            block.attn.attn_qkv,
+            block.attn.attn_resid,
+            block.mlp.mlp_gate_linear,
+            block.mlp.mlp_resid,
+        ):
+            mx.eval(layer.parameters())
+        mx.eval(block.parameters())
     mx.eval(model.parameters())
 
 
@@ -246,129 +259,118 @@ def load(
     return model, tokenizer
 
 
-#: Each part of a fused projection (module path in a block) -> (fused path, index).
-PARTS = {part: (fused, i) for fused, parts in talkie.FUSED.items() for i, part in enumerate(parts)}
-ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
+def sharded_load(
+    path_or_repo,
+    pipeline_group: Optional[mx.distributed.Group] = None,
+    tensor_group: Optional[mx.distributed.Group] = None,
+    return_config: bool = False,
+    *,
+    tokenizer_config: Optional[Dict[str, Any]] = None,
+    model_config: Optional[Dict[str, Any]] = None,
+    pipeline_split=None,
+):
+    """Load this rank's share of a Talkie checkpoint -> ``(model, tokenizer[, config])``.
 
+    As ``mlx_lm.utils.sharded_load``: with neither group, tensor parallel over
+    ``mx.distributed.init()``. The config is checked first (heads, MLP width and
+    quantization groups for tensor parallelism, block count for the pipeline):
+    ``ValueError`` before any weight is read. A pipeline stage loads only its
+    blocks (with ``model.safetensors.index.json`` a downloaded repo fetches
+    only their files; without it, every file is opened but only the stage's
+    arrays are read: the stage's ``sanitize`` drops the others); a
+    tensor-parallel rank reads each projection whole once and keeps its
+    slices. Weights are evaluated one projection at a time, so a rank's peak
+    memory is its share plus about one projection (a fused one's parts and
+    their concatenation).
 
-def load_adapters(model, adapter_path):
-    """``mlx_lm.utils.load_adapters`` for the fused model: mlx-lm's adapters of either Talkie.
-
-    An adapter directory as mlx-lm's trainer writes it (``adapter_config.json``:
-    ``fine_tune_type`` lora / dora / full, ``num_layers``, ``lora_parameters``
-    with rank, scale, dropout and optional ``keys``; ``adapters.safetensors``),
-    trained on mlx-lm's plain Talkie (attn_query/key/value, mlp_gate/mlp_linear
-    apart) or on this model (fused names).
-
-    LoRA and DoRA on parts of a fused projection become one layer of mlx-lm's
-    own class on the fused projection: ``lora_a`` is the parts' ``lora_a`` side
-    by side, ``lora_b`` block-diagonal (each part's rows write its own output
-    rows, zeros elsewhere), so the fused output is the parts' outputs side by
-    side, and a part without an adapter (``keys`` with q and v only) is left
-    as it was. DoRA's magnitude ``m`` of such a part is its rows' norm: a factor
-    of 1. A full fine-tune's part weights replace the fused weight's rows.
+    When the world has more than one rank, ``lost_peer.exit_on_lost_peer`` is
+    installed, and every rank waits for the others before returning (ready
+    before the first collective of generation).
     """
-    adapter_path = Path(adapter_path)
-    if not adapter_path.exists():
-        raise FileNotFoundError(f"The adapter path does not exist: {adapter_path}")
-    config = json.loads((adapter_path / "adapter_config.json").read_text())
-    fine_tune_type = config.get("fine_tune_type", "lora")
-    if fine_tune_type != "full":
-        lora = dict(config["lora_parameters"])
-        if lora.get("keys") is not None:
-            lora["keys"] = list(dict.fromkeys(PARTS.get(k, (k,))[0] for k in lora["keys"]))
-        linear_to_lora_layers(
-            model, config["num_layers"], lora, use_dora=(fine_tune_type == "dora")
+    if pipeline_group is None and tensor_group is None:
+        tensor_group = mx.distributed.init()
+
+    # The config alone decides whether the split is possible.
+    path = str(path_or_repo)
+    local = path.startswith(("/", ".", "~")) or Path(path).is_dir()
+    if local:
+        model_path = _local_path(path)
+    else:
+        model_path = Path(_download(path, allow_patterns=["*.json"]))
+    cfg_file = model_path / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{model_path}: no config.json (not a model directory)")
+    config = json.loads(cfg_file.read_text())
+    if model_config:
+        config.update(model_config)
+    get_model_classes(config)  # model_type must be talkie
+    if tensor_group is not None:
+        n = tensor_group.size()
+        check_tensor_parallel(n, config["num_attention_heads"], config["intermediate_size"], config_layers(config))
+    layers = None
+    if pipeline_group is not None:
+        layers = stage_range(
+            config["num_hidden_layers"], pipeline_group.size(), pipeline_group.rank(), pipeline_split
         )
-    errors = []
-    weights, sources = _fuse_adapter(
-        model, mx.load(str(adapter_path / "adapters.safetensors")), errors
+    if not local:
+        model_path = _local_path(path, layers)
+
+    def model_classes(config):
+        model_class, args_class = get_model_classes(config)
+
+        def build(args):
+            model = model_class(args)
+            if pipeline_group is not None:
+                # Before the strict load: the stage's sanitize then drops the
+                # other stages' block weights (never read, never referenced).
+                model.model.pipeline(pipeline_group, split=pipeline_split)
+            return model
+
+        return build, args_class
+
+    model, config = load_model_only(model_path, lazy=True, model_config=model_config, model_classes=model_classes)
+    if tensor_group is not None:
+        model.shard(tensor_group)
+    evaluate_weights(model)
+
+    tokenizer = load_tokenizer(
+        model_path, tokenizer_config, eos_token_ids=config.get("eos_token_id", None)
     )
-    params = dict(tree_flatten(model.parameters()))
-    for name, w in weights.items():
-        leaf = name.rsplit(".", 1)[-1]
-        if name not in params or (fine_tune_type != "full" and leaf not in ADAPTER_LEAVES):
-            errors.append(f"  {sources[name]}: not an adapter parameter in the model")
-            continue
-        want = params[name].shape
-        # A LoRA's rank is its arrays' (fused parts add up theirs): only the
-        # input dims of lora_a and the output dims of lora_b must match.
-        dims = {"lora_a": 0, "lora_b": 1}.get(leaf) if fine_tune_type != "full" else None
-        ok = w.shape == want if dims is None else (w.ndim == 2 and w.shape[dims] == want[dims])
-        if not ok:
-            errors.append(
-                f"  {sources[name]}: adapter shape {tuple(w.shape)} does not match "
-                f"model parameter shape {tuple(want)}"
-            )
-        elif leaf == "lora_a" and name[: -len("a")] + "b" in weights:
-            b = weights[name[: -len("a")] + "b"]
-            if b.ndim == 2 and b.shape[0] != w.shape[1]:
-                errors.append(f"  {sources[name]}: rank {w.shape[1]} but its lora_b has {b.shape[0]}")
-    if errors:
-        raise ValueError(
-            f"Adapter at {adapter_path} contains incompatible tensors:\n" + "\n".join(errors)
-        )
-    model.load_weights(list(weights.items()), strict=False)
-    return model
+    # Every rank is ready before the first collective of generation.
+    world = mx.distributed.init()
+    if world.size() > 1:
+        exit_on_lost_peer()
+    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=world, stream=mx.cpu))
+    if return_config:
+        return model, tokenizer, config
+    return model, tokenizer
 
 
-def _fuse_adapter(model, weights: dict, errors: list):
-    """Adapter weights of fused parts -> the fused layers' -> ``(weights, sources)``.
+def _local_path(path_or_repo, pipeline_layers=None) -> Path:
+    """A local checkpoint directory; a Hugging Face repo is downloaded (for a
+    pipeline stage, only the weight files with its blocks when the checkpoint
+    has an index)."""
+    path = str(path_or_repo)
+    if path.startswith(("/", ".", "~")) or Path(path).is_dir():
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such model directory")
+        return p
+    meta = ["*.json", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jsonl", "*.jinja"]
+    model_path = Path(_download(path, allow_patterns=meta))
+    index = model_path / "model.safetensors.index.json"
+    if pipeline_layers is not None and index.exists():
+        _download(path, allow_patterns=sorted(_files_for(index, pipeline_layers)))
+    else:
+        _download(path)
+    return model_path
 
-    ``sources`` maps each returned name to the adapter keys it came from (for
-    messages). Keys of parts whose fused layer has no such parameter are kept
-    as they are, for the caller to report.
-    """
-    out, sources, groups = {}, {}, {}
-    for name, w in weights.items():
-        module, leaf = name.rsplit(".", 1)
-        m = re.fullmatch(r"(model\.blocks\.\d+\.)(.+)", module)
-        if m and m.group(2) in PARTS:
-            fused, i = PARTS[m.group(2)]
-            groups.setdefault((m.group(1) + fused, fused), {}).setdefault(leaf, {})[i] = (name, w)
-        else:
-            out[name], sources[name] = w, name
-    modules = dict(model.named_modules())
-    for (target, fused), leaves in groups.items():
-        n = len(talkie.FUSED[fused])
-        layer = modules.get(target)
-        for leaf, segs in leaves.items():
-            segs = dict(sorted(segs.items()))
-            current = layer.get(leaf) if layer is not None else None
-            if not isinstance(current, mx.array):
-                for name, w in segs.values():
-                    out[name], sources[name] = w, name
-                continue
-            key = f"{target}.{leaf}"
-            sources[key] = ", ".join(name for name, _ in segs.values())
-            if leaf == "lora_a":
-                out[key] = mx.concatenate([w for _, w in segs.values()], axis=1)
-                continue
-            axis = 1 if leaf == "lora_b" else 0
-            rows = current.shape[axis] // n
-            for name, w in segs.values():
-                want = list(current.shape)
-                want[axis] = rows
-                if leaf == "lora_b":
-                    want[0] = w.shape[0]  # its rank
-                if list(w.shape) != want:
-                    errors.append(
-                        f"  {name}: adapter shape {tuple(w.shape)} does not match the "
-                        f"model's part of {key}: {tuple(want)}"
-                    )
-            if errors:
-                continue
-            if leaf == "lora_b":
-                # Block-diagonal: part i's rank rows write only output rows i.
-                out[key] = mx.concatenate([
-                    mx.pad(w, [(0, 0), (i * rows, (n - 1 - i) * rows)]) for i, (_, w) in segs.items()
-                ])
-                if set(segs) != set(leaves.get("lora_a", {})):
-                    errors.append(f"  {sources[key]}: lora_a and lora_b given for different parts")
-            else:
-                # m (DoRA) or a full fine-tune's weights: the parts' rows replace the fused ones.
-                # (Parts of another dtype promote the fused weight, as mixed checkpoints do.)
-                out[key] = mx.concatenate([
-                    segs[i][1] if i in segs else current[i * rows:(i + 1) * rows] for i in range(n)
-                ])
-    return out, sources
+
+def _files_for(index: Path, layers: range) -> set:
+    """The weight files of ``index`` holding blocks in ``layers`` or non-block weights."""
+    files = set()
+    for key, f in json.loads(index.read_text())["weight_map"].items():
+        i = block_index(key)
+        if i is None or i in layers:
+            files.add(f)
+    return files

@@ -38,7 +38,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from talkie_kernels.distributed import LOST_PEER_EXIT
+from talkie_kernels.lost_peer import LOST_PEER_EXIT
 
 import oracle as O
 import ring
@@ -414,26 +414,26 @@ def test_pipeline_assigns_blocks_as_mlx_lm(ckpts, size, split):
 
 
 def test_local_ranks_and_core_share(tmp_path, monkeypatch):
-    from talkie_kernels import distributed, native
+    from talkie_kernels import launch, native
 
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([["10.0.0.1:5000"], ["10.0.0.1:5001"], ["10.0.0.2:5000"]]))
     monkeypatch.delenv("TALKIE_KERNELS_NUM_THREADS", raising=False)
     monkeypatch.setenv("MLX_HOSTFILE", str(hostfile))
     monkeypatch.setenv("MLX_RANK", "1")
-    assert distributed.local_ranks() == 2
+    assert launch.local_ranks() == 2
     monkeypatch.setenv("MLX_RANK", "2")
-    assert distributed.local_ranks() == 1 and distributed.share_cores() is None
+    assert launch.local_ranks() == 1 and launch.share_cores() is None
     monkeypatch.delenv("MLX_RANK")
-    assert distributed.local_ranks() is None
+    assert launch.local_ranks() is None
     if native.available():
         monkeypatch.setenv("MLX_RANK", "0")
         before = native.ops.num_threads()
         try:
             expect = max(1, len(os.sched_getaffinity(0)) // 2)
-            assert distributed.share_cores() == expect == native.ops.num_threads()
+            assert launch.share_cores() == expect == native.ops.num_threads()
             monkeypatch.setenv("TALKIE_KERNELS_NUM_THREADS", "1")
-            assert distributed.share_cores() is None
+            assert launch.share_cores() is None
         finally:
             native.ops.set_num_threads(before)
 

@@ -26,7 +26,7 @@ backend, and ``talkie_kernels.models.talkie``).
   short prompt) with its floor. ``--block-13b`` adds one block at Talkie 13B's
   width, q4, decode only.
 * Under ``mlx.launch`` (more than one process), ``--model`` is loaded sharded
-  across the processes (``distributed.maybe_shard``: tensor parallel, or
+  across the processes (``launch.maybe_shard``: tensor parallel, or
   pipeline with ``--pipeline``) and measured fused-only (mlx-lm's model is not
   sharded); the floor counts this rank's weight bytes; every rank takes the
   same number of samples (no time budgets: a rank's collectives must meet the

@@ -79,7 +79,7 @@ class NotSharded(B.NotApplicable):
 
 def _load_sharded(path: str, s: Settings, notes: list[str]) -> dict:
     """This rank's share of a checkpoint (the fused model); the reference is n/a."""
-    from ..distributed import maybe_shard
+    from ..launch import maybe_shard
 
     fused = maybe_shard(path, pipeline=s.pipeline)[0]
     kind = "pipeline (blocks split)" if s.pipeline else "tensor parallel (heads split)"

@@ -27,7 +27,11 @@ below: mlx's layers whose forward is ``talkie_kernels.linear`` (the native
 kernels on the CPU, MLX's own matmuls elsewhere).
 
 Attribute names are checkpoint keys; the fused ones are ``attn.attn_qkv`` and
-``mlp.mlp_gate_linear``, which a saved fused model reloads as is.
+``mlp.mlp_gate_linear``, which a saved fused model reloads as is. ``sanitize``
+maps other checkpoints' keys onto them (``talkie_kernels.checkpoint_keys``).
+Across processes, ``Model.shard`` splits the model by heads (its check in
+``models/tensor_parallel.py``) and ``TalkieModel.pipeline`` by blocks
+(``models/pipeline.py``'s ``PipelineMixin``), as mlx-lm's models do.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_inplace
 from mlx_lm.models.base import (
     BaseModelArgs,
     create_attention_mask,
@@ -46,8 +51,11 @@ from mlx_lm.models.base import (
 )
 
 import talkie_kernels as tk
-from talkie_kernels import distributed, kv_cache
+from talkie_kernels import checkpoint_keys, kv_cache
 from talkie_kernels._checks import ATTENTION_BITS
+
+from .pipeline import PipelineMixin
+from .tensor_parallel import check_tensor_parallel, model_layers
 
 
 @dataclass
@@ -97,25 +105,10 @@ SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "head_
 #: The smallest positive fp32 (subnormal): a zero eps for the fused ops.
 TINY_EPS = 1.401298464324817e-45
 
-#: The fused projections of a block and their parts in row order: module paths
-#: in a block, the parts' as in mlx-lm's plain model (and HF checkpoints).
-FUSED = {
-    "attn.attn_qkv": ("attn.attn_query", "attn.attn_key", "attn.attn_value"),
-    "mlp.mlp_gate_linear": ("mlp.mlp_gate", "mlp.mlp_linear"),
-}
-
-
 @partial(mx.compile, shapeless=True)
 def swiglu(gate: mx.array, x: mx.array) -> mx.array:
     # One fused elementwise node instead of sigmoid, multiply, multiply.
     return nn.silu(gate) * x
-
-
-@mx.compile
-def scaled(w: mx.array, g: mx.array) -> mx.array:
-    # One elementwise kernel, which may write over w's buffer: folding the gain
-    # into lm_head at load holds no fp32 copy of the head.
-    return (w.astype(mx.float32) * g).astype(w.dtype)
 
 
 class Linear(nn.Linear):
@@ -174,9 +167,6 @@ class ActGain(nn.Module):
 
 
 class Attention(nn.Module):
-    # Set by Model.shard: attn_resid's output is then this rank's partial sum.
-    tp_group = None
-
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim = args.hidden_size
@@ -189,6 +179,8 @@ class Attention(nn.Module):
         self.attn_qkv = Linear(dim, 3 * proj_dim, bias=False)
         self.attn_resid = Linear(proj_dim, dim, bias=False)
         self.head_gain = HeadGain(self.n_heads)
+        # Set by Model.shard: attn_resid's output is then this rank's partial sum.
+        self.tp_group: Optional[mx.distributed.Group] = None
 
     def __call__(self, x: mx.array, B: int, L: int, mask=None, cache=None) -> mx.array:
         """``x`` (B·L, dim) -> (B·L, dim)."""
@@ -234,13 +226,12 @@ def attention(queries, keys, values, cache, scale: float, mask):
 
 
 class MLP(nn.Module):
-    tp_group = None  # as Attention's
-
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim, hidden_dim = args.hidden_size, args.intermediate_size
         self.mlp_gate_linear = Linear(dim, 2 * hidden_dim, bias=False)
         self.mlp_resid = Linear(hidden_dim, dim, bias=False)
+        self.tp_group: Optional[mx.distributed.Group] = None  # as Attention's
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, lin = mx.split(self.mlp_gate_linear(x), 2, axis=-1)
@@ -271,11 +262,7 @@ class TransformerBlock(nn.Module):
         )
 
 
-class TalkieModel(nn.Module):
-    # Set by pipeline(): this rank runs blocks[start_idx:end_idx].
-    pipeline_group = None
-    start_idx, end_idx = 0, None
-
+class TalkieModel(PipelineMixin, nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -310,22 +297,12 @@ class TalkieModel(nn.Module):
             cache = [None] * len(blocks)
         x = h
         if self.pipeline_group is not None:
-            x, normed = distributed.pipeline_recv(self, x, normed)
+            x, normed = self.pipeline_recv(x, normed)
         for block, c in zip(blocks, cache):
             x, normed = block(x, normed, e_x, B, L, mask, c)
         if self.pipeline_group is not None:
-            normed = distributed.pipeline_send(self, x, normed, cache)
+            normed = self.pipeline_send(x, normed, cache)
         return normed
-
-    @property
-    def pipeline_layers(self):
-        """This rank's blocks (all of them unless split by ``pipeline``)."""
-        return self.blocks[self.start_idx : self.end_idx]
-
-    def pipeline(self, group, split=None):
-        """Keep this rank's blocks of a pipeline over ``group`` (mlx-lm's convention:
-        rank n-1 runs the first blocks); see ``talkie_kernels.distributed.pipeline``."""
-        distributed.pipeline(self, group, split)
 
 
 class Model(nn.Module):
@@ -342,81 +319,41 @@ class Model(nn.Module):
         return logits.reshape(*out_shape(inputs, input_embeddings), -1)
 
     def sanitize(self, weights: dict) -> dict:
-        """HF or mlx-lm checkpoint keys -> this model's keys.
+        """HF or mlx-lm checkpoint keys -> this model's (``checkpoint_keys.sanitize``:
+        parts fused, ``lm_head_gain`` folded, ``ValueError`` naming a bad key);
+        a pipeline stage keeps only its own blocks' weights."""
+        return checkpoint_keys.sanitize(weights, self.args, self.model.stage_blocks)
 
-        * drops precomputed rotary buffers (as the plain model does);
-        * concatenates attn_query/key/value into ``attn.attn_qkv`` and
-          mlp_gate/mlp_linear into ``mlp.mlp_gate_linear`` — weights, and for
-          quantized checkpoints scales and biases too (rows stay in group
-          order, so quantized rows concatenate exactly);
-        * the bare ``lm_head`` becomes ``lm_head.weight``; if
-          ``lm_head_gain.w_g`` is present it is folded in and dropped (into the
-          weight, or into scales and biases of a quantized head), so a
-          checkpoint this model saved — gain already folded, no ``w_g`` — is
-          never folded twice.
+    def shard(self, group: Optional[mx.distributed.Group] = None) -> None:
+        """Tensor parallel over ``group``: split every block's heads and MLP, in place.
 
-        Already-fused keys pass through unchanged. A partial set of the parts of
-        a fused projection, parts of the wrong shape or a non-scalar
-        ``lm_head_gain.w_g`` raise ``ValueError`` naming the key at fault, or
-        the config.json fields when all parts disagree with them alike.
+        The fused projections are split per segment (the rows of each of q, k,
+        v, and of each of gate, linear, by rank), ``attn_resid`` / ``mlp_resid``
+        by input columns with an ``all_sum`` of their partial outputs,
+        ``head_gain`` with its heads; the embedding and ``lm_head`` stay whole.
+        The layers stay this module's ``Linear`` / ``QuantizedLinear`` (their
+        arrays are sliced in place). Everything is checked first
+        (``ValueError``, nothing changed). The slices are lazy: on a lazily
+        loaded model, evaluating one reads its full array once and keeps only
+        the rank's part.
         """
-        weights = {
-            k: v
-            for k, v in weights.items()
-            if "rotary" not in k and not k.endswith(("cos", "sin"))
-        }
-        args = self.args
-        heads, head_dim = args.num_attention_heads, args.head_dim
-        # Rows of each part, and the config.json fields they come from.
-        rows = {
-            "attn.attn_qkv": (heads * head_dim, f"num_attention_heads {heads} × head_dim {head_dim}"),
-            "mlp.mlp_gate_linear": (args.intermediate_size, f"intermediate_size {args.intermediate_size}"),
-        }
-        for i in range(args.num_hidden_layers):
-            p = f"model.blocks.{i}."
-            for fused, parts in FUSED.items():
-                _fuse(weights, p, fused, parts, *rows[fused], args.hidden_size)
-            g = weights.get(f"{p}attn.head_gain.head_g")
-            if g is not None and g.shape != (heads,):
-                raise ValueError(
-                    f"{p}attn.head_gain.head_g has shape {tuple(g.shape)}, expected "
-                    f"({heads},) (num_attention_heads {heads} in config.json)"
-                )
-
-        bare = weights.pop("lm_head", None)
-        gain = weights.pop("lm_head_gain.w_g", None)
-        if bare is not None:
-            if gain is None:
-                raise ValueError(
-                    "checkpoint has a bare lm_head but no lm_head_gain.w_g "
-                    "(an HF Talkie checkpoint has both)"
-                )
-            weights["lm_head.weight"] = bare
-        if gain is not None:
-            if "lm_head.weight" not in weights:
-                raise ValueError("checkpoint has lm_head_gain.w_g but no lm_head weight")
-            if gain.size != 1:
-                raise ValueError(
-                    f"lm_head_gain.w_g has shape {tuple(gain.shape)}, expected (1,) (a scalar gain)"
-                )
-            g = gain.astype(mx.float32).reshape(())
-            # An affine-quantized head dequantizes as scales·q + biases: scale both.
-            names = ("weight",)
-            if "lm_head.scales" in weights:
-                if not mx.issubdtype(weights["lm_head.scales"].dtype, mx.floating):
-                    raise ValueError(
-                        "cannot fold lm_head_gain.w_g into lm_head: its quantization "
-                        "has no float scales (only affine quantization can be folded)"
-                    )
-                names = ("scales", "biases") if "lm_head.biases" in weights else ("scales",)
-            for n in names:
-                weights[f"lm_head.{n}"] = scaled(weights[f"lm_head.{n}"], g)
-        return weights
-
-    def shard(self, group=None):
-        """Tensor parallel over ``group``: heads split across ranks, in place; see
-        ``talkie_kernels.distributed.shard``."""
-        distributed.shard(self, group)
+        group = group or mx.distributed.init()
+        n = group.size()
+        if n == 1:
+            return
+        check_tensor_parallel(n, self.args.num_attention_heads, self.args.intermediate_size, model_layers(self))
+        for block in self.model.blocks:
+            if block is None:
+                continue
+            attn, mlp = block.attn, block.mlp
+            shard_inplace(attn.attn_qkv, "all-to-sharded", segments=3, group=group)
+            shard_inplace(attn.head_gain, "all-to-sharded", group=group)
+            shard_inplace(attn.attn_resid, "sharded-to-all", group=group)
+            attn.n_heads //= n
+            attn.tp_group = group
+            shard_inplace(mlp.mlp_gate_linear, "all-to-sharded", segments=2, group=group)
+            shard_inplace(mlp.mlp_resid, "sharded-to-all", group=group)
+            mlp.tp_group = group
 
     @property
     def layers(self):
@@ -437,58 +374,3 @@ def promote(*arrays: mx.array) -> list:
 def out_shape(inputs, input_embeddings) -> tuple:
     """(B, L) of a forward pass."""
     return (inputs if input_embeddings is None else input_embeddings).shape[:2]
-
-
-def _fuse(weights: dict, prefix: str, fused: str, parts, rows: int, rows_from: str, dim: int) -> None:
-    """Concatenate the rows of ``{prefix}{part}.{weight,scales,biases}`` into ``{prefix}{fused}.*``.
-
-    ``rows`` is each part's row count (``rows_from`` the config fields that set
-    it), ``dim`` the model's hidden_size: a dense part's columns. Errors name
-    the key at fault, or config.json when every part disagrees with it alike.
-    """
-    for suffix in ("weight", "scales", "biases"):
-        keys = [f"{prefix}{part}.{suffix}" for part in parts]
-        present = [k for k in keys if k in weights]
-        if not present:
-            continue
-        if len(present) != len(keys):
-            missing = [k for k in keys if k not in weights]
-            raise ValueError(
-                f"checkpoint has {', '.join(present)} but is missing {', '.join(missing)}"
-            )
-        # Weights come first, so their scales are still in `weights` if quantized.
-        quantized = suffix != "weight" or any(f"{prefix}{p}.scales" in weights for p in parts)
-        arrays = [weights.pop(k) for k in keys]
-        shapes = [tuple(a.shape) for a in arrays]
-        for k, shape in zip(keys, shapes):
-            if len(shape) != 2:
-                raise ValueError(f"{k} has shape {shape}, expected 2 dimensions ({rows}, ...)")
-        _check_parts(keys, [s[0] for s in shapes], rows, f"{rows_from} in config.json", "rows")
-        if quantized:
-            # Packed columns depend on bits and group size: the parts must agree.
-            cols = [s[1] for s in shapes]
-            want = max(set(cols), key=lambda c: (cols.count(c), -cols.index(c)))
-            hint = "; the parts of a fused projection must be quantized alike (same bits and group size)"
-            for k, shape in zip(keys, shapes):
-                if shape[1] != want:
-                    raise ValueError(
-                        f"{k} has shape {shape}, expected ({rows}, {want}) as the other parts{hint}"
-                    )
-        else:
-            _check_parts(keys, [s[1] for s in shapes], dim, f"hidden_size {dim} in config.json", "columns")
-        # Parts of mixed dtypes (one fp32 projection in a bf16 checkpoint)
-        # concatenate in the promoted dtype: none loses precision.
-        weights[f"{prefix}{fused}.{suffix}"] = mx.concatenate(arrays, axis=0)
-
-
-def _check_parts(keys, sizes, want: int, source: str, what: str) -> None:
-    """Raise naming the part whose size is not ``want``, or the config if all of them differ."""
-    if all(n == want for n in sizes):
-        return
-    if len(set(sizes)) == 1:
-        raise ValueError(
-            f"config.json does not match the weights: {source} gives {want} {what}, "
-            f"but {', '.join(keys)} have {sizes[0]}"
-        )
-    k, n = next((k, n) for k, n in zip(keys, sizes) if n != want)
-    raise ValueError(f"{k} has {n} {what}, expected {want} ({source}, as the other parts)")
