@@ -37,7 +37,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .cli import int_in, uncreatable_dir
+from .arg_checks import int_in, uncreatable_dir
 from .configs import CONFIGS
 
 EOS = "<|endoftext|>"

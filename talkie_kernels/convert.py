@@ -33,7 +33,7 @@ from pathlib import Path
 
 from mlx_lm.utils import dequantize_model
 
-from .cli import local_path_problem, uncreatable_dir
+from .arg_checks import local_path_problem, uncreatable_dir
 from .swap import loading_through_talkie, swapped
 
 # `import mlx_lm.convert` would give the function mlx_lm/__init__ re-exports under that name.

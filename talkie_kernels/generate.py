@@ -25,7 +25,8 @@ import math
 import sys
 from pathlib import Path
 
-from .cli import finish, int_in, local_path_problem, rank0_output, shared_seed, world
+from .arg_checks import int_in, local_path_problem
+from .launch import finish, rank0_output, shared_seed, world
 from .swap import loading_through_talkie, swapped, sys_argv
 
 _mlx_generate = importlib.import_module("mlx_lm.generate")

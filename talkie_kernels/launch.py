@@ -1,5 +1,9 @@
 """What a command-line entry point does when ``mlx.launch`` may have started it.
 
+``world`` finds the group (None in a single process); ``rank0_output`` keeps
+the other ranks quiet; ``shared_seed`` gives every rank one seed; ``finish``
+waits for all before the connections close.
+
 ``maybe_shard`` loads the model for the world it finds: ``loader.load`` in a
 single process, ``loader.sharded_load`` over the world under ``mlx.launch``,
 after ``share_cores`` gave the native ops this rank's share of the host's
@@ -8,7 +12,9 @@ cores (``local_ranks``: how many ranks of the launch run on this host).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -68,3 +74,51 @@ def maybe_shard(path_or_repo, *, pipeline: bool = False, **kwargs):
     groups = {"pipeline_group": world} if pipeline else {"tensor_group": world}
     model, tokenizer = sharded_load(path_or_repo, **groups, **kwargs)
     return model, tokenizer, world
+
+
+def world():
+    """The ``mx.distributed`` world group when this process is one of several
+    (started by ``mlx.launch``), else None."""
+    global _WORLD
+    group = mx.distributed.init()
+    if group.size() == 1:
+        return None
+    # Held for the life of the process: the ring backend closes its sockets when
+    # the last reference goes, and doing that while the interpreter still runs
+    # makes its receiving threads (and the peers') report errors on stderr.
+    _WORLD = group
+    return group
+
+
+_WORLD = None
+
+
+@contextlib.contextmanager
+def rank0_output(group):
+    """Within the block, only rank 0 of ``group`` (or a single process) prints:
+    on the other ranks stdout, stderr and logging below ERROR go nowhere. An
+    exception leaving the block is still reported (the streams are restored first)."""
+    if group is None or group.rank() == 0:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def shared_seed(seed: int | None, group) -> int:
+    """``seed``, or (None) a random one drawn on rank 0: the same on every rank of ``group``."""
+    if seed is not None:
+        return seed
+    mine = int.from_bytes(os.urandom(4), "little") >> 1 if group.rank() == 0 else 0
+    total = mx.distributed.all_sum(mx.array(mine, dtype=mx.int32), group=group, stream=mx.cpu)
+    return int(total.item())
+
+
+def finish(group) -> None:
+    """Wait until every rank of ``group`` is done, so none closes its connections
+    while another still talks to it."""
+    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))

@@ -3,7 +3,9 @@
 The import graph is read from the source (``ast``): every ``import`` and
 ``from ... import`` of a module of the package, at any depth (imports inside
 functions count: they close a cycle as surely at call time), plus
-``importlib.import_module`` with a literal name. The root ``__init__``'s
+``importlib.import_module`` with a literal name, plus any string constant
+that names a module of the package (the CLI's router imports its commands by
+names kept in a table: an import all the same). The root ``__init__``'s
 imports inside functions are its lazy re-exports of the public API (``load``,
 ``sharded_load``, ``__getattr__``) and are left out; its module-level imports
 count.
@@ -87,6 +89,8 @@ def imports_of(name: str, path: Path, modules: dict) -> set:
         ):
             text = node.args[0].value
             targets = [relative(len(text) - len(text.lstrip(".")), text.lstrip(".")) if text.startswith(".") else text]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in modules:
+            targets = [node.value]  # a module imported by a name held in data (cli.COMMANDS)
         else:
             continue
         for target in targets:
@@ -143,6 +147,8 @@ def test_the_graph_sees_function_level_and_relative_imports():
     assert "talkie_kernels.loader" not in graph["talkie_kernels"]
     assert "talkie_kernels.native" in graph["talkie_kernels"]
     assert graph["talkie_kernels.native"] == {"talkie_kernels._checks", "talkie_kernels._native"}
+    # The router's table of commands: imports by name.
+    assert "talkie_kernels.generate" in graph["talkie_kernels.cli"]
     # A cycle is found as one component.
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -52,7 +52,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import finish, int_in, rank0_output, world
+from ..arg_checks import int_in
+from ..launch import finish, rank0_output, world
 from ..configs import CONFIGS
 from . import attention as BA
 from . import models as M

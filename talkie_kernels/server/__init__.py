@@ -66,7 +66,7 @@ import contextlib
 import importlib
 import sys
 
-from ..cli import world
+from ..launch import world
 from ..swap import loading_through_talkie, swapped, sys_argv
 from .args import PROG, distributed_refusal, talkie_arg_parser
 from .fair_batching import FairBatchGenerator

@@ -16,7 +16,7 @@ import contextlib
 import math
 import types
 
-from ..cli import local_path_problem
+from ..arg_checks import local_path_problem
 from ..swap import swapped
 
 PROG = "talkie-kernels server"
