@@ -34,6 +34,8 @@ import weakref
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
+import talkie_kernels as tk
+
 from . import native
 
 # cache -> (keys, values, offset) as update_and_fetch left them. A cache
@@ -41,10 +43,6 @@ from . import native
 # them (a copy of the cache is another object, absent here, and appends
 # functionally; a trim or a new state changes the match).
 _written: "weakref.WeakKeyDictionary[KVCache, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _on_cpu() -> bool:
-    return mx.default_device().type == mx.cpu and native.ops is not None
 
 
 def _owns(cache, n: int) -> bool:
@@ -57,7 +55,7 @@ def _owns(cache, n: int) -> bool:
 def wait_for_previous_step(cache, n: int = 1) -> None:
     """On a CPU stream, wait for the work in flight unless every cache of
     ``cache`` (the model's list, one per layer) takes its next ``n`` rows in place."""
-    if not cache or not _on_cpu():
+    if not cache or tk.backend() != "native":
         return
     if any(getattr(c, "keys", None) is not None and not _owns(c, n) for c in cache):
         mx.synchronize()
@@ -69,7 +67,7 @@ def update_and_fetch(cache, keys, values):
     keys, values (B, H, n, D) -> the cache's keys and values so far,
     (B, H, offset, D) each, as mlx-lm returns them.
     """
-    if not _on_cpu():
+    if tk.backend() != "native":
         return cache.update_and_fetch(keys, values)
     n = keys.shape[2]
     if _owns(cache, n):
