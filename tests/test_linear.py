@@ -390,7 +390,8 @@ def test_int8_path(native, isa, restore_threads, bits, group_size):
     # N = 51: 8-row tiles, a remainder, and enough rows to split across threads.
     # Measured (every ISA, q4/q6/q8): at most 0.014 with int8_x's 300×
     # outliers (the small values sharing their blocks round to a step of
-    # 300σ/127), 0.007 for plain normal x; the bf16 output's own rounding is
+    # 300σ/127), 0.007 for plain normal x (q8 on v3, whose x is pair-scaled:
+    # 0.0093); the bf16 output's own rounding is
     # 0.002-0.004, MLX's own op 0.047 on the same inputs (it accumulates in bf16).
     N = tk.native.ops
     for M in range(1, 8):
@@ -421,6 +422,8 @@ def test_int8_gemm(native, isa, restore_threads, bits, group_size):
     # Talkie's widths with int8_x's 300× outliers and zero blocks (as the
     # decode path: test_int8_path), up to 0.018 at K = 1152 / 1184, where an
     # outlier's block is a larger share of y (check's rule holds there).
+    # q8 on v3 (pair-scaled x, Zen 3): 0.0123-0.0127 at M = 13, K = 13696
+    # (q4 there: 0.0088-0.0094), 0.0062-0.0076 for normal x.
     if bits not in tk.native.ops.int8_gemm_bits():
         pytest.skip(f"{isa} runs the fp32 GEMM for q{bits} prefill (csrc/kernels/table.cpp: TK_GEMM8_KINDS)")
     N = tk.native.ops
@@ -436,6 +439,30 @@ def test_int8_gemm(native, isa, restore_threads, bits, group_size):
         N.set_num_threads(1)
         one = native.linear(x, w, s, b, group_size=group_size, bits=bits)
         assert mx.array_equal(one, two).item(), f"isa={isa} M={M} K={k}: 1 thread != 2 threads"
+
+
+def test_int8_q8_pair_sums(native, isa):
+    # 8-bit codes near 255 against blocks of x whose adjacent entries are both
+    # at the block's max |x|: scaled by max |x| to ±127, vpmaddubsw's pair
+    # sums (255·127·2) would saturate int16 and lose half of y; without VNNI
+    # the integer paths scale such blocks by their largest adjacent pair
+    # (csrc/kernels/quantize_x.inc), so y stays within the integer path's
+    # tolerance (measured 0.008: x̂ = 64/63.5 of x in every block). Decode
+    # (M = 3) and the prefill GEMM (M = 9). (With max-scaled x: 1.47.)
+    if isa == "base":
+        pytest.skip("base has no integer path (csrc/kernels/table.cpp)")
+    K, N = 512, 24
+    col = mx.arange(K)
+    # Per 64-column group: 63 weights at -0.5 (code 255) and one at 1.0 (code 0).
+    w = mx.where(col % 64 == 5, 1.0, -0.5)[None, :] * mx.linspace(0.5, 1.5, N)[:, None]
+    w, s, b = mx.quantize(w.astype(mx.bfloat16), group_size=64, bits=8)
+    assert (np.array(w).view(np.uint8) == 255).mean() > 0.9  # (four 8-bit codes per uint32 word)
+    sign = mx.where((col // 4) % 2 == 0, 1.0, -1.0)  # pairs of equal entries, sign flips every 4 columns
+    for M in (3, 9):
+        x = (mx.arange(1, M + 1)[:, None] * mx.where(col < 256, 1.0, sign)[None, :]).astype(mx.bfloat16)
+        got = native.linear(x, w, s, b, group_size=64, bits=8)
+        err = O.rel_err(got, O.linear(x, w, s, b, 64, 8))
+        assert err <= O.TOL[mx.bfloat16], f"isa={isa} M={M}: rel. error {err:.3g} vs the float64 oracle (saturated?)"
 
 
 def test_int8_path_odd_units(native, isa):

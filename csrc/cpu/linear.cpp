@@ -108,7 +108,7 @@ bool linear_gemm8(const kern::Table& kernels, kern::LinearArgs& args, const kern
   std::memset(dx.data() + args.M * blocks, 0, sizeof(float) * kern::kGemm8PadRows * blocks);
   std::memset(xsum.data() + args.M * groups, 0, sizeof(float) * kern::kGemm8PadRows * groups);
   parallel_for(args.M, args.K, int64_t(1) << 18, [&](int64_t b, int64_t e, int) {
-    kernels.linear_quantize_x8(xv, args.group_size, x8.data(), dx.data(), xsum.data(), b, e);
+    kernels.linear_quantize_x8(xv, args.kind, args.group_size, x8.data(), dx.data(), xsum.data(), b, e);
   });
   args.x8 = x8.data();
   args.dx = dx.data();

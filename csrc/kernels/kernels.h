@@ -251,8 +251,8 @@ struct Table {
   // of x -> x8, dx, xsum in its layout (kGemm8PadRows); then output columns
   // [begin, end) of a quantized weight. gemm8_kinds: bit 1 << kind set for
   // the kinds it runs on this table (where it beats the fp32 GEMM, table.cpp).
-  void (*linear_quantize_x8)(const LinearX&, int64_t group_size, int8_t* x8, float* dx, float* xsum,
-                             int64_t begin, int64_t end);
+  void (*linear_quantize_x8)(const LinearX&, WeightKind kind, int64_t group_size, int8_t* x8, float* dx,
+                             float* xsum, int64_t begin, int64_t end);
   void (*linear_gemm8)(const LinearArgs&, int64_t begin, int64_t end);
   unsigned gemm8_kinds;
   // The probes (probe.cpp). Sum of n 64-bit words (a streaming read, for the
@@ -283,7 +283,7 @@ struct Table {
   void linear(const LinearArgs&, int64_t, int64_t);                                             \
   void linear_quantize_x(const LinearX&, WeightKind, int64_t, int8_t*, float*, float*, int64_t, int64_t); \
   void linear_int8(const LinearArgs&, int64_t, int64_t);                                        \
-  void linear_quantize_x8(const LinearX&, int64_t, int8_t*, float*, float*, int64_t, int64_t);   \
+  void linear_quantize_x8(const LinearX&, WeightKind, int64_t, int8_t*, float*, float*, int64_t, int64_t); \
   void linear_gemm8(const LinearArgs&, int64_t, int64_t);                                       \
   uint64_t read_sum(const uint64_t*, int64_t);                                                  \
   int64_t fma_chains(int64_t, float*);                                                          \

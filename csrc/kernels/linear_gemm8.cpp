@@ -26,13 +26,19 @@
 // q4 codes (< 16) give pair sums of at most 2·15·127, so a whole block's
 // vpmaddubsw results add up in int16 and one vpmaddwd per block widens them;
 // q6 codes (< 64) widen each quad's pair sums (vpmaddwd) into int32. q8
-// codes saturate vpmaddubsw; the decode path's sign trick (|q - 128| ×
-// x8·sign) costs four instructions per quad and did not beat the fp32 GEMM
-// (table.cpp), so without VNNI q8 prefill stays there. Which kinds each
-// table runs here is TK_GEMM8_KINDS in table.cpp, with the measured rates.
+// codes (< 256) against x8 in ±127 could saturate vpmaddubsw's pair sums
+// (2·255·127 > 32767), and the decode path's sign trick (|q - 128| ×
+// x8·sign) costs four instructions per quad, no faster than the fp32 GEMM.
+// So for q8 without VNNI each block of x is scaled by its largest sum of
+// two adjacent |x| instead of its largest |x| (quantize_block's `pairs`):
+// every pair of x8 then sums to at most 128 in magnitude and every pair sum
+// to at most 255·128 < 32767, exact, and q8 runs the q6 loop. Which kinds
+// each table runs here is TK_GEMM8_KINDS in table.cpp, with the rates.
 //
 // Accuracy: as the decode path (its file comment): the products and sums
-// are exact, the one loss is x's rounding to int8 per block.
+// are exact, the one loss is x's rounding to int8 per block: at most 1/254
+// of each block's largest |x|; for q8 without VNNI 1/254 of its largest
+// adjacent pair, up to twice that (tests/test_linear.py states the errors).
 //
 // Every output's sum runs over the same blocks, groups and K blocks in the
 // same order whatever the column range, so 1 and 2 threads give the same bits.
@@ -137,6 +143,12 @@ constexpr Mode mode_of() {
 template <WeightKind W>
 constexpr int64_t bits_of() {
   return W == WeightKind::q4 ? 4 : W == WeightKind::q6 ? 6 : 8;
+}
+
+// Whether x's blocks are scaled by their largest adjacent pair (step 1):
+// where 8-bit codes meet x in vpmaddubsw.
+inline bool pair_scaled(WeightKind kind) {
+  return kind == WeightKind::q8 && !TK_GEMM8_VNNI;
 }
 
 // The register block: MR rows × NV vectors of columns, MR·NV int32 sums and
@@ -415,9 +427,10 @@ void gemm(const LinearArgs& a, int64_t begin, int64_t end) {
 
 } // namespace
 
-void linear_quantize_x8(const LinearX& x, int64_t group_size, int8_t* x8, float* dx, float* xsum, int64_t begin,
-                        int64_t end) {
+void linear_quantize_x8(const LinearX& x, WeightKind kind, int64_t group_size, int8_t* x8, float* dx, float* xsum,
+                        int64_t begin, int64_t end) {
   const int64_t ldx = gemm8_ldx(x.K), blocks = x.K / kLinearBlock, groups = x.K / group_size;
+  const bool pairs = pair_scaled(kind);
   with_dtype(x.dtype, [&](auto tag) {
     constexpr Dtype D = decltype(tag)::value;
     const auto* src = static_cast<const typename Storage<D>::type*>(x.ptr);
@@ -434,7 +447,7 @@ void linear_quantize_x8(const LinearX& x, int64_t group_size, int8_t* x8, float*
           v[k] = load<D>(xr[(b * kLinearBlock + k) * x.col_stride]);
         }
         int32_t sum;
-        const float d = quantize_block(v, q + b * kLinearBlock, &sum);
+        const float d = quantize_block(v, q + b * kLinearBlock, &sum, pairs);
         xs[b * kLinearBlock / group_size] += d * float(sum);
         dx[m * blocks + b] = d;
       }
@@ -449,11 +462,7 @@ void linear_gemm8(const LinearArgs& a, int64_t begin, int64_t end) {
     case WeightKind::q6:
       return gemm<WeightKind::q6>(a, begin, end);
     default:
-#if TK_GEMM8_VNNI
       return gemm<WeightKind::q8>(a, begin, end);
-#else
-      return;  // q8 is not in the gemm8_kinds of a table without VNNI (table.cpp)
-#endif
   }
 }
 #endif

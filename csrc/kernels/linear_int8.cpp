@@ -8,7 +8,8 @@
 // int8 and the codes meet it in integer dot products, 32 byte products per
 // instruction pair, with one fp32 scaling per 64 columns:
 //
-//   1. x (M, K) -> x8 int8 per 32-column block b: dx_b = max|x_b| / 127,
+//   1. x (M, K) -> x8 int8 per 32-column block b: dx_b = max|x_b| / 127
+//      (8-bit codes without VNNI: see below),
 //      x8 = round(x / dx_b); Σx̂_g per quantization group g of the rounded
 //      x̂ = dx_b·x8 (not of x: see Accuracy).
 //   2. Per 64 columns (two blocks) of a weight row: the codes as two vectors
@@ -18,13 +19,18 @@
 //   3. I = Σ of the 4-byte products per lane (vpdpbusd with VNNI, else
 //      vpmaddubsw then vpmaddwd), exact in int32.
 //   4. acc += float(I) · (dx_b · s_g) per lane (fp32); at the end
-//      y = Σ lanes of acc + Σ_g b'_g · Σx̂_g, rounded once to bf16 / fp16.
+//      y = Σ lanes of acc + Σ_g b_g · Σx̂_g, rounded once to bf16 / fp16.
 //
 // 8-bit codes on AVX2 without VNNI: vpmaddubsw's 16-bit pair sums of u8 × s8
-// saturate for codes near 255, so the codes are recentred (c = q - 128) and
-// multiplied as |c| × (x8 · sign c), whose pair sums stay within ±32512; the
-// offset goes into the bias term: b' = b + 128·s. (vpdpbusd sums in int32
-// and takes the codes as they are.)
+// could saturate for codes near 255 against x8 near ±127 (2·255·127 >
+// 32767), so there each block of x is scaled by its largest sum of two
+// adjacent |x| instead of its largest |x| (quantize_x.inc's `pairs`): each
+// pair of x8 then sums to at most 128 in magnitude and each pair sum to at
+// most 255·128 = 32640, exact. That costs at most half a bit of x in blocks
+// whose two largest |x| are neighbours, and against recentring the codes
+// and llama.cpp's sign trick (|q - 128| × x8·sign q) it saves six of the
+// sixteen instructions per unit and row. vpdpbusd sums in int32 and takes
+// x8 in ±127.
 //
 // Accuracy: the products and sums are exact, so y is the dequantized weight
 // times x̂ in fp32; the one loss is x's rounding to int8 (at most 1/254 of
@@ -74,12 +80,6 @@ inline __m256i dot4(__m256i acc, __m256i u, __m256i s) {
 constexpr bool kVnni = TK_INT8_VNNI;
 
 constexpr int64_t kUnit = 2 * kLinearBlock;  // columns per step: two blocks
-
-// Code offset folded into the bias term (see the file comment).
-template <WeightKind W>
-constexpr float code_offset() {
-  return W == WeightKind::q8 && !kVnni ? 128.0f : 0.0f;
-}
 
 template <WeightKind W>
 constexpr int64_t bits_of() {
@@ -151,33 +151,24 @@ __attribute__((always_inline)) inline void load_unit(const uint8_t* row, int64_t
     c0 = _mm256_packus_epi16(q6_words(raw, 0), q6_words(raw, 6));
     c1 = _mm256_packus_epi16(q6_words(raw8, 4), q6_words(raw8, 10));
   }
-  if constexpr (code_offset<W>() != 0.0f) {
-    const __m256i flip = _mm256_set1_epi8(char(0x80));  // q - 128 as int8
-    c0 = _mm256_xor_si256(c0, flip);
-    c1 = _mm256_xor_si256(c1, flip);
-  }
 }
 
 // Step 3 for one row of x: the int32 lane sums of c · x8 over a unit.
-// (a0, a1: |c| for the recentred 8-bit codes, else unused.)
 template <WeightKind W>
-__attribute__((always_inline)) inline __m256i unit_dot(__m256i c0, __m256i c1, __m256i a0, __m256i a1, const int8_t* x) {
+__attribute__((always_inline)) inline __m256i unit_dot(__m256i c0, __m256i c1, const int8_t* x) {
   const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32));
 #if TK_INT8_VNNI
-  (void)a0, (void)a1;
   return dot4(dot4(_mm256_setzero_si256(), c0, x0), c1, x1);
 #else
   const __m256i ones = _mm256_set1_epi16(1);
-  if constexpr (code_offset<W>() != 0.0f) {
-    const __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(x0, c0));
-    const __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(x1, c1));
+  const __m256i p0 = _mm256_maddubs_epi16(c0, x0), p1 = _mm256_maddubs_epi16(c1, x1);
+  if constexpr (W == WeightKind::q8) {
+    // Pair sums up to 255·128 (pair-scaled x): each widens on its own.
     return _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
   } else {
     // Codes < 64: each pair sum is below 2·63·127 and two of them fit int16.
-    (void)a0, (void)a1;
-    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(c0, x0), _mm256_maddubs_epi16(c1, x1));
-    return _mm256_madd_epi16(p, ones);
+    return _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones);
   }
 #endif
 }
@@ -229,12 +220,11 @@ __attribute__((always_inline)) inline void unit_step(const LinearArgs& a, const 
   for (int r = 0; r < NR; ++r) {
     __m256i c0, c1;
     load_unit<W>(row[r], u, HALF, c0, c1);
-    const __m256i a0 = _mm256_abs_epi8(c0), a1 = _mm256_abs_epi8(c1);
     const __m256 sv = G32 ? _mm256_set_m128(_mm_broadcast_ss(scale[r] + 2 * u + 1), _mm_broadcast_ss(scale[r] + 2 * u))
                           : _mm256_broadcast_ss(scale[r] + (u >> gshift1));
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
-      const __m256i I = unit_dot<W>(c0, c1, a0, a1, a.x8 + (m * units + u) * kUnit);
+      const __m256i I = unit_dot<W>(c0, c1, a.x8 + (m * units + u) * kUnit);
       const __m256 d = _mm256_mul_ps(_mm256_loadu_ps(a.dx + (m * units + u) * 8), sv);
       acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), d, acc[m][r]);
     }
@@ -248,7 +238,7 @@ void tile(const LinearArgs& a, int64_t n0) {
   const int64_t groups = a.K / a.group_size;
   const int64_t rb = a.K * bits_of<W>() / 8;
   // Per row: s_g (and a zero past the last group, which a last unit of one
-  // block reads) and b'_g = b_g + offset·s_g, in fp32.
+  // block reads) and b_g, in fp32.
   float* buf = scratch(NR * (2 * groups + 1));
   const uint8_t* row[NR];
   const float* scale[NR];
@@ -260,9 +250,6 @@ void tile(const LinearArgs& a, int64_t n0) {
     to_float(a.scale_dtype, a.scales, (n0 + r) * groups, groups, sc);
     to_float(a.bias_dtype, a.biases, (n0 + r) * groups, groups, bb);
     sc[groups] = 0.0f;
-    for (int64_t g = 0; g < groups; ++g) {
-      bb[g] += code_offset<W>() * sc[g];
-    }
     scale[r] = sc;
     bias[r] = bb;
   }
@@ -350,6 +337,8 @@ void rows_kind(const LinearArgs& a, int64_t begin, int64_t end) {
 void linear_quantize_x(const LinearX& x, WeightKind kind, int64_t group_size, int8_t* x8, float* dx, float* xsum,
                        int64_t begin, int64_t end) {
   const int64_t units = int8_units(x.K), groups = x.K / group_size;
+  // 8-bit codes without VNNI: pair-scaled blocks (the file comment).
+  const bool pairs = kind == WeightKind::q8 && !kVnni;
   int64_t col[kUnit];
   for (int64_t P = 0; P < kUnit; ++P) {
     col[P] = unit_column(kind, P);
@@ -373,7 +362,7 @@ void linear_quantize_x(const LinearX& x, WeightKind kind, int64_t group_size, in
         }
         for (int b = 0; b < 2 && (2 * u + b) * kLinearBlock < x.K; ++b) {
           int32_t sum;
-          const float d = quantize_block(v + b * kLinearBlock, q + b * kLinearBlock, &sum);
+          const float d = quantize_block(v + b * kLinearBlock, q + b * kLinearBlock, &sum, pairs);
           xs[(2 * u + b) * kLinearBlock / group_size] += d * float(sum);
           for (int l = 0; l < 4; ++l) {
             dx[(m * units + u) * 8 + 4 * b + l] = d;
