@@ -184,15 +184,7 @@ NB_MODULE(_native, m) {
   m.def(
       "int8_gemm_bits",
       [] {
-        std::vector<int> out;
-        const unsigned kinds = tk::kern::select().gemm8_kinds;
-        for (auto [kind, bits] : {std::pair{tk::kern::WeightKind::q4, 4}, {tk::kern::WeightKind::q6, 6},
-                                  {tk::kern::WeightKind::q8, 8}}) {
-          if (kinds & (1u << unsigned(kind))) {
-            out.push_back(bits);
-          }
-        }
-        return out;
+        return tk::kern::select().linear_gemm8 != nullptr ? std::vector<int>{4, 6, 8} : std::vector<int>{};
       },
       "The quantized widths whose prefill (bf16 x, at least 8 rows, bf16/fp16 output) runs the integer GEMM "
       "(x rounded to int8 per 32 columns) on the instruction set in use; the others run the fp32 GEMM.");

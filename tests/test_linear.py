@@ -391,8 +391,8 @@ def test_int8_path(native, isa, restore_threads, bits, group_size):
     # Measured (every ISA, q4/q6/q8): at most 0.014 with int8_x's 300×
     # outliers (the small values sharing their blocks round to a step of
     # 300σ/127), 0.007 for plain normal x (q8 on v3, whose x is pair-scaled:
-    # 0.0093); the bf16 output's own rounding is
-    # 0.002-0.004, MLX's own op 0.047 on the same inputs (it accumulates in bf16).
+    # 0.0093); the bf16 output's own rounding is 0.002-0.004, MLX's own op
+    # 0.047 on the same inputs (it accumulates in bf16).
     N = tk.native.ops
     for M in range(1, 8):
         K = 5120 if M % 2 else 13696
@@ -425,7 +425,7 @@ def test_int8_gemm(native, isa, restore_threads, bits, group_size):
     # q8 on v3 (pair-scaled x, Zen 3): 0.0123-0.0127 at M = 13, K = 13696
     # (q4 there: 0.0088-0.0094), 0.0062-0.0076 for normal x.
     if bits not in tk.native.ops.int8_gemm_bits():
-        pytest.skip(f"{isa} runs the fp32 GEMM for q{bits} prefill (csrc/kernels/table.cpp: TK_GEMM8_KINDS)")
+        pytest.skip(f"{isa} runs the fp32 GEMM for q{bits} prefill (csrc/kernels/table.cpp: no AVX2)")
     N = tk.native.ops
     K = 32 * 37 if group_size == 32 else 1152
     for M, k in ((8, K), (13, K), (100, K), (13, 13696), (100, 5120)):

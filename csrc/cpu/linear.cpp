@@ -81,13 +81,12 @@ bool linear_int8(const kern::Table& kernels, kern::LinearArgs& args, const kern:
   return true;
 }
 
-// Quantized weights against bf16 x, prefill rows, bf16/fp16 output, kinds
-// the table's integer GEMM runs (gemm8_kinds): x to int8 once, then the
-// integer GEMM (kernels/linear_gemm8.cpp). False elsewhere: the fp32 GEMM.
+// Quantized weights against bf16 x, prefill rows, bf16/fp16 output, on a
+// table with the integer GEMM (AVX2): x to int8 once, then the integer GEMM
+// (kernels/linear_gemm8.cpp). False elsewhere: the fp32 GEMM.
 bool linear_gemm8(const kern::Table& kernels, kern::LinearArgs& args, const kern::LinearX& xv) {
   if (kernels.linear_gemm8 == nullptr || args.kind < kern::WeightKind::q4 || xv.dtype != kern::Dtype::bf16 ||
-      args.out_dtype == kern::Dtype::f32 || args.M < kern::kLinearGemmMinM ||
-      !(kernels.gemm8_kinds & (1u << unsigned(args.kind)))) {
+      args.out_dtype == kern::Dtype::f32 || args.M < kern::kLinearGemmMinM) {
     return false;
   }
   const int64_t rows = args.M + kern::kGemm8PadRows, ldx = kern::gemm8_ldx(args.K);

@@ -249,12 +249,10 @@ struct Table {
   void (*linear_int8)(const LinearArgs&, int64_t begin, int64_t end);
   // The integer prefill GEMM (null in tables without AVX2): rows [begin, end)
   // of x -> x8, dx, xsum in its layout (kGemm8PadRows); then output columns
-  // [begin, end) of a quantized weight. gemm8_kinds: bit 1 << kind set for
-  // the kinds it runs on this table (where it beats the fp32 GEMM, table.cpp).
+  // [begin, end) of a quantized weight (q4, q6, q8).
   void (*linear_quantize_x8)(const LinearX&, WeightKind kind, int64_t group_size, int8_t* x8, float* dx,
                              float* xsum, int64_t begin, int64_t end);
   void (*linear_gemm8)(const LinearArgs&, int64_t begin, int64_t end);
-  unsigned gemm8_kinds;
   // The probes (probe.cpp). Sum of n 64-bit words (a streaming read, for the
   // bandwidth probe).
   uint64_t (*read_sum)(const uint64_t* p, int64_t n);

@@ -32,8 +32,8 @@
 // So for q8 without VNNI each block of x is scaled by its largest sum of
 // two adjacent |x| instead of its largest |x| (quantize_block's `pairs`):
 // every pair of x8 then sums to at most 128 in magnitude and every pair sum
-// to at most 255·128 < 32767, exact, and q8 runs the q6 loop. Which kinds
-// each table runs here is TK_GEMM8_KINDS in table.cpp, with the rates.
+// to at most 255·128 < 32767, exact, and q8 runs the q6 loop. So every
+// table with AVX2 runs q4, q6 and q8 here (the measured rates: table.cpp).
 //
 // Accuracy: as the decode path (its file comment): the products and sums
 // are exact, the one loss is x's rounding to int8 per block: at most 1/254
@@ -143,12 +143,6 @@ constexpr Mode mode_of() {
 template <WeightKind W>
 constexpr int64_t bits_of() {
   return W == WeightKind::q4 ? 4 : W == WeightKind::q6 ? 6 : 8;
-}
-
-// Whether x's blocks are scaled by their largest adjacent pair (step 1):
-// where 8-bit codes meet x in vpmaddubsw.
-inline bool pair_scaled(WeightKind kind) {
-  return kind == WeightKind::q8 && !TK_GEMM8_VNNI;
 }
 
 // The register block: MR rows × NV vectors of columns, MR·NV int32 sums and
@@ -430,7 +424,7 @@ void gemm(const LinearArgs& a, int64_t begin, int64_t end) {
 void linear_quantize_x8(const LinearX& x, WeightKind kind, int64_t group_size, int8_t* x8, float* dx, float* xsum,
                         int64_t begin, int64_t end) {
   const int64_t ldx = gemm8_ldx(x.K), blocks = x.K / kLinearBlock, groups = x.K / group_size;
-  const bool pairs = pair_scaled(kind);
+  const bool pairs = pair_scaled(kind, TK_GEMM8_VNNI);
   with_dtype(x.dtype, [&](auto tag) {
     constexpr Dtype D = decltype(tag)::value;
     const auto* src = static_cast<const typename Storage<D>::type*>(x.ptr);

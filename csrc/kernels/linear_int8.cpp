@@ -337,8 +337,7 @@ void rows_kind(const LinearArgs& a, int64_t begin, int64_t end) {
 void linear_quantize_x(const LinearX& x, WeightKind kind, int64_t group_size, int8_t* x8, float* dx, float* xsum,
                        int64_t begin, int64_t end) {
   const int64_t units = int8_units(x.K), groups = x.K / group_size;
-  // 8-bit codes without VNNI: pair-scaled blocks (the file comment).
-  const bool pairs = kind == WeightKind::q8 && !kVnni;
+  const bool pairs = pair_scaled(kind, kVnni);  // (the file comment)
   int64_t col[kUnit];
   for (int64_t P = 0; P < kUnit; ++P) {
     col[P] = unit_column(kind, P);

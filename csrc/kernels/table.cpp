@@ -21,8 +21,8 @@ namespace tk::kern::TK_ISA {
 #define TK_FROM(f) f
 #define TK_NAME TK_STR(TK_ISA)
 #endif
-// The quantized kinds the integer prefill GEMM (linear_gemm8.cpp) runs on
-// this table; the fp32 GEMM (linear.cpp) runs the others. Measured on Zen 4
+// The integer prefill GEMM (linear_gemm8.cpp) runs q4, q6 and q8 on every
+// table with AVX2, in place of the fp32 GEMM (linear.cpp). Measured on Zen 4
 // (AMD EPYC), one core, M = 512, 5120 -> 15360 / 5120 -> 5120, GFLOP/s,
 // interleaved medians on a shared machine (bf16 dense: 82-86): v4-vnni q4
 // 256 / 252, q8 255 / 233 (fp32 GEMM: 83-86); v4 q4 132 / 139; v3 q4
@@ -32,8 +32,6 @@ namespace tk::kern::TK_ISA {
 // 5120, interleaved medians: 2 cores 136 / 122 / 134 against bf16's
 // 106 / 97 / 118 and the fp32 GEMM's 109 / 109 / 114; one core 66 / 67 / 70
 // against 62 / 67 / 60 and 62 / 62 / 58.
-#define TK_KIND(k) (1u << unsigned(WeightKind::k))
-#define TK_GEMM8_KINDS (TK_KIND(q4) | TK_KIND(q6) | TK_KIND(q8))
 extern const Table table = {
     TK_NAME,
     TK_FROM(rms_norm),
@@ -47,13 +45,11 @@ extern const Table table = {
     linear_int8,
     linear_quantize_x8,
     linear_gemm8,
-    TK_GEMM8_KINDS,
 #else
     nullptr,
     nullptr,
     nullptr,
     nullptr,
-    0,
 #endif
     TK_FROM(read_sum),
     TK_FROM(fma_chains),
