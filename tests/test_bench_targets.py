@@ -61,6 +61,10 @@ def test_linear_target_is_the_worst_shape():
     assert rows["linear at Talkie 13B decode shapes, q8: worst shape, of read bandwidth"]["status"] == "FAIL"
     assert rows["linear at Talkie 13B decode shapes, bfloat16: worst shape, of read bandwidth"]["status"] == \
         "not run (--linear-shapes, not --quick)"
+    # A row measured with a probe beside it is a share of that probe, not of the run's.
+    local = dict(_linear("bfloat16", 70.0), read_gbps_local=87.5)
+    apply_bandwidth([local], 100.0)
+    assert local["pct_of_read_bandwidth"] == pytest.approx(80)
     # Without a measured bandwidth there is no number, not a pass.
     rows = _rows([_linear("bfloat16", 70.0)], read_gbps=None)
     assert rows["linear at Talkie 13B decode shapes, bfloat16: worst shape, of read bandwidth"]["status"] == "no number"
@@ -87,6 +91,9 @@ def test_prefill_targets_are_the_worst_shape():
     assert q4["status"] == "FAIL" and q4["measured"] == pytest.approx(0.9) and q4["aim"] == 1.5
     q8 = rows["prefill GEMM at Talkie 13B shapes, M = 512, q8 vs bfloat16: worst shape"]
     assert q8["status"] == "pass" and q8["measured"] == pytest.approx(1.2)
+    local = dict(_prefill("bfloat16", 150.0), fma_peak_local=250.0)
+    apply_fma_peak([local], 200.0)
+    assert local["pct_of_fma_peak"] == pytest.approx(60.0)
     # Without a measured peak there is no number, not a pass; without rows, "not run".
     records = [_prefill("bfloat16", 150.0)]
     apply_fma_peak(records, None)

@@ -96,6 +96,27 @@ def rotation(arrays: tuple) -> list[tuple]:
     return copies
 
 
+def local_read_gbps() -> float | None:
+    """A short read probe beside one row (4× the last-level cache, median of 3 reads): GB/s, or
+    None where the native probe is unavailable (the run's own probe then says why)."""
+    from .timing import read_bandwidth
+
+    try:
+        return read_bandwidth(max(1 << 27, ROTATION_FACTOR * last_level_cache_bytes()), 3)["gbps"]
+    except Exception:
+        return None
+
+
+def local_fma_peak() -> float | None:
+    """A short FMA-peak probe beside one prefill row (median of 3): GFLOP/s, or None."""
+    from .timing import fma_peak
+
+    try:
+        return fma_peak(repeats=3)["gflops"]
+    except Exception:
+        return None
+
+
 def linear_fn(impl: str) -> Callable:
     if impl == "fused":
         import talkie_kernels

@@ -48,8 +48,15 @@ def run_ops(s: Settings, progress) -> list[dict]:
 def run_linear(s: Settings, progress) -> list[dict]:
     """The decode table: ``linear`` with one row of x at each of ``s.linear_shapes`` and
     ``linear.FORMATS``, fused against MLX, each weight rotated through copies that overflow
-    the cache; GB/s of weights read."""
+    the cache; GB/s of weights read.
+
+    Each row also carries the read probe measured just before and just after
+    it (``read_gbps_local``, the higher of the two, as the run's own probe):
+    this VM's bandwidth moves by half within minutes, so a share against one
+    probe at the run's start and end reads that drift as the kernel's.
+    """
     records = []
+    probe = _local_probe(BL.local_read_gbps)
     for name, K, N in s.linear_shapes:
         x = BL.activation(1, K, s.seed)
         for fmt, arrays, kwargs in BL.weights(K, N, BL.FORMATS, s.seed):
@@ -67,10 +74,11 @@ def run_linear(s: Settings, progress) -> list[dict]:
             results = B.interleaved(cases, rounds=s.rounds, min_rounds=2, budget_s=s.linear_budget_s,
                                     slow_s=s.slow_s.get("linear"), reuse_warmup=BL.IMPLS, work=calls)
             weight_bytes = BL.nbytes(arrays)
+            local = probe()
             # --quick's tiny stand-in shapes are not Talkie 13B's: no target reads them.
             base = {"kind": "linear", "model": "quick stand-in" if s.quick else "talkie-13b", "op": "linear",
                     "name": name, "phase": "decode", "shape": [1, K, N], "dtype": fmt,
-                    "weight_bytes": weight_bytes, "weight_copies": len(copies)}
+                    "weight_bytes": weight_bytes, "weight_copies": len(copies), "read_gbps_local": local}
             for impl in BL.IMPLS:
                 rec = record(dict(base, calls_per_sample=calls.get(impl)), impl, results[impl])
                 if rec["status"] == "ok":
@@ -86,10 +94,26 @@ def run_prefill_linear(s: Settings, progress) -> list[dict]:
     ``--quick``): GFLOP/s, and (``records.apply_fma_peak``) its share of the FMA peak."""
     M = BL.QUICK_PREFILL_M if s.quick else BL.PREFILL_M
     records = []
+    probe = _local_probe(BL.local_fma_peak)  # (as run_linear's read probe)
     for base, res in BL.time_prefill(s.linear_shapes, M, s.rounds, s.min_rounds, s.linear_budget_s, s.seed,
                                      progress):
+        base = dict(base, fma_peak_local=probe())
         rec = record(dict(base, model="quick stand-in" if s.quick else "talkie-13b"), "fused", res)
         if rec["status"] == "ok":
             rec["gflops"] = BL.flops(*rec["shape"]) / (rec["median_ms"] / 1e3) / 1e9
         records.append(rec)
     return records
+
+
+def _local_probe(measure):
+    """A function that, called after each row, measures again and returns the higher of
+    this measurement and the previous one (the row's before and after), or None."""
+    last = [measure()]
+
+    def after_row():
+        now = measure()
+        both = [v for v in (last[0], now) if v]
+        last[0] = now
+        return max(both) if both else None
+
+    return after_row

@@ -49,12 +49,14 @@ def apply_bandwidth(records: list[dict], gbps: float | None) -> None:
         if r.get("weight_bytes_per_token"):
             floor = r["floor_tokens_per_s"] = gbps * 1e9 / r["weight_bytes_per_token"] if gbps else None
             r["of_floor"] = r["tokens_per_s"] / floor if floor and r.get("tokens_per_s") else None
-        if r["kind"] == "linear":
-            r["pct_of_read_bandwidth"] = 100 * r["gbps"] / gbps if gbps and r.get("gbps") else None
+        if r["kind"] == "linear":  # against the probe beside the row where it has one (op_runs.run_linear)
+            bw = r.get("read_gbps_local") or gbps
+            r["pct_of_read_bandwidth"] = 100 * r["gbps"] / bw if bw and r.get("gbps") else None
 
 
 def apply_fma_peak(records: list[dict], gflops: float | None) -> None:
     """Each prefill linear row's share of the FMA peak."""
     for r in records:
-        if r["kind"] == "linear_prefill":
-            r["pct_of_fma_peak"] = 100 * r["gflops"] / gflops if gflops and r.get("gflops") else None
+        if r["kind"] == "linear_prefill":  # likewise (op_runs.run_prefill_linear)
+            peak = r.get("fma_peak_local") or gflops
+            r["pct_of_fma_peak"] = 100 * r["gflops"] / peak if peak and r.get("gflops") else None

@@ -159,11 +159,12 @@ def _linear_table(rows: list[dict], footnotes: list[str]):
     t = Table(title=(
         "linear at Talkie 13B's decode shapes: x (1, K) bf16 @ W.T, W (N, K) bf16 or affine qN (group 64, "
         "bf16 scales); median per call; GB/s = weight + scales + biases bytes ÷ time; reference = MLX's "
-        "matmul / quantized_matmul"
+        "matmul / quantized_matmul; probe = the read bandwidth measured just before and after the row (the "
+        "higher), which its share is of"
     ))
     for col, just in [("projection", "left"), ("K→N", "left"), ("weights", "left"), ("impl", "left"), ("n", "right"),
                       ("calls/sample", "right"), ("median", "right"), ("p20–p80", "right"), ("GB/s", "right"),
-                      ("of read BW", "right"), ("vs reference", "right")]:
+                      ("probe", "right"), ("of read BW", "right"), ("vs reference", "right")]:
         t.add_column(col, justify=just)
     prev = None
     for r in rows:
@@ -177,8 +178,8 @@ def _linear_table(rows: list[dict], footnotes: list[str]):
         t.add_row(
             r["name"] + _isa_tag(r), f"{K}→{N}", f"{r['dtype']} ({_fmt_mb(r['weight_bytes'])})", r["impl"],
             str(r["samples"]) if ok else "", str(r["calls_per_sample"] or ""), _cell(r, footnotes),
-            _fmt_range(r) if ok else "", f"{r['gbps']:.2f}" if ok else "", f"{pct:.0f}%" if ok and pct else "",
-            _fmt_x(r["speedup_vs_reference"]) if ok else "",
+            _fmt_range(r) if ok else "", f"{r['gbps']:.2f}" if ok else "", _fmt_probe(r.get("read_gbps_local")),
+            f"{pct:.0f}%" if ok and pct else "", _fmt_x(r["speedup_vs_reference"]) if ok else "",
         )
     return t
 
@@ -188,10 +189,12 @@ def _prefill_table(rows: list[dict], footnotes: list[str]):
 
     t = Table(title=(
         "linear prefill GEMM at Talkie 13B's shapes: x (M, K) bf16 @ W.T, W (N, K) bf16 or affine qN (group 64, "
-        "bf16 scales), fused only; median per call; GFLOP/s = 2·M·K·N ÷ time"
+        "bf16 scales), fused only; median per call; GFLOP/s = 2·M·K·N ÷ time; peak = the FMA peak measured just "
+        "before and after the row (the higher), which its share is of"
     ))
     for col, just in [("projection", "left"), ("M×K→N", "left"), ("weights", "left"), ("n", "right"),
-                      ("median", "right"), ("p20–p80", "right"), ("GFLOP/s", "right"), ("of FMA peak", "right")]:
+                      ("median", "right"), ("p20–p80", "right"), ("GFLOP/s", "right"), ("peak", "right"),
+                      ("of FMA peak", "right")]:
         t.add_column(col, justify=just)
     for r in rows:
         ok = r["status"] == "ok"
@@ -199,9 +202,14 @@ def _prefill_table(rows: list[dict], footnotes: list[str]):
         pct = r.get("pct_of_fma_peak")
         t.add_row(
             r["name"], f"{M}×{K}→{N}", r["dtype"], str(r["samples"]) if ok else "", _cell(r, footnotes),
-            _fmt_range(r) if ok else "", f"{r['gflops']:.0f}" if ok else "", f"{pct:.0f}%" if ok and pct else "",
+            _fmt_range(r) if ok else "", f"{r['gflops']:.0f}" if ok else "", _fmt_probe(r.get("fma_peak_local")),
+            f"{pct:.0f}%" if ok and pct else "",
         )
     return t
+
+
+def _fmt_probe(v) -> str:
+    return f"{v:.1f}" if v else ""
 
 
 def _ops_table(ops: list[dict], footnotes: list[str]):
