@@ -97,12 +97,12 @@ def rotation(arrays: tuple) -> list[tuple]:
 
 
 def local_read_gbps() -> float | None:
-    """A short read probe beside one row (4× the last-level cache, median of 3 reads): GB/s, or
-    None where the native probe is unavailable (the run's own probe then says why)."""
-    from .timing import read_bandwidth
+    """The read probe beside one row (the run's 512 MiB read, median of 3): GB/s, or None where
+    the native probe is unavailable (the run's own probe then says why)."""
+    from .timing import READ_BANDWIDTH_BYTES, read_bandwidth
 
     try:
-        return read_bandwidth(max(1 << 27, ROTATION_FACTOR * last_level_cache_bytes()), 3)["gbps"]
+        return read_bandwidth(READ_BANDWIDTH_BYTES, 3)["gbps"]
     except Exception:
         return None
 
