@@ -235,6 +235,7 @@ __attribute__((always_inline)) inline void unit_step(const LinearArgs& a, const 
 // 16 0.86x).
 #define TK_INT8_PAIRS 1
 
+// unit_dot at 512 bits, x already loaded (one load of x serves every pair).
 template <WeightKind W>
 __attribute__((always_inline)) inline __m512i unit_dot2(__m512i c0, __m512i c1, __m512i x0, __m512i x1) {
 #if TK_INT8_VNNI
