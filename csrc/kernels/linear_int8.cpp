@@ -378,9 +378,6 @@ void tile(const LinearArgs& a, int64_t n0) {
   with_dtype(a.scale_dtype, [&](auto tag) {
     constexpr Dtype D = decltype(tag)::value;
     const auto* src = static_cast<const typename Storage<D>::type*>(a.scales) + n0 * groups;
-    for (int r = 0; r < NR; ++r) {
-      scale[r] = buf + r * (groups + 1);
-    }
     if constexpr (pairs) {
       for (int64_t g = 0; g < groups; ++g) {
 #pragma GCC unroll 8
@@ -393,6 +390,7 @@ void tile(const LinearArgs& a, int64_t n0) {
       }
     } else {
       for (int r = 0; r < NR; ++r) {
+        scale[r] = buf + r * (groups + 1);
         for (int64_t g = 0; g < groups; ++g) {
           buf[r * (groups + 1) + g] = load<D>(src[r * groups + g]);
         }

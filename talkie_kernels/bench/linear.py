@@ -96,27 +96,6 @@ def rotation(arrays: tuple) -> list[tuple]:
     return copies
 
 
-def local_read_gbps() -> float | None:
-    """The read probe beside one row (the run's 512 MiB read, median of 3): GB/s, or None where
-    the native probe is unavailable (the run's own probe then says why)."""
-    from .timing import READ_BANDWIDTH_BYTES, read_bandwidth
-
-    try:
-        return read_bandwidth(READ_BANDWIDTH_BYTES, 3)["gbps"]
-    except Exception:
-        return None
-
-
-def local_fma_peak() -> float | None:
-    """A short FMA-peak probe beside one prefill row (median of 3): GFLOP/s, or None."""
-    from .timing import fma_peak
-
-    try:
-        return fma_peak(repeats=3)["gflops"]
-    except Exception:
-        return None
-
-
 def linear_fn(impl: str) -> Callable:
     if impl == "fused":
         import talkie_kernels

@@ -56,7 +56,7 @@ def run_linear(s: Settings, progress) -> list[dict]:
     probe at the run's start and end reads that drift as the kernel's.
     """
     records = []
-    probe = _local_probe(BL.local_read_gbps)
+    probe = _local_probe(lambda: B.read_bandwidth(repeats=3)["gbps"])  # the run's 512 MiB read
     for name, K, N in s.linear_shapes:
         x = BL.activation(1, K, s.seed)
         for fmt, arrays, kwargs in BL.weights(K, N, BL.FORMATS, s.seed):
@@ -94,7 +94,7 @@ def run_prefill_linear(s: Settings, progress) -> list[dict]:
     ``--quick``): GFLOP/s, and (``records.apply_fma_peak``) its share of the FMA peak."""
     M = BL.QUICK_PREFILL_M if s.quick else BL.PREFILL_M
     records = []
-    probe = _local_probe(BL.local_fma_peak)  # (as run_linear's read probe)
+    probe = _local_probe(lambda: B.fma_peak(repeats=3)["gflops"])  # (as run_linear's read probe)
     for base, res in BL.time_prefill(s.linear_shapes, M, s.rounds, s.min_rounds, s.linear_budget_s, s.seed,
                                      progress):
         base = dict(base, fma_peak_local=probe())
@@ -107,11 +107,20 @@ def run_prefill_linear(s: Settings, progress) -> list[dict]:
 
 def _local_probe(measure):
     """A function that, called after each row, measures again and returns the higher of
-    this measurement and the previous one (the row's before and after), or None."""
-    last = [measure()]
+    this measurement and the previous one (the row's before and after), or None where
+    ``measure`` (a ``timing`` probe) cannot run: the row's share then falls back to the
+    run's own probe, whose header and JSON say why it failed."""
+
+    def once():
+        try:
+            return measure()
+        except Exception:
+            return None
+
+    last = [once()]
 
     def after_row():
-        now = measure()
+        now = once()
         both = [v for v in (last[0], now) if v]
         last[0] = now
         return max(both) if both else None
