@@ -465,12 +465,17 @@ def test_int8_q8_pair_sums(native, isa):
         assert err <= O.TOL[mx.bfloat16], f"isa={isa} M={M}: rel. error {err:.3g} vs the float64 oracle (saturated?)"
 
 
-def test_int8_path_odd_units(native, isa):
-    # K = 32·odd with group_size 32: the last 64-column unit holds one block.
-    x = int8_x(3, 32 * 37, 5)
-    for bits in BITS:
-        w, s, b = quantized(21, 32 * 37, mx.bfloat16, 32, bits, seed=bits)
-        check(native, x, w, s, b, 32, bits, what=f"isa={isa}")
+@pytest.mark.parametrize("K, group_size", [(32 * 37, 32), (64 * 37, 64), (64 * 37 + 32, 32)],
+                         ids=["half_unit", "odd_units", "odd_units_and_half"])
+def test_int8_path_odd_units(native, isa, K, group_size):
+    # half_unit: K = 32·odd, so the last 64-column unit holds one block.
+    # odd_units: an odd number of whole units, so on AVX-512 tables (two units
+    # per vector) the last one runs alone at 256 bits; then both.
+    for M in (1, 3):
+        x = int8_x(M, K, 5)
+        for bits in BITS:
+            w, s, b = quantized(21, K, mx.bfloat16, group_size, bits, seed=bits)
+            check(native, x, w, s, b, group_size, bits, what=f"isa={isa} M={M} K={K}")
 
 
 # ---- modes and bits the native kernels do not run: MLX's op, its exact result --------

@@ -127,8 +127,8 @@ struct LinearArgs {
   // The integer paths (quantized kinds, bf16 x, fp16/bf16 out). linear_int8:
   // x from linear_quantize_x, rows of int8_units(K) units of 64 columns;
   // linear_gemm8: from linear_quantize_x8 (gemm8_ldx).
-  const int8_t* x8;  // int8: (M, units·64) codes of x, each unit in the kind's order (linear_int8.cpp's unit_column)
-  const float* dx;  // int8: (M, units·8): per unit, block 2u's scale in 4 lanes, then block 2u+1's
+  const int8_t* x8;  // int8: (M, units·64) codes of x, each unit in the kind's order (linear_int8.cpp's x8_at)
+  const float* dx;  // int8: (M, int8_dx_stride(K)): one scale per 32-column block, zero-padded
   const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
   const void* scales;  // (N, K/group_size), row-contiguous
   const void* biases;
@@ -140,6 +140,11 @@ struct LinearArgs {
 inline constexpr int64_t kInt8MaxM = kLinearGemmMinM - 1;  // rows of x it handles (decode)
 inline int64_t int8_units(int64_t K) {
   return (K + 2 * kLinearBlock - 1) / (2 * kLinearBlock);
+}
+// Floats per row of its dx: two blocks per unit and four of zeros, which
+// the kernels' 4-float loads at the last unit read.
+inline int64_t int8_dx_stride(int64_t K) {
+  return 2 * int8_units(K) + 4;
 }
 
 // The integer prefill GEMM's x (linear_gemm8.cpp; M >= kLinearGemmMinM):
