@@ -229,7 +229,7 @@ __attribute__((always_inline)) inline __m256 unit_scales(const float* dx, const 
 // row's last unit holds one block.
 template <WeightKind W, int MR, int GS, bool HALF>
 __attribute__((always_inline)) inline void unit_step(const LinearArgs& a, const uint8_t* row, const float* s,
-                                                     int64_t u, int64_t xs, int64_t ds, int64_t rb,
+                                                     int64_t u, int64_t x8_stride, int64_t dx_stride, int64_t rb,
                                                      __m256 (&acc)[MR]) {
   constexpr int64_t ub = unit_bytes<W>();
   if ((u * ub) % 64 < ub) {
@@ -239,8 +239,8 @@ __attribute__((always_inline)) inline void unit_step(const LinearArgs& a, const 
   load_unit<W>(row, u, HALF, c0, c1);
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
-    const __m256i I = unit_dot<W>(c0, c1, a.x8 + m * xs + u * kUnit);
-    acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), unit_scales<GS>(a.dx + m * ds + 2 * u, s, u), acc[m]);
+    const __m256i I = unit_dot<W>(c0, c1, a.x8 + m * x8_stride + u * kUnit);
+    acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), unit_scales<GS>(a.dx + m * dx_stride + 2 * u, s, u), acc[m]);
   }
 }
 
@@ -307,7 +307,7 @@ __attribute__((always_inline)) inline void load_two(const uint8_t* p, __m512i& c
 }
 
 // unit_scales for units u, u + 1: blocks 2u .. 2u + 3 in lanes 0-3, 4-7,
-// 8-11, 12-15; `sv` the scales' part (pair_scales), shared by the rows of x.
+// 8-11, 12-15: the row of w's part, shared by the rows of x (pair_d).
 template <int GS>
 __attribute__((always_inline)) inline __m512 pair_scales(const float* s, int64_t u) {
   if constexpr (GS == 32) {
@@ -320,6 +320,8 @@ __attribute__((always_inline)) inline __m512 pair_scales(const float* s, int64_t
   }
 }
 
+// unit_scales for units u, u + 1 and one row of x: its dx_b from block 2u
+// (4 floats) times the row of w's part `sv`, each block's in its 4 lanes.
 template <int GS>
 __attribute__((always_inline)) inline __m512 pair_d(const float* dx, __m512 sv) {
   const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -331,9 +333,10 @@ __attribute__((always_inline)) inline __m512 pair_d(const float* dx, __m512 sv) 
   }
 }
 
+// unit_step for units u and u + 1 (u even, below paired_units).
 template <WeightKind W, int MR, int GS>
 __attribute__((always_inline)) inline void pair_step(const LinearArgs& a, const uint8_t* row, const float* s,
-                                                     int64_t u, int64_t xs, int64_t ds, int64_t rb,
+                                                     int64_t u, int64_t x8_stride, int64_t dx_stride, int64_t rb,
                                                      __m512 (&acc)[MR]) {
   constexpr int64_t ub = unit_bytes<W>();
   prefetch_next_row<2 * ub>(row + u * ub, rb);
@@ -342,8 +345,8 @@ __attribute__((always_inline)) inline void pair_step(const LinearArgs& a, const 
   const __m512 sv = pair_scales<GS>(s, u);
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
-    const __m512i I = unit_dot2<W>(c0, c1, a.x8 + m * xs + u * kUnit);
-    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), pair_d<GS>(a.dx + m * ds + 2 * u, sv), acc[m]);
+    const __m512i I = unit_dot2<W>(c0, c1, a.x8 + m * x8_stride + u * kUnit);
+    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), pair_d<GS>(a.dx + m * dx_stride + 2 * u, sv), acc[m]);
   }
 }
 
@@ -381,7 +384,7 @@ template <WeightKind W, int MR, int GS>
 void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
   const int64_t units = int8_units(a.K), whole = a.K / kUnit, paired = paired_units(a.K);
   const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8;
-  const int64_t xs = units * kUnit, ds = int8_dx_stride(a.K);
+  const int64_t x8_stride = units * kUnit, dx_stride = int8_dx_stride(a.K);
   // The row's scales in fp32, then zeros that the padded loads and a last
   // unit of one block read.
   float* s = scratch(groups + 8);
@@ -431,14 +434,14 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
       acc2[m] = _mm512_setzero_ps();
     }
     for (int64_t u = 0; u < paired; u += 2) {
-      pair_step<W, MR, GS>(a, row, s, u, xs, ds, rb, acc2);
+      pair_step<W, MR, GS>(a, row, s, u, x8_stride, dx_stride, rb, acc2);
     }
 #endif
     for (int64_t u = paired; u < whole; ++u) {
-      unit_step<W, MR, GS, false>(a, row, s, u, xs, ds, rb, acc);
+      unit_step<W, MR, GS, false>(a, row, s, u, x8_stride, dx_stride, rb, acc);
     }
     if (whole < units) {
-      unit_step<W, MR, GS, true>(a, row, s, whole, xs, ds, rb, acc);
+      unit_step<W, MR, GS, true>(a, row, s, whole, x8_stride, dx_stride, rb, acc);
     }
     for (int m = 0; m < MR; ++m) {
 #if TK_INT8_PAIRS
@@ -493,7 +496,7 @@ void rows_kind(const LinearArgs& a, int64_t begin, int64_t end) {
 void linear_quantize_x(const LinearX& x, WeightKind kind, int64_t group_size, int8_t* x8, float* dx, float* xsum,
                        int64_t begin, int64_t end) {
   const int64_t units = int8_units(x.K), groups = x.K / group_size;
-  const int64_t paired = paired_units(x.K), ds = int8_dx_stride(x.K);
+  const int64_t paired = paired_units(x.K), dx_stride = int8_dx_stride(x.K);
   const bool pairs = pair_scaled(kind, kVnni);  // (the file comment)
   int64_t col[kUnit];
   for (int64_t P = 0; P < kUnit; ++P) {
@@ -511,8 +514,8 @@ void linear_quantize_x(const LinearX& x, WeightKind kind, int64_t group_size, in
       }
       // dx: one scale per block, zero past the last (a last unit of one
       // block and the padded loads read them).
-      float* d = dx + m * ds;
-      for (int64_t b = 0; b < ds; ++b) {
+      float* d = dx + m * dx_stride;
+      for (int64_t b = 0; b < dx_stride; ++b) {
         d[b] = 0.0f;
       }
       for (int64_t u = 0; u < units; ++u) {
