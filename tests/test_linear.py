@@ -478,6 +478,25 @@ def test_int8_path_odd_units(native, isa, K, group_size):
             check(native, x, w, s, b, group_size, bits, what=f"isa={isa} M={M} K={K}")
 
 
+
+@pytest.mark.parametrize("bits", BITS)
+def test_int8_quantizer_views_same_bits(native, isa, bits):
+    # The integer decode path quantizes contiguous bf16 x with vector code and
+    # strided x (and a last unit of one block) with the scalar loop; both
+    # round x alike, so a strided view of the same values gives the same bits.
+    # K = 64·37 + 32 (the scalar tail in both), M = 1 (compact dx) and 3
+    # (expanded), outliers and all-zero blocks in x (int8_x).
+    K = 64 * 37 + 32
+    w, s, b = quantized(19, K, mx.bfloat16, 32, bits, seed=bits)
+    for M in (1, 3):
+        x = int8_x(M, K, 7)
+        strided = mx.repeat(x, 2, axis=1)[:, ::2]
+        assert mx.array_equal(strided, x).item()
+        one = native.linear(x, w, s, b, group_size=32, bits=bits)
+        two = native.linear(strided, w, s, b, group_size=32, bits=bits)
+        assert mx.array_equal(one, two).item(), f"isa={isa} bits={bits} M={M}: contiguous x != strided view"
+
+
 # ---- modes and bits the native kernels do not run: MLX's op, its exact result --------
 
 

@@ -71,7 +71,7 @@ bool linear_int8(const kern::Table& kernels, kern::LinearArgs& args, const kern:
   thread_local std::vector<int8_t> x8;
   thread_local std::vector<float> dx, xsum;
   x8.resize(args.M * units * 64);
-  dx.resize(args.M * kern::int8_dx_stride(args.K));
+  dx.resize(args.M * kern::int8_dx_stride(args.K, args.M));
   xsum.resize(args.M * (args.K / args.group_size));
   kernels.linear_quantize_x(xv, args.kind, args.group_size, x8.data(), dx.data(), xsum.data(), 0, args.M);
   args.x8 = x8.data();

@@ -128,7 +128,7 @@ struct LinearArgs {
   // x from linear_quantize_x, rows of int8_units(K) units of 64 columns;
   // linear_gemm8: from linear_quantize_x8 (gemm8_ldx).
   const int8_t* x8;  // int8: (M, units·64) codes of x, each unit in the kind's order (linear_int8.cpp's x8_at)
-  const float* dx;  // int8: (M, int8_dx_stride(K)): one scale per 32-column block, zero-padded
+  const float* dx;  // int8: (M, int8_dx_stride(K, M)): the 32-column blocks' scales (int8_dx_expanded), zero-padded
   const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
   const void* scales;  // (N, K/group_size), row-contiguous
   const void* biases;
@@ -141,10 +141,25 @@ inline constexpr int64_t kInt8MaxM = kLinearGemmMinM - 1;  // rows of x it handl
 inline int64_t int8_units(int64_t K) {
   return (K + 2 * kLinearBlock - 1) / (2 * kLinearBlock);
 }
-// Floats per row of its dx: two blocks per unit and four of zeros, which
-// the kernels' 4-float loads at the last unit read.
-inline int64_t int8_dx_stride(int64_t K) {
-  return 2 * int8_units(K) + 4;
+// Its dx, one scale per 32-column block: for M <= 2 one float per block
+// ("compact"), for M >= 3 "expanded", each block's scale in the 4 lanes of
+// a unit's result it scales (8 floats per unit). Expanded, the loop scales
+// each row of x's result with one multiply instead of a lane-crossing
+// permute and a multiply (vpermps takes ~1.5 cycles on Zen 3, whose
+// vpmaddubsw, vpmaddwd, vcvtdq2ps, vmulps and vfmadd share two pipes), which
+// pays where the loop is bound by instructions (M >= 3); compact, x's codes
+// and scales at K 13696 stay in L1 beside the weight stream, which pays
+// where it is bound by memory. Measured on Zen 3 (v3, 2 cores, q4, weights
+// in L3, x's quantization subtracted): M = 4-7 1.02-1.17x the compact loop's
+// speed; M = 2 0.97-1.22x there, while from DRAM q8 at M = 2 read 76-79 % of
+// the probe expanded against 84-85 % compact (interleaved builds, medians).
+constexpr bool int8_dx_expanded(int64_t M) {
+  return M > 2;
+}
+// Floats per row of dx: compact, two blocks per unit and four of zeros,
+// which the kernels' 4-float loads at the last unit read; expanded, 8 per unit.
+inline int64_t int8_dx_stride(int64_t K, int64_t M) {
+  return int8_dx_expanded(M) ? 8 * int8_units(K) : 2 * int8_units(K) + 4;
 }
 
 // The integer prefill GEMM's x (linear_gemm8.cpp; M >= kLinearGemmMinM):
