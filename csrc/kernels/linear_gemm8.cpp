@@ -436,12 +436,22 @@ void linear_quantize_x8(const LinearX& x, WeightKind kind, int64_t group_size, i
         xs[g] = 0.0f;
       }
       for (int64_t b = 0; b < blocks; ++b) {
+        int32_t sum;
+        float d;
+        if constexpr (D == Dtype::bf16) {
+          if (x.col_stride == 1) {
+            const __m256i codes = quantize_block_bf16(xr + b * kLinearBlock, pairs, d, sum);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kLinearBlock), codes);
+            xs[b * kLinearBlock / group_size] += d * float(sum);
+            dx[m * blocks + b] = d;
+            continue;
+          }
+        }
         float v[kLinearBlock];
         for (int k = 0; k < kLinearBlock; ++k) {
           v[k] = load<D>(xr[(b * kLinearBlock + k) * x.col_stride]);
         }
-        int32_t sum;
-        const float d = quantize_block(v, q + b * kLinearBlock, &sum, pairs);
+        d = quantize_block(v, q + b * kLinearBlock, &sum, pairs);
         xs[b * kLinearBlock / group_size] += d * float(sum);
         dx[m * blocks + b] = d;
       }

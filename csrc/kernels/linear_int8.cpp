@@ -517,59 +517,28 @@ void rows_kind(const LinearArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-// quantize_block (quantize_x.inc) on a whole unit of contiguous bf16 x,
-// vectorized, with the same result bit for bit (the same max, the same
-// fp32 multiply, rounding to nearest even): 64 columns at xr -> the unit's
-// two 32-byte halves of x8 in unit_column's order (bytes 0-31 at h0,
-// 32-63 at h1), each block's d and Σ codes. The scalar loop it replaces
-// took ~4 ns per column on Zen 3, 65 µs per row of x at K 13696, as much as
-// the weights' read at M = 7 in the L3 (and 3-4 % of a decode call at M = 1).
+// quantize_block_bf16 (quantize_x.inc) on a whole unit of contiguous bf16
+// x: 64 columns at xr -> the unit's two 32-byte halves of x8 in
+// unit_column's order (bytes 0-31 at h0, 32-63 at h1), each block's d and
+// Σ codes.
 __attribute__((always_inline)) inline void quantize_unit_bf16(const uint16_t* xr, WeightKind kind, bool pairs,
                                                               int8_t* h0, int8_t* h1, float (&d)[2],
                                                               int32_t (&sum)[2]) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  __m256i q[2];  // columns 0-31 and 32-63 in order
-  for (int b = 0; b < 2; ++b) {
-    __m256 v[4];
-    __m256 amax = _mm256_setzero_ps();
-    for (int k = 0; k < 4; ++k) {
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(xr + 32 * b + 8 * k));
-      v[k] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-      const __m256 a = _mm256_andnot_ps(sign, v[k]);
-      // pairs: |v_2j| + |v_2j+1| (in both lanes of the pair).
-      amax = _mm256_max_ps(amax, pairs ? _mm256_add_ps(a, _mm256_permute_ps(a, 0xB1)) : a);
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    const float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-    const __m256 inv = _mm256_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
-    __m256i i[4];
-    for (int k = 0; k < 4; ++k) {
-      i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], inv));  // MXCSR's default: nearest even, as nearbyintf
-    }
-    const __m256i t = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
-    __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
-    sum[b] = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1)));
-    d[b] = mx / 127.0f;
-    // packs interleave 4-column pieces across the 128-bit lanes; `order` undoes it.
-    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-    q[b] = _mm256_permutevar8x32_epi32(p, order);
-  }
+  const __m256i q0 = quantize_block_bf16(xr, pairs, d[0], sum[0]);  // columns 0-31 in order
+  const __m256i q1 = quantize_block_bf16(xr + kLinearBlock, pairs, d[1], sum[1]);
   __m256i a, c;
   if (kind == WeightKind::q4) {
     // Even columns to bytes 0-31, odd ones to 32-63: per 128-bit lane evens
     // to its low 8 bytes, then the 8-byte pieces in order.
     const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,  //
                                            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    const __m256i s0 = _mm256_shuffle_epi8(q[0], split), s1 = _mm256_shuffle_epi8(q[1], split);
+    const __m256i s0 = _mm256_shuffle_epi8(q0, split), s1 = _mm256_shuffle_epi8(q1, split);
     a = _mm256_permute4x64_epi64(_mm256_unpacklo_epi64(s0, s1), 0xD8);
     c = _mm256_permute4x64_epi64(_mm256_unpackhi_epi64(s0, s1), 0xD8);
   } else {
     // Columns 0-15 and 32-47 to bytes 0-31, 16-31 and 48-63 to 32-63.
-    a = _mm256_permute2x128_si256(q[0], q[1], 0x20);
-    c = _mm256_permute2x128_si256(q[0], q[1], 0x31);
+    a = _mm256_permute2x128_si256(q0, q1, 0x20);
+    c = _mm256_permute2x128_si256(q0, q1, 0x31);
   }
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(h0), a);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(h1), c);
