@@ -500,6 +500,31 @@ def test_int8_quantizer_views_same_bits(native, isa, bits):
         assert mx.array_equal(one, two).item(), f"isa={isa} bits={bits} M={M}: contiguous x != strided view"
 
 
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("bits", (None, *BITS))
+@pytest.mark.parametrize("xd", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+def test_non_finite_x(native, isa, xd, bits, value):
+    # A NaN or an infinity in a row of x makes that row of y non-finite, never
+    # finite garbage: the integer paths (bf16 x) round x to int8, where NaN
+    # would convert to an arbitrary integer, so a block holding one gets
+    # d = NaN (quantize_x.inc) and its row is NaN (inf too: MLX's own op
+    # gives ±inf or NaN). The other rows keep their bits. Decode (M 1, 3)
+    # and the prefill GEMM (M 9).
+    K = 256
+    args, kw = weight(21, K, xd, bits, seed=4)
+    for M in (1, 3, 9):
+        clean = rand((M, K), xd, M)
+        col = mx.arange(K)[None, :]
+        row = mx.arange(M)[:, None]
+        x = mx.where((row == 0) & (col == 37), mx.array(value, xd), clean)
+        got, want = native.linear(x, *args, **kw), native.linear(clean, *args, **kw)
+        assert not mx.isfinite(got[0]).any().item(), f"isa={isa} M={M}: a finite output from a row of x holding {value}"
+        if value != value:  # NaN
+            assert mx.isnan(got[0]).all().item(), f"isa={isa} M={M}: NaN in x, not NaN in y"
+        assert mx.array_equal(got[1:], want[1:]).item(), f"isa={isa} M={M}: the other rows changed"
+
+
 # ---- modes and bits the native kernels do not run: MLX's op, its exact result --------
 
 
