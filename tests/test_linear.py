@@ -481,12 +481,12 @@ def test_int8_path_odd_units(native, isa, K, group_size):
 
 @pytest.mark.parametrize("bits", BITS)
 def test_int8_quantizer_views_same_bits(native, isa, bits):
-    # The integer paths quantize contiguous bf16 x with vector code and
-    # strided x (and decode's last unit of one block) with the scalar loop;
-    # both round x alike, so a strided view of the same values gives the same
-    # bits. K = 64·37 + 32 (decode's scalar tail in both); decode M = 1
-    # (compact dx) and 3 (expanded), the prefill GEMM M = 9; outliers and
-    # all-zero blocks in x (int8_x).
+    # The integer paths quantize contiguous bf16 x in place and strided x
+    # gathered into a buffer first (csrc/kernels/quantize_x.inc's bf16_run),
+    # as decode's last unit of one block; a strided view of the same values
+    # gives the same bits. K = 64·37 + 32 (decode's gathered tail in both);
+    # decode M = 1 (compact dx) and 3 (expanded), the prefill GEMM M = 9;
+    # outliers and all-zero blocks in x (int8_x).
     if isa == "base":
         pytest.skip("base has no integer path (csrc/kernels/table.cpp)")
     K = 64 * 37 + 32

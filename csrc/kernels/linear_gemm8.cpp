@@ -425,38 +425,24 @@ void linear_quantize_x8(const LinearX& x, WeightKind kind, int64_t group_size, i
                         int64_t begin, int64_t end) {
   const int64_t ldx = gemm8_ldx(x.K), blocks = x.K / kLinearBlock, groups = x.K / group_size;
   const bool pairs = pair_scaled(kind, TK_GEMM8_VNNI);
-  with_dtype(x.dtype, [&](auto tag) {
-    constexpr Dtype D = decltype(tag)::value;
-    const auto* src = static_cast<const typename Storage<D>::type*>(x.ptr);
-    for (int64_t m = begin; m < end; ++m) {
-      const auto* xr = src + m * x.row_stride;
-      int8_t* q = x8 + m * ldx;
-      float* xs = xsum + m * groups;
-      for (int64_t g = 0; g < groups; ++g) {
-        xs[g] = 0.0f;
-      }
-      for (int64_t b = 0; b < blocks; ++b) {
-        int32_t sum;
-        float d;
-        if constexpr (D == Dtype::bf16) {
-          if (x.col_stride == 1) {
-            const __m256i codes = quantize_block_bf16(xr + b * kLinearBlock, pairs, d, sum);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kLinearBlock), codes);
-            xs[b * kLinearBlock / group_size] += d * float(sum);
-            dx[m * blocks + b] = d;
-            continue;
-          }
-        }
-        float v[kLinearBlock];
-        for (int k = 0; k < kLinearBlock; ++k) {
-          v[k] = load<D>(xr[(b * kLinearBlock + k) * x.col_stride]);
-        }
-        d = quantize_block(v, q + b * kLinearBlock, &sum, pairs);
-        xs[b * kLinearBlock / group_size] += d * float(sum);
-        dx[m * blocks + b] = d;
-      }
+  const auto* src = static_cast<const uint16_t*>(x.ptr);  // bf16 (quantize_x.inc)
+  uint16_t buf[kLinearBlock];
+  for (int64_t m = begin; m < end; ++m) {
+    const uint16_t* xr = src + m * x.row_stride;
+    int8_t* q = x8 + m * ldx;
+    float* xs = xsum + m * groups;
+    for (int64_t g = 0; g < groups; ++g) {
+      xs[g] = 0.0f;
     }
-  });
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint16_t* v = bf16_run(xr + b * kLinearBlock * x.col_stride, x.col_stride, kLinearBlock, kLinearBlock, buf);
+      int32_t sum;
+      float d;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kLinearBlock), quantize_block(v, pairs, d, sum));
+      xs[b * kLinearBlock / group_size] += d * float(sum);
+      dx[m * blocks + b] = d;
+    }
+  }
 }
 
 void linear_gemm8(const LinearArgs& a, int64_t begin, int64_t end) {

@@ -15,7 +15,7 @@
 //   2. One row of w at a time (rows_of), per 64 columns (two blocks, a unit):
 //      the codes as two vectors of 32 bytes, c0 and c1, whose 32-bit lanes
 //      0-3 hold block 2u's bytes and lanes 4-7 block 2u+1's; x8 is stored
-//      in the order that matches (unit_column, x8_at), so no shuffle meets
+//      in the order that matches (quantize_unit, x8_at), so no shuffle meets
 //      the codes.
 //   3. I = Σ of the 4-byte products per lane (vpdpbusd with VNNI, else
 //      vpmaddubsw then vpmaddwd), exact in int32.
@@ -44,6 +44,7 @@
 // K 512, M 7, random bf16 x, error vs the float64 oracle relative to its
 // max): 0.019 with Σx, 0.0057 with Σx̂ (bf16's tolerance is 0.016;
 // tests/test_linear.py states the errors at Talkie's shapes).
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -95,17 +96,6 @@ constexpr int64_t bits_of() {
 template <WeightKind W>
 constexpr int64_t unit_bytes() {
   return kUnit * bits_of<W>() / 8;
-}
-
-// Column (within the unit) of x8 byte P of a unit: bytes 0-31 meet c0, 32-63
-// meet c1. q4: c0 is the low nibbles (even columns), c1 the high ones; q6
-// and q8: c0 holds columns 0-15 of each block, c1 columns 16-31.
-inline int64_t unit_column(WeightKind kind, int64_t P) {
-  if (kind == WeightKind::q4) {
-    return P < 32 ? 2 * P : 2 * (P - 32) + 1;
-  }
-  const int64_t Q = P % 32;
-  return 32 * (Q / 16) + (P < 32 ? 0 : 16) + Q % 16;
 }
 
 inline __m256i two_halves(const uint8_t* lo, const uint8_t* hi) {
@@ -388,7 +378,7 @@ inline int64_t paired_units(int64_t K) {
   return TK_INT8_PAIRS ? (K / kUnit) & ~int64_t(1) : 0;
 }
 
-// Offset within a row of x8 of byte P (0-63, unit_column's order) of unit u:
+// Offset within a row of x8 of byte P (0-63, quantize_unit's order) of unit u:
 // a pair of units (u, u + 1) below paired_units stores bytes 0-31 of both,
 // then bytes 32-63 of both.
 inline int64_t x8_at(int64_t u, int64_t P, int64_t paired) {
@@ -517,15 +507,16 @@ void rows_kind(const LinearArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-// quantize_block_bf16 (quantize_x.inc) on a whole unit of contiguous bf16
-// x: 64 columns at xr -> the unit's two 32-byte halves of x8 in
-// unit_column's order (bytes 0-31 at h0, 32-63 at h1), each block's d and
-// Σ codes.
-__attribute__((always_inline)) inline void quantize_unit_bf16(const uint16_t* xr, WeightKind kind, bool pairs,
-                                                              int8_t* h0, int8_t* h1, float (&d)[2],
-                                                              int32_t (&sum)[2]) {
-  const __m256i q0 = quantize_block_bf16(xr, pairs, d[0], sum[0]);  // columns 0-31 in order
-  const __m256i q1 = quantize_block_bf16(xr + kLinearBlock, pairs, d[1], sum[1]);
+// quantize_block (quantize_x.inc) on a unit: 64 contiguous bf16 columns at
+// xr -> the unit's two 32-byte halves of x8 (bytes 0-31 at h0, 32-63 at h1)
+// in the order its codes unpack (load_unit): bytes 0-31 meet c0, 32-63 c1.
+// q4: c0 is the low nibbles (even columns), c1 the high ones; q6 and q8: c0
+// holds columns 0-15 of each block, c1 columns 16-31. Each block's d and Σ
+// codes into d, sum.
+__attribute__((always_inline)) inline void quantize_unit(const uint16_t* xr, WeightKind kind, bool pairs, int8_t* h0,
+                                                         int8_t* h1, float (&d)[2], int32_t (&sum)[2]) {
+  const __m256i q0 = quantize_block(xr, pairs, d[0], sum[0]);  // columns 0-31 in order
+  const __m256i q1 = quantize_block(xr + kLinearBlock, pairs, d[1], sum[1]);
   __m256i a, c;
   if (kind == WeightKind::q4) {
     // Even columns to bytes 0-31, odd ones to 32-63: per 128-bit lane evens
@@ -563,61 +554,36 @@ void linear_quantize_x(const LinearX& x, WeightKind kind, int64_t group_size, in
   const int64_t paired = paired_units(x.K), dx_stride = int8_dx_stride(x.K, x.M);
   const bool expanded = int8_dx_expanded(x.M);
   const bool pairs = pair_scaled(kind, kVnni);  // (the file comment)
-  int64_t col[kUnit];
-  for (int64_t P = 0; P < kUnit; ++P) {
-    col[P] = unit_column(kind, P);
-  }
-  with_dtype(x.dtype, [&](auto tag) {
-    constexpr Dtype D = decltype(tag)::value;
-    const auto* src = static_cast<const typename Storage<D>::type*>(x.ptr);
-    for (int64_t m = begin; m < end; ++m) {
-      const auto* xr = src + m * x.row_stride;
-      // Σx̂ per group accumulates block by block (groups hold whole blocks).
-      float* xs = xsum + m * groups;
-      for (int64_t g = 0; g < groups; ++g) {
-        xs[g] = 0.0f;
-      }
-      // dx: one scale per block (compact or expanded, int8_dx_expanded),
-      // zero past the last (a last unit of one block and the padded loads
-      // read them).
-      float* d = dx + m * dx_stride;
-      for (int64_t b = 0; b < dx_stride; ++b) {
-        d[b] = 0.0f;
-      }
-      for (int64_t u = 0; u < units; ++u) {
-        int8_t* x8u = x8 + m * units * kUnit;
-        if constexpr (D == Dtype::bf16) {
-          if (x.col_stride == 1 && (u + 1) * kUnit <= x.K) {
-            float db[2];
-            int32_t sum[2];
-            quantize_unit_bf16(xr + u * kUnit, kind, pairs, x8u + x8_at(u, 0, paired), x8u + x8_at(u, 32, paired), db,
-                               sum);
-            for (int b = 0; b < 2; ++b) {
-              set_dx(d, u, b, db[b], expanded);
-              xs[(2 * u + b) * kLinearBlock / group_size] += db[b] * float(sum[b]);
-            }
-            continue;
-          }
-        }
-        // Strided x, or the row's last unit when it holds one block.
-        float v[kUnit];
-        int8_t q[kUnit] = {};
-        for (int64_t k = 0; k < kUnit; ++k) {
-          const int64_t c = u * kUnit + k;
-          v[k] = c < x.K ? load<D>(xr[c * x.col_stride]) : 0.0f;
-        }
-        for (int b = 0; b < 2 && (2 * u + b) * kLinearBlock < x.K; ++b) {
-          int32_t sum;
-          const float db = quantize_block(v + b * kLinearBlock, q + b * kLinearBlock, &sum, pairs);
-          set_dx(d, u, b, db, expanded);
-          xs[(2 * u + b) * kLinearBlock / group_size] += db * float(sum);
-        }
-        for (int64_t P = 0; P < kUnit; ++P) {
-          x8u[x8_at(u, P, paired)] = q[col[P]];
-        }
+  const auto* src = static_cast<const uint16_t*>(x.ptr);  // bf16 (quantize_x.inc)
+  uint16_t buf[kUnit];
+  for (int64_t m = begin; m < end; ++m) {
+    const uint16_t* xr = src + m * x.row_stride;
+    int8_t* x8r = x8 + m * units * kUnit;
+    // Σx̂ per group accumulates block by block (groups hold whole blocks).
+    float* xs = xsum + m * groups;
+    for (int64_t g = 0; g < groups; ++g) {
+      xs[g] = 0.0f;
+    }
+    // dx: one scale per block (compact or expanded, int8_dx_expanded),
+    // zero past the last (a last unit of one block and the padded loads
+    // read them).
+    float* d = dx + m * dx_stride;
+    for (int64_t b = 0; b < dx_stride; ++b) {
+      d[b] = 0.0f;
+    }
+    for (int64_t u = 0; u < units; ++u) {
+      // A last unit of one block: its second block reads as zeros.
+      const int64_t n = std::min(kUnit, x.K - u * kUnit);
+      const uint16_t* v = bf16_run(xr + u * kUnit * x.col_stride, x.col_stride, n, kUnit, buf);
+      float db[2];
+      int32_t sum[2];
+      quantize_unit(v, kind, pairs, x8r + x8_at(u, 0, paired), x8r + x8_at(u, 32, paired), db, sum);
+      for (int b = 0; b < 2 && (2 * u + b) * kLinearBlock < x.K; ++b) {
+        set_dx(d, u, b, db[b], expanded);
+        xs[(2 * u + b) * kLinearBlock / group_size] += db[b] * float(sum[b]);
       }
     }
-  });
+  }
 }
 
 void linear_int8(const LinearArgs& a, int64_t begin, int64_t end) {
