@@ -471,7 +471,7 @@ def test_int8_path_odd_units(native, isa, K, group_size):
     # half_unit: K = 32·odd, so the last 64-column unit holds one block.
     # odd_units: an odd number of whole units, so on AVX-512 tables (two units
     # per vector) the last one runs alone at 256 bits; then both.
-    for M in (1, 3):
+    for M in (1, 2, 3):
         x = int8_x(M, K, 5)
         for bits in BITS:
             w, s, b = quantized(21, K, mx.bfloat16, group_size, bits, seed=bits)
@@ -485,13 +485,14 @@ def test_int8_quantizer_views_same_bits(native, isa, bits):
     # gathered into a buffer first (csrc/kernels/quantize_x.inc's bf16_run),
     # as decode's last unit of one block; a strided view of the same values
     # gives the same bits. K = 64·37 + 32 (decode's gathered tail in both);
-    # decode M = 1 (compact dx) and 3 (expanded), the prefill GEMM M = 9;
-    # outliers and all-zero blocks in x (int8_x).
+    # decode M = 1 (expanded dx, two accumulators), 2 (compact dx) and 3
+    # (expanded), the prefill GEMM M = 9; outliers and all-zero blocks in x
+    # (int8_x).
     if isa == "base":
         pytest.skip("base has no integer path (csrc/kernels/table.cpp)")
     K = 64 * 37 + 32
     w, s, b = quantized(19, K, mx.bfloat16, 32, bits, seed=bits)
-    for M in (1, 3, 9):
+    for M in (1, 2, 3, 9):
         x = int8_x(M, K, 7)
         strided = mx.repeat(x, 2, axis=1)[:, ::2]
         assert mx.array_equal(strided, x).item()

@@ -17,6 +17,13 @@ namespace tk::kern {
 
 enum class Dtype : int { f32 = 0, f16 = 1, bf16 = 2 };
 
+// p rounded up to a 64-byte (cache line) boundary: scratch buffers allocated
+// with 64 bytes to spare.
+template <class T>
+inline T* align64(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+
 // A strided view of an array as rows over its contiguous last axis: `nlead`
 // leading dims with sizes `shape` and element strides `strides` (the caller
 // copies inputs whose last axis is not contiguous). `ptr` already includes
@@ -141,20 +148,25 @@ inline constexpr int64_t kInt8MaxM = kLinearGemmMinM - 1;  // rows of x it handl
 inline int64_t int8_units(int64_t K) {
   return (K + 2 * kLinearBlock - 1) / (2 * kLinearBlock);
 }
-// Its dx, one scale per 32-column block: for M <= 2 one float per block
-// ("compact"), for M >= 3 "expanded", each block's scale in the 4 lanes of
-// a unit's result it scales (8 floats per unit). Expanded, the loop scales
+// Its dx, one scale per 32-column block: for M = 2 one float per block
+// ("compact"), otherwise "expanded", each block's scale in the 4 lanes of a
+// unit's result it scales (8 floats per unit). Expanded, the loop scales
 // each row of x's result with one multiply instead of a lane-crossing
 // permute and a multiply (vpermps takes ~1.5 cycles on Zen 3, whose
 // vpmaddubsw, vpmaddwd, vcvtdq2ps, vmulps and vfmadd share two pipes), which
-// pays where the loop is bound by instructions (M >= 3); compact, x's codes
-// and scales at K 13696 stay in L1 beside the weight stream, which pays
-// where it is bound by memory. Measured on Zen 3 (v3, 2 cores, q4, weights
-// in L3, x's quantization subtracted): M = 4-7 1.02-1.17x the compact loop's
-// speed; M = 2 0.97-1.22x there, while from DRAM q8 at M = 2 read 76-79 % of
-// the probe expanded against 84-85 % compact (interleaved builds, medians).
+// pays where the loop is bound by instructions: M >= 3, and M = 1 on a CPU
+// whose memory outruns the q4 / q6 loops (Zen 3 with a 33-36 GB/s probe:
+// the L2-resident M = 1 loop 1.2x faster with expanded dx, two accumulators
+// and aligned x8/dx together, and from DRAM q4 86 -> 93-95 %, q6 81-83 ->
+// 86-89 % of the probe; q8, bound by memory, alike within noise). Compact,
+// x's codes and scales at K 13696 stay in L1 beside the weight stream, which
+// pays where it is bound by memory: measured on Zen 3 (v3, 2 cores, q4,
+// weights in L3, x's quantization subtracted) M = 4-7 1.02-1.17x the compact
+// loop's speed; M = 2 0.97-1.22x there, while from DRAM q8 at M = 2 read
+// 76-79 % of the probe expanded against 84-85 % compact (interleaved builds,
+// medians).
 constexpr bool int8_dx_expanded(int64_t M) {
-  return M > 2;
+  return M != 2;
 }
 // Floats per row of dx: compact, two blocks per unit and four of zeros,
 // which the kernels' 4-float loads at the last unit read; expanded, 8 per unit.

@@ -721,10 +721,6 @@ inline int64_t min64(int64_t a, int64_t b) {
   return a < b ? a : b;
 }
 
-inline float* align64(float* p) {
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
-}
-
 template <WeightKind W>
 void linear_gemm(const LinearArgs& a, int64_t begin, int64_t end) {
   float* bp = align64(thread_scratch(0, kNC * kKC + kMR * kKCP + kMC * kNC + 16));

@@ -183,10 +183,6 @@ inline float* thread_scratch(int64_t floats) {
   return kept.data();
 }
 
-inline float* align64(float* p) {
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
-}
-
 // n elements of a float array from element `at` on, as fp32.
 inline void to_float(Dtype d, const void* p, int64_t at, int64_t n, float* out) {
   with_dtype(d, [&](auto tag) {
