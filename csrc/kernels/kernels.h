@@ -154,17 +154,15 @@ inline int64_t int8_units(int64_t K) {
 // each row of x's result with one multiply instead of a lane-crossing
 // permute and a multiply (vpermps takes ~1.5 cycles on Zen 3, whose
 // vpmaddubsw, vpmaddwd, vcvtdq2ps, vmulps and vfmadd share two pipes), which
-// pays where the loop is bound by instructions: M >= 3, and M = 1 on a CPU
-// whose memory outruns the q4 / q6 loops (Zen 3 with a 33-36 GB/s probe:
-// the L2-resident M = 1 loop 1.2x faster with expanded dx, two accumulators
-// and aligned x8/dx together, and from DRAM q4 86 -> 93-95 %, q6 81-83 ->
-// 86-89 % of the probe; q8, bound by memory, alike within noise). Compact,
-// x's codes and scales at K 13696 stay in L1 beside the weight stream, which
-// pays where it is bound by memory: measured on Zen 3 (v3, 2 cores, q4,
-// weights in L3, x's quantization subtracted) M = 4-7 1.02-1.17x the compact
-// loop's speed; M = 2 0.97-1.22x there, while from DRAM q8 at M = 2 read
-// 76-79 % of the probe expanded against 84-85 % compact (interleaved builds,
-// medians).
+// pays where the loop is bound by instructions. Measured on Zen 3 (v3, 2
+// cores, interleaved builds, medians): M = 4-7, q4 weights in L3, 1.02-1.17x
+// the compact loop's speed; M = 1, from DRAM with a 33-36 GB/s probe,
+// expanded dx with two accumulators and aligned x8/dx read q4 at 93-95 % of
+// the probe against 86 %, q6 at 86-89 % against 81-83 % (q8, bound by
+// memory, alike within noise). Compact keeps x's codes and scales at K 13696
+// in L1 beside the weight stream, which pays where the loop is bound by
+// memory: at M = 2 from DRAM q8 read 76-79 % of the probe expanded against
+// 84-85 % compact (77-80 % against 90-92 % in a later run).
 constexpr bool int8_dx_expanded(int64_t M) {
   return M != 2;
 }

@@ -450,10 +450,14 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
         bt[m] = v;
       }
     });
-    // 2-4. The units.
-    __m256 acc[MR];
-    for (int m = 0; m < MR; ++m) {
-      acc[m] = _mm256_setzero_ps();
+    // 2-4. The units. M = 1: two accumulators, even and odd units, else the
+    // one FMA chain (4 cycles a link on Zen 3) bounds the loop.
+    constexpr int kChains = MR == 1 ? 2 : 1;
+    __m256 acc[kChains][MR];
+    for (int c = 0; c < kChains; ++c) {
+      for (int m = 0; m < MR; ++m) {
+        acc[c][m] = _mm256_setzero_ps();
+      }
     }
 #if TK_INT8_PAIRS
     __m512 acc2[MR];
@@ -464,39 +468,28 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
       pair_step<W, MR, GS>(a, row, s, u, x8_stride, dx_stride, rb, acc2);
     }
 #endif
-    {
-      // M = 1: two accumulators, even and odd units, else the one FMA
-      // chain (4 cycles a link on Zen 3) bounds the loop.
-      constexpr int kChains = MR == 1 ? 2 : 1;
-      __m256 part[kChains][MR];
+    int64_t u = paired;
+    for (; u + kChains <= whole; u += kChains) {
       for (int c = 0; c < kChains; ++c) {
-        for (int m = 0; m < MR; ++m) {
-          part[c][m] = _mm256_setzero_ps();
-        }
+        unit_step<W, MR, GS, false>(a, row, s, u + c, x8_stride, dx_stride, rb, acc[c]);
       }
-      int64_t u = paired;
-      for (; u + kChains <= whole; u += kChains) {
-        for (int c = 0; c < kChains; ++c) {
-          unit_step<W, MR, GS, false>(a, row, s, u + c, x8_stride, dx_stride, rb, part[c]);
-        }
-      }
-      for (; u < whole; ++u) {
-        unit_step<W, MR, GS, false>(a, row, s, u, x8_stride, dx_stride, rb, part[0]);
-      }
-      for (int c = 0; c < kChains; ++c) {
-        for (int m = 0; m < MR; ++m) {
-          acc[m] = _mm256_add_ps(acc[m], part[c][m]);
-        }
+    }
+    for (; u < whole; ++u) {
+      unit_step<W, MR, GS, false>(a, row, s, u, x8_stride, dx_stride, rb, acc[0]);
+    }
+    for (int c = 1; c < kChains; ++c) {
+      for (int m = 0; m < MR; ++m) {
+        acc[0][m] = _mm256_add_ps(acc[0][m], acc[c][m]);
       }
     }
     if (whole < units) {
-      unit_step<W, MR, GS, true>(a, row, s, whole, x8_stride, dx_stride, rb, acc);
+      unit_step<W, MR, GS, true>(a, row, s, whole, x8_stride, dx_stride, rb, acc[0]);
     }
     for (int m = 0; m < MR; ++m) {
 #if TK_INT8_PAIRS
-      const float v = hsum16(acc2[m]) + hsum8(acc[m]) + bt[m];
+      const float v = hsum16(acc2[m]) + hsum8(acc[0][m]) + bt[m];
 #else
-      const float v = hsum8(acc[m]) + bt[m];
+      const float v = hsum8(acc[0][m]) + bt[m];
 #endif
       const int64_t at = m * a.N + n;
       if (a.out_dtype == Dtype::bf16) {
