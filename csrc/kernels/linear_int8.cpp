@@ -211,6 +211,30 @@ __attribute__((always_inline)) inline void prefetch_next_row(const uint8_t* p, i
   }
 }
 
+// A row's scales and biases (groups elements each) are two short streams
+// beside the codes' long one, read once per row at its start (step 1); the
+// hardware prefetcher serves them poorly, so they are requested into L1
+// kScaleLead rows ahead. Measured on Zen 3 (2 cores, DRAM, AVX2 (v3), M = 1,
+// four runs of interleaved builds, medians as a share of the read probe):
+// q8 5120 -> 15360 79-88 % without, 85-93 % with; 5120 -> 5120 83-87 %
+// against 87-96 %; q4, q6 and M = 2 alike within the noise (+-8 %); 2 and 4
+// rows ahead measured worse than 6.
+constexpr int64_t kScaleLead = 6;
+inline void prefetch_row_scales(const LinearArgs& a, int64_t n, int64_t end, int64_t groups) {
+  if (n + kScaleLead >= end) {
+    return;
+  }
+  auto ahead = [&](const void* base, Dtype d) {
+    const int64_t bytes = groups * (d == Dtype::f32 ? 4 : 2);
+    const uint8_t* p = static_cast<const uint8_t*>(base) + (n + kScaleLead) * bytes;
+    for (int64_t o = 0; o < bytes; o += 64) {
+      __builtin_prefetch(p + o, 0, 3);
+    }
+  };
+  ahead(a.scales, a.scale_dtype);
+  ahead(a.biases, a.bias_dtype);
+}
+
 // The per-row scale factors of one step for a row of x: lanes 0-3 of the
 // 256-bit result take block 2u's dx_b·s_g, lanes 4-7 block 2u + 1's. `dx`:
 // x's block scales from block 2u (4 floats: dx is padded), `s`: the row's
@@ -420,6 +444,7 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
   }
   for (int64_t n = begin; n < end; ++n) {
     const uint8_t* row = static_cast<const uint8_t*>(a.w) + n * rb;
+    prefetch_row_scales(a, n, end, groups);
     // 1. s_g of the row in fp32; the bias terms Σ_g b_g·Σx̂_g.
     with_dtype(a.scale_dtype, [&](auto tag) {
       constexpr Dtype D = decltype(tag)::value;
