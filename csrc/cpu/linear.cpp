@@ -55,7 +55,7 @@ void output_rows(const kern::LinearArgs& args, void (*fn)(const kern::LinearArgs
 // Quantized weights against bf16 x, few rows, bf16/fp16 output: x to int8
 // once, then integer dot products (kernels/linear_int8.cpp, whose comments
 // give the measured rates: on Zen 3 with AVX2, M = 1, 82-98 % of the read
-// probe for q4 / q6 and 78-92 % for q8 at Talkie 13B's shapes, against ~28 %
+// probe for q4 / q6 and 73-93 % for q8 at Talkie 13B's shapes, against ~28 %
 // for the fp32 FMA loop it replaced). x is quantized here, on the calling
 // thread: ~9 µs per row of x at K 13696 on Zen 3 (quantize_x.inc), ~1 % of
 // a call's weight read at M = 1.
