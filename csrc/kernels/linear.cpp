@@ -539,9 +539,11 @@ constexpr int64_t kKC = 256;
 // Row stride of the copied rows of x: KC + 16 floats, so the MR rows do not
 // fall into the same L1 sets (a stride that is a multiple of 4 KB would).
 constexpr int64_t kKCP = kKC + 16;
-// Output-column block: the packed w block NC × KC is 128 KB, and the fp32
-// accumulator MC × NC about 256 KB: both stay in L2 (2 MB per core here,
-// 512 KB on Zen 3) while all MC rows of x pass over them.
+// Output-column block: the packed w block NC × KC is 256 KB (fp32), and the
+// fp32 accumulator MC × NC about 512 KB: both stay in a 2 MB L2 while all MC
+// rows of x pass over them; in Zen 3's 512 KB the packed block stays (it is
+// reread for every register block) and the accumulator streams from L3,
+// touched once per tile.
 constexpr int64_t kNC = 256;
 // Row block: about 512 rows (whole register blocks), so a 512-token prefill
 // packs each weight once.
