@@ -147,17 +147,22 @@ constexpr int64_t bits_of() {
 
 // The register block: MR rows × NV vectors of columns, MR·NV int32 sums and
 // MR·NV fp32 accumulators plus NV vectors of codes, NV of scales and one
-// broadcast of x. AVX-512 (32 registers): 6 × 2, 24 + 2 + 2 + 1. AVX2 (16):
-// 6 × 1, 12 + 1 + 1 + 1 (q6: 5 × 1 and a register for the pair sums).
-// (Zen 4, one core, q4 5120 -> 5120, M = 512, single runs: AVX2 6 × 1
-// 218 ms, 3 × 2 209 ms, within this machine's noise.)
+// broadcast of x. AVX-512 (32 registers): 6 × 2, 24 + 2 + 2 + 1. AVX2 (16)
+// with VNNI: 6 × 1, 12 + 1 + 1 + 1. AVX2 without VNNI: 4 × 2, 8 sums + 2
+// codes + x + the widening constant; the 8 fp32 accumulators go to L1 and
+// back once per 32-column block, while each broadcast of x feeds two
+// vpmaddubsw instead of one. Measured on Zen 3 (AMD EPYC, AVX2), one core,
+// M = 512, 5120 -> 2048, GFLOP/s, best of 6 interleaved runs, the chains
+// kept (quad): 6 × 1 (q6 5 × 1) q4 162, q6 112, q8 132; 4 × 2 q4 188, q6
+// 120, q8 147 (3 × 2, in an earlier set of runs: 172 / 113 / 136 against
+// 4 × 2's 183 / 117 / 143).
 template <WeightKind W>
 constexpr int mr_of() {
-  return L == 16 ? 6 : mode_of<W>() == Mode::int16_quad ? 5 : 6;
+  return L == 8 && mode_of<W>() != Mode::vnni ? 4 : 6;
 }
 template <WeightKind W>
 constexpr int nv_of() {
-  return L == 16 ? 2 : 1;
+  return L == 8 && mode_of<W>() == Mode::vnni ? 1 : 2;
 }
 static_assert(kGemm8PadRows >= 6, "the register block's rows past M read padding rows of x");
 
@@ -288,6 +293,15 @@ __attribute__((always_inline)) inline void quad(vi (&I)[NV], const vi (&w)[NV], 
       I[j] = add16(I[j], maddubs(w[j], xb));
     } else {
       I[j] = add32(I[j], widen16(maddubs(w[j], xb)));
+    }
+    // Integer adds reassociate: GCC turns each block's 8-step chain into a
+    // tree of products held at once, which spills the AVX2 block's registers
+    // to the stack. The empty asm keeps the chain (1 cycle a link, MR·NV
+    // chains side by side). Zen 3, one core, M = 512, 5120 -> 2048, the
+    // 6 × 1 block (q6 5 × 1): q4 123 -> 162 GFLOP/s, q6 97 -> 112, q8
+    // 113 -> 132; same bits.
+    if constexpr (MD != Mode::vnni) {
+      asm("" : "+v"(I[j]));
     }
   }
 }
