@@ -27,11 +27,11 @@ namespace tk::kern::TK_ISA {
 // interleaved medians on a shared machine (bf16 dense: 82-86): v4-vnni q4
 // 256 / 252, q8 255 / 233 (fp32 GEMM: 83-86); v4 q4 132 / 139; v3 q4
 // 122 / 128 (q8 by the sign trick, AVX2: 89 / 73 against the fp32 GEMM's
-// 83 / 77, not taken). q8 without VNNI with pair-scaled x (linear_gemm8.cpp),
-// Zen 3 (AMD EPYC, AVX2), M = 512, 5120 -> 5120 / 5120 -> 15360 / 13696 ->
-// 5120, interleaved medians: 2 cores 136 / 122 / 134 against bf16's
-// 106 / 97 / 118 and the fp32 GEMM's 109 / 109 / 114; one core 66 / 67 / 70
-// against 62 / 67 / 60 and 62 / 62 / 58.
+// 83 / 77, not taken). Since then, without VNNI: q8 with pair-scaled x
+// (linear_gemm8.cpp) and, on AVX2, a 4 × 16 register block whose integer
+// sums stay chains; Zen 3 (AMD EPYC, AVX2), 2 cores, M = 512, 5120 -> 15360
+// / 5120 -> 5120 / 13696 -> 5120, interleaved medians: q4 303 / 315 / 314,
+// q6 195 / 207 / 206, q8 236 / 231 / 273 against bf16's 161 / 153 / 156.
 extern const Table table = {
     TK_NAME,
     TK_FROM(rms_norm),
