@@ -254,6 +254,14 @@ def test_settings_of_the_flags():
     (run,) = s4.models
     assert (run.name, run.formats, run.fused_only, s4.all_isas) == ("talkie-4l-13b-width", ["q4", "bfloat16"], True, True)
     assert s4.workloads(run, "q4") == [("decode", "step_loop", ("reference", "fused"))]
+    # ... and with --prompt-len, a prefill of that many tokens before the decode
+    # (fused alone: mlx-lm's would take minutes); one block at 13B width stays decode only.
+    sp = Settings.from_args(parse(["--configs", "talkie-4l-13b-width,talkie-1l-13b-width", "--dtypes", "q4",
+                                   "--prompt-len", "512"]))
+    four, one = sp.models
+    assert (four.prompt_len, one.prompt_len) == (512, 0)
+    assert [w[:2] for w in sp.workloads(four, "q4")] == [("prefill", "forward"), ("decode", "step_loop")]
+    assert sp.workloads(one, "q4") == [("decode", "step_loop", ("reference", "fused"))]
     assert s.do_linear and s.linear_shapes == bench_linear.SHAPES_13B
     assert [(n, K, N) for n, K, N in bench_linear.SHAPES_13B] == [
         ("attn_qkv", 5120, 15360), ("attn_resid", 5120, 5120), ("mlp_gate_linear", 5120, 27392),

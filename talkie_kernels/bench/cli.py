@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isas", metavar="NAMES", type=_isa_names, help="like --all-isas, for these comma-separated tables only "
                    "(names from talkie_kernels.native.ops.available_isas(), e.g. v3,v4-vnni)")
     p.add_argument("--op-dtype", choices=["float32", "float16", "bfloat16"], help=f"dtype of the per-op inputs (default {B.DEFAULTS.op_dtype}, as Talkie's weights)")
-    p.add_argument("--prompt-len", type=int_in(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs)")
+    p.add_argument("--prompt-len", type=int_in(1), metavar="N", help="prefill prompt length for every model (default 64 for talkie-8l-512, 512 for other configs; the 13B-width configs decode only, except talkie-4l-13b-width, measured fused-only, which prefills N tokens when this is given)")
     p.add_argument("--decode-tokens", type=int_in(1), metavar="N", help="decode steps per sample; samples continue one sequence (default 32, 4 for quantized weights)")
     p.add_argument("--decode-prompt", type=int_in(1), metavar="N", help="prompt prefilled (untimed) before decoding (default 16, 4 for quantized weights)")
     p.add_argument("--no-generate-step", action="store_true", help="skip the second decode measurement, through mlx_lm's generate_step (async_eval pipelining, as mlx_lm.generate runs it)")

@@ -197,8 +197,10 @@ def _model_runs(args) -> list[ModelRun]:
         runs = [ModelRun(str(args.model), args.prompt_len or (16 if q else 512), [None], checkpoint=True)]
     elif args.configs:
         runs = [
-            # At 13B width MLX's prefill takes minutes: decode only, as --block-13b.
-            ModelRun(n, 0, formats, DECODE_ONLY) if n in WIDTH_13B
+            # At 13B width MLX's prefill takes minutes: decode only, as --block-13b,
+            # unless the config is measured fused-only and --prompt-len asks for a prefill.
+            ModelRun(n, args.prompt_len, formats) if n in FUSED_ONLY and args.prompt_len
+            else ModelRun(n, 0, formats, DECODE_ONLY) if n in WIDTH_13B
             else ModelRun(n, args.prompt_len or (16 if q else dict(M.DEFAULT_MODELS).get(n, 512)), formats)
             for n in split(args.configs)
         ]
