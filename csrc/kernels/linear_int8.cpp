@@ -193,22 +193,34 @@ inline float* scratch(int64_t floats) {
   return kept.data();
 }
 
-// Where a row of w is read (step 2), the same offset of the next row is
-// requested into L2 (prefetcht1), one request per cache line: the rows a
-// thread reads are one sequential stream, and the request keeps a row's
-// time of lead on it across page boundaries, where the hardware prefetcher
-// stops. Into L1 (prefetcht0) it evicts x8 at K 13696, whose rows of x8
+// Where a row of w is read (step 2), the same offset of the next row (at
+// least kMinLead bytes on, below) is requested into L2 (prefetcht1), one
+// request per cache line: the rows a thread reads are one sequential
+// stream, and the request keeps a row's time of lead on it across page
+// boundaries, where the hardware prefetcher stops. Into L1 (prefetcht0) it evicts x8 at K 13696, whose rows of x8
 // and w together fill L1: measured on Zen 4 (2 cores, DRAM, interleaved
 // builds, share of the read probe), q4 K 13696 -> 5120 54-62 % with
 // prefetcht0 against 68-85 % with prefetcht1, q8 66-68 % against 80-95 %;
 // at K 5120 q4 is alike and q8 gains (75-80 % -> 86-96 %). The exception is
 // q6 at K 13696 on AVX2 (v3): 62 % with prefetcht0, 45-49 % with prefetcht1.
 template <int64_t kBytes>
-__attribute__((always_inline)) inline void prefetch_next_row(const uint8_t* p, int64_t rb) {
+__attribute__((always_inline)) inline void prefetch_next_row(const uint8_t* p, int64_t lead) {
 #pragma GCC unroll 4
   for (int64_t o = 0; o < kBytes; o += 64) {
-    __builtin_prefetch(p + rb + o, 0, 2);
+    __builtin_prefetch(p + lead + o, 0, 2);
   }
+}
+
+// The request's lead in bytes: one row, and at least kMinLead, since a short
+// row (q4 at K 5120: 2.5 KB) is ~0.2 µs of one core's share of the
+// bandwidth, about one DRAM latency in a VM. Measured on a
+// Sapphire-Rapids-class Xeon (v4-vnni, 2 cores, DRAM, q4 5120 -> 5120,
+// C++ harness, three interleaved rounds, mean GB/s): 21.4-21.7 with one
+// row's lead, 21.7-22.3 with 4 KB, 22.6-22.7 with 6 KB (q6, 3.75 KB rows:
+// alike within the noise; rows of 6 KB and more are unchanged).
+constexpr int64_t kMinLead = 6144;
+inline int64_t row_lead(int64_t rb) {
+  return rb > kMinLead ? rb : kMinLead;
 }
 
 // A row's scales and biases (groups elements each) are two short streams
@@ -268,11 +280,11 @@ __attribute__((always_inline)) inline __m256 unit_row_scales(const float* s, int
 // row's last unit holds one block.
 template <WeightKind W, int MR, int GS, bool HALF>
 __attribute__((always_inline)) inline void unit_step(const LinearArgs& a, const uint8_t* row, const float* s,
-                                                     int64_t u, int64_t x8_stride, int64_t dx_stride, int64_t rb,
+                                                     int64_t u, int64_t x8_stride, int64_t dx_stride, int64_t lead,
                                                      __m256 (&acc)[MR]) {
   constexpr int64_t ub = unit_bytes<W>();
   if ((u * ub) % 64 < ub) {
-    prefetch_next_row<ub>(row + u * ub, rb);
+    prefetch_next_row<ub>(row + u * ub, lead);
   }
   __m256i c0, c1;
   load_unit<W>(row, u, HALF, c0, c1);
@@ -384,10 +396,10 @@ __attribute__((always_inline)) inline __m512 pair_d(const float* dx, __m512 sv) 
 // unit_step for units u and u + 1 (u even, below paired_units).
 template <WeightKind W, int MR, int GS>
 __attribute__((always_inline)) inline void pair_step(const LinearArgs& a, const uint8_t* row, const float* s,
-                                                     int64_t u, int64_t x8_stride, int64_t dx_stride, int64_t rb,
+                                                     int64_t u, int64_t x8_stride, int64_t dx_stride, int64_t lead,
                                                      __m512 (&acc)[MR]) {
   constexpr int64_t ub = unit_bytes<W>();
-  prefetch_next_row<2 * ub>(row + u * ub, rb);
+  prefetch_next_row<2 * ub>(row + u * ub, lead);
   __m512i c0, c1;
   load_two<W>(row + u * ub, c0, c1);
   constexpr bool kExpanded = int8_dx_expanded(MR);
@@ -434,7 +446,7 @@ inline int64_t x8_at(int64_t u, int64_t P, int64_t paired) {
 template <WeightKind W, int MR, int GS>
 void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
   const int64_t units = int8_units(a.K), whole = a.K / kUnit, paired = paired_units(a.K);
-  const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8;
+  const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8, lead = row_lead(rb);
   const int64_t x8_stride = units * kUnit, dx_stride = int8_dx_stride(a.K, MR);
   // The row's scales in fp32, then zeros that the padded loads and a last
   // unit of one block read.
@@ -490,17 +502,17 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
       acc2[m] = _mm512_setzero_ps();
     }
     for (int64_t u = 0; u < paired; u += 2) {
-      pair_step<W, MR, GS>(a, row, s, u, x8_stride, dx_stride, rb, acc2);
+      pair_step<W, MR, GS>(a, row, s, u, x8_stride, dx_stride, lead, acc2);
     }
 #endif
     int64_t u = paired;
     for (; u + kChains <= whole; u += kChains) {
       for (int c = 0; c < kChains; ++c) {
-        unit_step<W, MR, GS, false>(a, row, s, u + c, x8_stride, dx_stride, rb, acc[c]);
+        unit_step<W, MR, GS, false>(a, row, s, u + c, x8_stride, dx_stride, lead, acc[c]);
       }
     }
     for (; u < whole; ++u) {
-      unit_step<W, MR, GS, false>(a, row, s, u, x8_stride, dx_stride, rb, acc[0]);
+      unit_step<W, MR, GS, false>(a, row, s, u, x8_stride, dx_stride, lead, acc[0]);
     }
     for (int c = 1; c < kChains; ++c) {
       for (int m = 0; m < MR; ++m) {
@@ -508,7 +520,7 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
       }
     }
     if (whole < units) {
-      unit_step<W, MR, GS, true>(a, row, s, whole, x8_stride, dx_stride, rb, acc[0]);
+      unit_step<W, MR, GS, true>(a, row, s, whole, x8_stride, dx_stride, lead, acc[0]);
     }
     for (int m = 0; m < MR; ++m) {
 #if TK_INT8_PAIRS
