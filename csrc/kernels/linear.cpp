@@ -530,7 +530,7 @@ void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
 // 16 per 28; measured on a Sapphire-Rapids-class Xeon (2 cores, bf16 w,
 // M = 512, K 5120 / 13696, interleaved): 14 × 32 284-295 GFLOP/s, 6 × 64
 // 292-306, 7 × 64 280-288; one core 146-147 -> 151. (Unmeasured on Zen 4
-// and 5, where 512-bit loads cost the same as there.)
+// and Zen 5.)
 #if TK_VW == 16
 constexpr int kMR = 6;
 constexpr int kNV = 4;

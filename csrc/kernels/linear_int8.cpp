@@ -197,8 +197,8 @@ inline float* scratch(int64_t floats) {
 // least kMinLead bytes on, below) is requested into L2 (prefetcht1), one
 // request per cache line: the rows a thread reads are one sequential
 // stream, and the request keeps a row's time of lead on it across page
-// boundaries, where the hardware prefetcher stops. Into L1 (prefetcht0) it evicts x8 at K 13696, whose rows of x8
-// and w together fill L1: measured on Zen 4 (2 cores, DRAM, interleaved
+// boundaries, where the hardware prefetcher stops. Into L1 (prefetcht0) it
+// evicts x8 at K 13696, whose rows of x8 and w together fill L1: measured on Zen 4 (2 cores, DRAM, interleaved
 // builds, share of the read probe), q4 K 13696 -> 5120 54-62 % with
 // prefetcht0 against 68-85 % with prefetcht1, q8 66-68 % against 80-95 %;
 // at K 5120 q4 is alike and q8 gains (75-80 % -> 86-96 %). The exception is
