@@ -193,16 +193,16 @@ inline float* scratch(int64_t floats) {
   return kept.data();
 }
 
-// Where a row of w is read (step 2), the same offset of the next row (at
-// least kMinLead bytes on, below) is requested into L2 (prefetcht1), one
-// request per cache line: the rows a thread reads are one sequential
-// stream, and the request keeps a row's time of lead on it across page
-// boundaries, where the hardware prefetcher stops. Into L1 (prefetcht0) it
-// evicts x8 at K 13696, whose rows of x8 and w together fill L1: measured on Zen 4 (2 cores, DRAM, interleaved
-// builds, share of the read probe), q4 K 13696 -> 5120 54-62 % with
-// prefetcht0 against 68-85 % with prefetcht1, q8 66-68 % against 80-95 %;
-// at K 5120 q4 is alike and q8 gains (75-80 % -> 86-96 %). The exception is
-// q6 at K 13696 on AVX2 (v3): 62 % with prefetcht0, 45-49 % with prefetcht1.
+// Where a row of w is read (step 2), the same offset of the next row (at least
+// kMinLead bytes on, below) is requested into L2 (prefetcht1), one request per
+// cache line: the rows a thread reads are one sequential stream, and the
+// request keeps a row's time of lead on it across page boundaries, where the
+// hardware prefetcher stops. Into L1 (prefetcht0) it evicts x8 at K 13696,
+// whose rows of x8 and w together fill L1: measured on Zen 4 (2 cores, DRAM,
+// interleaved builds, share of the read probe), q4 K 13696 -> 5120 54-62 %
+// with prefetcht0 against 68-85 % with prefetcht1, q8 66-68 % against 80-95 %;
+// at K 5120 q4 is alike and q8 gains (75-80 % -> 86-96 %). The exception is q6
+// at K 13696 on AVX2 (v3): 62 % with prefetcht0, 45-49 % with prefetcht1.
 template <int64_t kBytes>
 __attribute__((always_inline)) inline void prefetch_next_row(const uint8_t* p, int64_t lead) {
 #pragma GCC unroll 4
