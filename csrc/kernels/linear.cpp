@@ -531,13 +531,8 @@ void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
 // M = 512, K 5120 / 13696, interleaved): 14 × 32 284-295 GFLOP/s, 6 × 64
 // 292-306, 7 × 64 280-288; one core 146-147 -> 151. (Unmeasured on Zen 4
 // and Zen 5.)
-#if TK_VW == 16
 constexpr int kMR = 6;
-constexpr int kNV = 4;
-#else
-constexpr int kMR = 6;
-constexpr int kNV = 2;
-#endif
+constexpr int kNV = VW == 16 ? 4 : 2;
 constexpr int kNR = kNV * VW;
 // K block: a micro-panel is KC × NR fp32 (256 × 64 × 4 = 64 KB on AVX-512,
 // 16 KB on AVX2, streamed from L2), the MR rows of x KC × MR (6 KB, in L1:
@@ -821,15 +816,18 @@ void linear_kind(const LinearArgs& a, int64_t begin, int64_t end) {
 void linear_prepare_x(const LinearX& x, WeightKind kind, float* dst, int64_t begin, int64_t end) {
   const int64_t Kp = (x.K + kLinearBlock - 1) / kLinearBlock * kLinearBlock;
   int64_t col[kLinearBlock];
+  bool in_order = x.col_stride == 1;
   for (int64_t p = 0; p < kLinearBlock; ++p) {
     col[p] = block_column(kind, p);
+    in_order = in_order && col[p] == p;
   }
   for (int64_t m = begin; m < end; ++m) {
     float* d = dst + m * Kp;
     const int64_t row = m * x.row_stride;
-    if (kind <= WeightKind::bf16 && x.col_stride == 1) {
-      // Dense weights keep x's column order: one vectorized conversion
-      // (the gather below is scalar, ~4 % of a 512-row bf16 prefill).
+    if (in_order) {
+      // The kind's block order is x's own (dense weights, q8) and x's columns
+      // are contiguous: one vectorized conversion (the gather below is
+      // scalar, ~4 % of a 512-row bf16 prefill).
       to_float(x.dtype, x.ptr, row, x.K, d);
       std::fill(d + x.K, d + Kp, 0.0f);
       continue;

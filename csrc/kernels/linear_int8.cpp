@@ -219,9 +219,6 @@ __attribute__((always_inline)) inline void prefetch_next_row(const uint8_t* p, i
 // row's lead, 21.7-22.3 with 4 KB, 22.6-22.7 with 6 KB (q6, 3.75 KB rows:
 // alike within the noise; rows of 6 KB and more are unchanged).
 constexpr int64_t kMinLead = 6144;
-inline int64_t row_lead(int64_t rb) {
-  return rb > kMinLead ? rb : kMinLead;
-}
 
 // A row's scales and biases (groups elements each) are two short streams
 // beside the codes' long one, read once per row at its start (step 1); the
@@ -446,7 +443,7 @@ inline int64_t x8_at(int64_t u, int64_t P, int64_t paired) {
 template <WeightKind W, int MR, int GS>
 void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
   const int64_t units = int8_units(a.K), whole = a.K / kUnit, paired = paired_units(a.K);
-  const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8, lead = row_lead(rb);
+  const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8, lead = std::max(rb, kMinLead);
   const int64_t x8_stride = units * kUnit, dx_stride = int8_dx_stride(a.K, MR);
   // The row's scales in fp32, then zeros that the padded loads and a last
   // unit of one block read.
