@@ -351,6 +351,12 @@ __attribute__((always_inline)) inline void load_two(const uint8_t* p, __m512i& c
     c0 = _mm512_shuffle_i64x2(va, vb, 0x88);
     c1 = _mm512_shuffle_i64x2(va, vb, 0xDD);
   } else {
+    // (Tried with AVX512-VBMI, Zen 5: each 6-byte group into a qword by
+    // vpermt2b, then vpmultishiftqb and a mask, 6 instructions per 128
+    // codes: 1.06-1.56x, median 1.3x, this loop's speed with the weights in
+    // L2 (one core, interleaved), but 0.8-0.97x from DRAM (2 cores,
+    // interleaved, q6 5120 -> 5120 and 13696 -> 5120), with or without the
+    // row prefetch and with 12 or 24 KB of lead; not taken.)
     const __m512i raw = join(two_halves(p, p + 24), two_halves(p + ub, p + ub + 24));
     const __m512i raw8 = join(two_halves(p + 8, p + 32), two_halves(p + ub + 8, p + ub + 32));
     c0 = _mm512_packus_epi16(q6_words2(raw, 0), q6_words2(raw, 6));
