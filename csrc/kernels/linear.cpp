@@ -529,8 +529,10 @@ void linear_decode(const LinearArgs& a, int64_t begin, int64_t end) {
 // AVX-512 the wider block loads 10 vectors per 24 FMAs where 14 × 32 loads
 // 16 per 28; measured on a Sapphire-Rapids-class Xeon (2 cores, bf16 w,
 // M = 512, K 5120 / 13696, interleaved): 14 × 32 284-295 GFLOP/s, 6 × 64
-// 292-306, 7 × 64 280-288; one core 146-147 -> 151. (Unmeasured on Zen 4
-// and Zen 5.)
+// 292-306, 7 × 64 280-288; one core 146-147 -> 151. On Zen 5 (2 cores,
+// `talkie-kernels bench --linear-shapes`, runs a day apart, not
+// interleaved) the worst 13B shape went from 64 % to 74 % of the FMA peak
+// on v4; unmeasured on Zen 4.
 constexpr int kMR = 6;
 constexpr int kNV = VW == 16 ? 4 : 2;
 constexpr int kNR = kNV * VW;
