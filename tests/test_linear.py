@@ -345,6 +345,25 @@ def test_isa_and_threads(native, isa, restore_threads, kind):
             assert mx.array_equal(one, two).item(), f"isa={isa} M={M} N={n_out}: 1 thread != 2 threads"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_dense_decode_rows_side_by_side(native, isa, restore_threads, dtype):
+    # Dense rows of 4 KB or more are read 4 at a time (csrc/kernels/linear.cpp,
+    # kDecodeNR; shorter rows one at a time, as test_isa_and_threads' K = 192):
+    # each ISA by the accuracy rule at K = 2083 (whole 32-column blocks and a
+    # 3-column tail) and N = 515 (4-row blocks and a remainder of 3 in the last
+    # thread's rows), every decode M through its row tiles; 1 and 2 threads
+    # give the same bits.
+    N = tk.native.ops
+    args, kw = weight(515, 2083, dtype, None, seed=7)
+    for M in (1, 2, 5, 7):
+        x = rand((M, 2083), dtype, M)
+        N.set_num_threads(2)
+        two = check(native, x, *args, **kw, what=f"isa={isa} M={M} K=2083")
+        N.set_num_threads(1)
+        one = native.linear(x, *args, **kw)
+        assert mx.array_equal(one, two).item(), f"isa={isa} M={M}: 1 thread != 2 threads"
+
+
 #: Prefill GEMM shapes (M, N): M from just above the decode/prefill switch (8)
 #: past every register block's height (AVX2 6, AVX-512 14) and past one row
 #: block (~512 rows); N past a register block's width (16 / 32) and a column
