@@ -14,7 +14,6 @@
 // vector registers (see "prefill" below). All arithmetic is fp32; each output
 // is rounded once.
 #include <algorithm>
-#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -326,15 +325,14 @@ struct RowBlock {
   // Asks for the bytes of block kb of the *next* row block, one request per
   // cache line. The rows of a block are read side by side, and with short rows
   // (K = 512: 2 KB) the hardware prefetcher keeps restarting its streams; so
-  // decode, which only streams, reads about half as fast without this. The
-  // block whose target starts in a line's first bb bytes asks for that line,
-  // tested by address: rows need not start on a line (q6 at K 13696: 10272
-  // bytes), and a test by offset in the row would skip lines there.
+  // decode, which only streams, reads about half as fast without this. Each
+  // row of the block tests its own target (first_in_line): rows of one
+  // block need not share an alignment.
   inline void prefetch_next(int64_t kb) const {
     constexpr int64_t bb = row_bytes<W>(kLinearBlock);
     for (int r = 0; r < NR; ++r) {
       const uint8_t* target = row[r] + ahead + kb * bb;
-      if ((reinterpret_cast<uintptr_t>(target) & 63) < bb) {
+      if (first_in_line(target, bb)) {
         for (int64_t line = 0; line < bb; line += 64) {
           __builtin_prefetch(target + line);
         }

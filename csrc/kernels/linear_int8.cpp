@@ -45,7 +45,6 @@
 // max): 0.019 with Σx, 0.0057 with Σx̂ (bf16's tolerance is 0.016;
 // tests/test_linear.py states the errors at Talkie's shapes).
 #include <algorithm>
-#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -281,16 +280,14 @@ __attribute__((always_inline)) inline void unit_step(const LinearArgs& a, const 
                                                      int64_t u, int64_t x8_stride, int64_t dx_stride, int64_t lead,
                                                      __m256 (&acc)[MR]) {
   constexpr int64_t ub = unit_bytes<W>();
-  // One request per cache line of the target: the unit whose target starts
-  // in a line's first ub bytes asks for that line. By address, not by offset
-  // in the row: q6 rows at K 13696 (10272 bytes) start 32 bytes into a line
-  // every other row (and MLX's buffers 24 bytes in), and the offset test
-  // skipped one line in three or four there. Measured on Zen 4 (v3, q6
-  // 13696 -> 5120, DRAM, interleaved builds): one core 9.3 -> 12.0 GB/s (6 of
-  // 6 rounds), two 15.0-16.2 -> 20.2-20.3 (7 of 8, twice); q4 alike. (The
-  // AVX-512 pair loop asks for every line of its 96 bytes: unaffected.)
-  if ((reinterpret_cast<uintptr_t>(row + u * ub + lead) & 63) < ub) {
-    prefetch_next_row<ub>(row + u * ub, lead);
+  // One request per line of the target (first_in_line, by address): by
+  // offset in the row it skipped lines of q6 rows at K 13696. Measured on
+  // Zen 4 (v3, q6 13696 -> 5120, DRAM, interleaved builds): one core 9.3 ->
+  // 12.0 GB/s (6 of 6 rounds), two 15.0-16.2 -> 20.2-20.3 (7 of 8, twice);
+  // q4 alike. (The AVX-512 pair loop asks for every line of its 96 bytes.)
+  const uint8_t* p = row + u * ub;
+  if (first_in_line(p + lead, ub)) {
+    prefetch_next_row<ub>(p, lead);
   }
   __m256i c0, c1;
   load_unit<W>(row, u, HALF, c0, c1);
