@@ -328,21 +328,28 @@ ISA_MIXED = {"q4_fp32_bf16x": (mx.float32, 4, mx.bfloat16), "q8_fp16_bf16x": (mx
              "q6_bf16_fp16x": (mx.bfloat16, 6, mx.float16), "dense_fp32_bf16x": (mx.float32, None, mx.bfloat16)}
 
 
+def check_threads(native, x, args, kw, what):
+    """``check`` with two threads, then the same call with one: the same bits
+    (the op splits its output rows, or the GEMM its columns, across threads,
+    and no thread's sums depend on another's). The two-thread result."""
+    N = tk.native.ops
+    N.set_num_threads(2)
+    two = check(native, x, *args, **kw, what=what)
+    N.set_num_threads(1)
+    one = native.linear(x, *args, **kw)
+    assert mx.array_equal(one, two).item(), f"{what}: 1 thread != 2 threads"
+    return two
+
+
 @pytest.mark.parametrize("kind", [*ISA_KINDS, *ISA_MIXED])
 def test_isa_and_threads(native, isa, restore_threads, kind):
     # Each ISA's kernels by the accuracy rule (decode and prefill rows, odd N,
     # a split-sized N); one thread and two give the same bits (split by rows).
     dtype, bits, xdtype = ISA_MIXED[kind] if kind in ISA_MIXED else (*ISA_KINDS[kind], ISA_KINDS[kind][0])
-    N = tk.native.ops
     for M in (1, 2, 7, 33, 64):
         for n_out in (37, 515):
-            x = rand((M, 192), xdtype, M)
             args, kw = weight(n_out, 192, dtype, bits, seed=n_out)
-            N.set_num_threads(2)
-            two = check(native, x, *args, **kw, what=f"isa={isa} M={M}")
-            N.set_num_threads(1)
-            one = native.linear(x, *args, **kw)
-            assert mx.array_equal(one, two).item(), f"isa={isa} M={M} N={n_out}: 1 thread != 2 threads"
+            check_threads(native, rand((M, 192), xdtype, M), args, kw, f"isa={isa} M={M} N={n_out}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -353,15 +360,9 @@ def test_dense_decode_rows_side_by_side(native, isa, restore_threads, dtype):
     # 3-column tail) and N = 515 (4-row blocks and a remainder of 3 in the last
     # thread's rows), every decode M through its row tiles; 1 and 2 threads
     # give the same bits.
-    N = tk.native.ops
     args, kw = weight(515, 2083, dtype, None, seed=7)
     for M in (1, 2, 5, 7):
-        x = rand((M, 2083), dtype, M)
-        N.set_num_threads(2)
-        two = check(native, x, *args, **kw, what=f"isa={isa} M={M} K=2083")
-        N.set_num_threads(1)
-        one = native.linear(x, *args, **kw)
-        assert mx.array_equal(one, two).item(), f"isa={isa} M={M}: 1 thread != 2 threads"
+        check_threads(native, rand((M, 2083), dtype, M), args, kw, f"isa={isa} M={M} K=2083")
 
 
 #: Prefill GEMM shapes (M, N): M from just above the decode/prefill switch (8)
@@ -379,15 +380,9 @@ def test_prefill_gemm_edges(native, isa, restore_threads, kind):
     # accuracy rule; 1 and 2 threads give the same bits (split by columns).
     dtype, bits, xdtype = ISA_MIXED[kind] if kind in ISA_MIXED else (*ISA_KINDS[kind], ISA_KINDS[kind][0])
     K = GEMM_K["dense" if bits is None else "quantized"]
-    N = tk.native.ops
     for M, n_out in GEMM_SHAPES:
-        x = rand((M, K), xdtype, M)
         args, kw = weight(n_out, K, dtype, bits, seed=n_out)
-        N.set_num_threads(2)
-        two = check(native, x, *args, **kw, what=f"isa={isa} M={M} N={n_out} K={K}")
-        N.set_num_threads(1)
-        one = native.linear(x, *args, **kw)
-        assert mx.array_equal(one, two).item(), f"isa={isa} M={M} N={n_out}: 1 thread != 2 threads"
+        check_threads(native, rand((M, K), xdtype, M), args, kw, f"isa={isa} M={M} N={n_out} K={K}")
 
 
 def int8_x(M, K, seed):
@@ -412,18 +407,13 @@ def test_int8_path(native, isa, restore_threads, bits, group_size):
     # 300σ/127), 0.007 for plain normal x (q8 on v3, whose x is pair-scaled:
     # 0.0093); the bf16 output's own rounding is 0.002-0.004, MLX's own op
     # 0.047 on the same inputs (it accumulates in bf16).
-    N = tk.native.ops
     for M in range(1, 8):
         K = 5120 if M % 2 else 13696
         x = int8_x(M, K, M)
         w, s, b = quantized(51, K, mx.bfloat16, group_size, bits, seed=M + bits)
-        N.set_num_threads(2)
-        two = check(native, x, w, s, b, group_size, bits, what=f"isa={isa} M={M}")
+        two = check_threads(native, x, (w, s, b), dict(group_size=group_size, bits=bits), f"isa={isa} M={M}")
         err = O.rel_err(two, O.linear(x, w, s, b, group_size, bits))
         assert err <= O.TOL[mx.bfloat16], f"isa={isa} M={M}: rel. error {err:.3g} vs the float64 oracle"
-        N.set_num_threads(1)
-        one = native.linear(x, w, s, b, group_size=group_size, bits=bits)
-        assert mx.array_equal(one, two).item(), f"isa={isa} M={M}: 1 thread != 2 threads"
 
 
 @pytest.mark.parametrize("group_size", GROUP_SIZES)
@@ -445,19 +435,14 @@ def test_int8_gemm(native, isa, restore_threads, bits, group_size):
     # (q4 there: 0.0088-0.0094), 0.0062-0.0076 for normal x.
     if bits not in tk.native.ops.int8_gemm_bits():
         pytest.skip(f"{isa} runs the fp32 GEMM for q{bits} prefill (csrc/kernels/table.cpp: no AVX2)")
-    N = tk.native.ops
     K = 32 * 37 if group_size == 32 else 1152
     for M, k in ((8, K), (13, K), (100, K), (13, 13696), (100, 5120)):
         x = int8_x(M, k, M)
         w, s, b = quantized(51, k, mx.bfloat16, group_size, bits, seed=M + bits)
-        N.set_num_threads(2)
-        two = check(native, x, w, s, b, group_size, bits, what=f"isa={isa} M={M} K={k}")
+        two = check_threads(native, x, (w, s, b), dict(group_size=group_size, bits=bits), f"isa={isa} M={M} K={k}")
         if k >= 5120:
             err = O.rel_err(two, O.linear(x, w, s, b, group_size, bits))
             assert err <= O.TOL[mx.bfloat16], f"isa={isa} M={M} K={k}: rel. error {err:.3g} vs the float64 oracle"
-        N.set_num_threads(1)
-        one = native.linear(x, w, s, b, group_size=group_size, bits=bits)
-        assert mx.array_equal(one, two).item(), f"isa={isa} M={M} K={k}: 1 thread != 2 threads"
 
 
 def test_int8_q8_pair_sums(native, isa):
