@@ -385,6 +385,25 @@ def test_prefill_gemm_edges(native, isa, restore_threads, kind):
         check_threads(native, rand((M, K), xdtype, M), args, kw, f"isa={isa} M={M} N={n_out} K={K}")
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "last_axis_strided"])
+def test_bf16_prefill_gemm(native, isa, restore_threads, layout):
+    # bf16 x against bf16 w at prefill M: on v4-bf16 the bf16 dot-product
+    # GEMM (csrc/kernels/linear.cpp, linear_bf16: word-pair panels,
+    # vdpbf16ps), elsewhere the fp32 GEMM; by the accuracy rule, on every ISA,
+    # 1 and 2 threads the same bits. K = 613: 19 whole 32-column blocks and an
+    # odd tail of 5, whose last word pairs a column with a zero past K; K =
+    # 13696: Talkie's widest input, 54 K blocks. M and N as GEMM_SHAPES plus
+    # a 14-row block (two register blocks) against two micro-panels and a part.
+    for M, n_out, K in ((8, 33, 613), (14, 130, 613), (100, 51, 613), (29, 70, 13696)):
+        x = rand((M, K), mx.bfloat16, M)
+        if layout == "transposed":
+            x = rand((K, M), mx.bfloat16, M).T
+        elif layout == "last_axis_strided":
+            x = rand((M, 2 * K), mx.bfloat16, M)[:, ::2]
+        args, kw = weight(n_out, K, mx.bfloat16, None, seed=n_out)
+        check_threads(native, x, args, kw, f"isa={isa} {layout} M={M} N={n_out} K={K}")
+
+
 def int8_x(M, K, seed):
     """bf16 x of Talkie's kind for the integer path: normal, a few outliers 300×
     the rest in some 32-column blocks, and some blocks all zero."""

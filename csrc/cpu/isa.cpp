@@ -29,6 +29,9 @@ std::vector<const Table*> supported() {
       out.push_back(&v4::table);
       if (__builtin_cpu_supports("avx512vnni")) {
         out.push_back(&v4_vnni::table);
+        if (__builtin_cpu_supports("avx512bf16")) {
+          out.push_back(&v4_bf16::table);
+        }
       }
     }
 #endif

@@ -1,7 +1,8 @@
 // linear's eval_cpu: x to int8 for the integer paths (csrc/kernels/linear_int8.cpp
-// for decode, linear_gemm8.cpp for prefill), else x in fp32 for the fp32 decode
-// loops or the prefill GEMM (csrc/kernels/linear.cpp); then output columns
-// across threads.
+// for decode, linear_gemm8.cpp for prefill), x as bf16 rows for the bf16
+// dot-product GEMM (bf16 prefill on v4-bf16), else x in fp32 for the fp32
+// decode loops or the prefill GEMM (csrc/kernels/linear.cpp); then output
+// columns across threads.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -34,6 +35,19 @@ const void* row_major(const mx::array& a, std::vector<char>& keep) {
     }
   }
   return keep.data();
+}
+
+// n elements of x's copy for one call: a buffer this thread keeps between
+// calls up to 64 MB (a prefill-sized buffer would otherwise be page-faulted
+// in every call), else `owned`, freed with the call.
+template <class T>
+T* x_buffer(std::vector<T>& owned, size_t n) {
+  thread_local std::vector<T> kept;
+  std::vector<T>& v = n * sizeof(T) <= (size_t(1) << 26) ? kept : owned;
+  if (v.size() < n) {
+    v.resize(n);
+  }
+  return v.data();
 }
 
 // Output rows of w are handed to threads in blocks of this many (a multiple
@@ -120,6 +134,37 @@ bool linear_gemm8(const kern::Table& kernels, kern::LinearArgs& args, const kern
   return true;
 }
 
+// Dense bf16 weights against bf16 x, prefill rows, on a table with
+// AVX512-BF16 (v4-bf16): x as bf16 rows of Kp, zero past K (no fp32 copy),
+// then the bf16 dot-product GEMM (kernels/linear.cpp, linear_bf16). False
+// elsewhere: the fp32 GEMM, or the decode loops.
+bool linear_bf16(const kern::Table& kernels, kern::LinearArgs& args, const kern::LinearX& xv) {
+  if (kernels.linear_bf16 == nullptr || args.kind != kern::WeightKind::bf16 || xv.dtype != kern::Dtype::bf16 ||
+      args.M < kern::kLinearGemmMinM) {
+    return false;
+  }
+  std::vector<uint16_t> owned;
+  uint16_t* xb = x_buffer(owned, size_t(args.M * args.Kp));
+  const auto* src = static_cast<const uint16_t*>(xv.ptr);
+  parallel_for(args.M, args.Kp, int64_t(1) << 18, [&](int64_t b, int64_t e, int) {
+    for (int64_t m = b; m < e; ++m) {
+      uint16_t* d = xb + m * args.Kp;
+      const uint16_t* r = src + m * xv.row_stride;
+      if (xv.col_stride == 1) {
+        std::memcpy(d, r, sizeof(uint16_t) * args.K);
+      } else {
+        for (int64_t k = 0; k < args.K; ++k) {
+          d[k] = r[k * xv.col_stride];
+        }
+      }
+      std::fill(d + args.K, d + args.Kp, uint16_t(0));
+    }
+  });
+  args.xb = xb;
+  output_rows(args, kernels.linear_bf16);
+  return true;
+}
+
 } // namespace
 
 void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
@@ -153,22 +198,16 @@ void TalkieLinear::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::ar
       args.biases = row_major(weights[2], keep[2]);
     }
     const auto& kernels = kern::select();
-    if (linear_int8(kernels, args, xv) || linear_gemm8(kernels, args, xv)) {
+    if (linear_int8(kernels, args, xv) || linear_gemm8(kernels, args, xv) || linear_bf16(kernels, args, xv)) {
       return;
     }
-    // 1. x in fp32, in the weight's block order; kept between calls (a
-    //    prefill-sized buffer would otherwise be page-faulted in every call).
-    thread_local std::vector<float> kept;
+    // 1. x in fp32, in the weight's block order (x_buffer).
     std::vector<float> owned;
-    const size_t need = size_t(args.M * args.Kp);
-    std::vector<float>& xbuf = need <= (size_t(1) << 24) ? kept : owned;
-    if (xbuf.size() < need) {
-      xbuf.resize(need);
-    }
+    float* xf = x_buffer(owned, size_t(args.M * args.Kp));
     parallel_for(args.M, args.Kp, int64_t(1) << 18, [&](int64_t b, int64_t e, int) {
-      kernels.linear_prepare_x(xv, args.kind, xbuf.data(), b, e);
+      kernels.linear_prepare_x(xv, args.kind, xf, b, e);
     });
-    args.x = xbuf.data();
+    args.x = xf;
     // 2. Σx per group, once for all output columns (the decode loops' bias
     //    term b·Σx_g; the prefill GEMM dequantizes its panels instead).
     std::vector<float> xsum;

@@ -4,7 +4,9 @@
 // and on x86-64 also x86-64-v3 = AVX2/FMA/F16C and x86-64-v4 = AVX-512) into
 // their own namespace; the VNNI tables (v3_vnni: + AVX-VNNI, v4_vnni: +
 // AVX512-VNNI) compile only linear_int8.cpp and linear_gemm8.cpp and take every
-// other entry from v3 / v4; `select()` picks the table for the running CPU. Every loop works on a range of
+// other entry from v3 / v4, and v4_bf16 (v4_vnni + AVX512-BF16) also
+// linear.cpp's bf16 dot-product GEMM and probe.cpp's peak of it; `select()`
+// picks the table for the running CPU. Every loop works on a range of
 // independent items [begin, end) so csrc/parallel.cpp can split the work.
 //
 // Element types: fp32, fp16, bf16 storage; all arithmetic in fp32 (angles in
@@ -136,6 +138,8 @@ struct LinearArgs {
   // linear_gemm8: from linear_quantize_x8 (gemm8_ldx).
   const int8_t* x8;  // int8: (M, units·64) codes of x, each unit in the kind's order (linear_int8.cpp's x8_at)
   const float* dx;  // int8: (M, int8_dx_stride(K, M)): the 32-column blocks' scales (int8_dx_expanded), zero-padded
+  // linear_bf16 (bf16 weights, bf16 x, prefill): (M, Kp) bf16 x, zero past K.
+  const uint16_t* xb;
   const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
   const void* scales;  // (N, K/group_size), row-contiguous
   const void* biases;
@@ -283,12 +287,17 @@ struct Table {
   void (*linear_quantize_x8)(const LinearX&, WeightKind kind, int64_t group_size, int8_t* x8, float* dx,
                              float* xsum, int64_t begin, int64_t end);
   void (*linear_gemm8)(const LinearArgs&, int64_t begin, int64_t end);
+  // The bf16 dot-product GEMM (null in tables without AVX512-BF16): output
+  // columns [begin, end) of a bf16 weight against a.xb, M >= kLinearGemmMinM
+  // (linear.cpp).
+  void (*linear_bf16)(const LinearArgs&, int64_t begin, int64_t end);
   // The probes (probe.cpp). Sum of n 64-bit words (a streaming read, for the
   // bandwidth probe).
   uint64_t (*read_sum)(const uint64_t* p, int64_t n);
   // At least `flops` fp32 flops of independent FMA chains at this table's
-  // vector width (for the FMA-peak probe); returns the flops done and writes
-  // the chains' sum to *sink.
+  // vector width (for the FMA-peak probe; on v4_bf16, chains of its GEMM's
+  // vdpbf16ps, four flops a lane); returns the flops done and writes the
+  // chains' sum to *sink.
   int64_t (*fma_chains)(int64_t flops, float* sink);
   // Attention (see AttentionArgs). Decode: items are B·Hkv·attention_splits
   // pieces of keys, each writing its rows' (max, sum, accumulator) to
@@ -313,6 +322,7 @@ struct Table {
   void linear_int8(const LinearArgs&, int64_t, int64_t);                                        \
   void linear_quantize_x8(const LinearX&, WeightKind, int64_t, int8_t*, float*, float*, int64_t, int64_t); \
   void linear_gemm8(const LinearArgs&, int64_t, int64_t);                                       \
+  void linear_bf16(const LinearArgs&, int64_t, int64_t);                                        \
   uint64_t read_sum(const uint64_t*, int64_t);                                                  \
   int64_t fma_chains(int64_t, float*);                                                          \
   void attention_decode(const AttentionArgs&, int64_t, int64_t, float*);                        \
@@ -334,9 +344,12 @@ TK_KERNEL_DECLS
 namespace v4_vnni {
 TK_KERNEL_DECLS
 }
+namespace v4_bf16 {
+TK_KERNEL_DECLS
+}
 #undef TK_KERNEL_DECLS
 
-// The table in use: the best one for the running CPU (v4-vnni / v4 with
+// The table in use: the best one for the running CPU (v4-bf16 / v4-vnni / v4 with
 // AVX-512, v3-vnni / v3 with AVX2/FMA/F16C, else base) unless tk::use_isa() (ops.h) picked another.
 const Table& select();
 

@@ -1,9 +1,12 @@
 // The table of one instruction set's entry points (compiled once per ISA
 // like the kernel files; tk::kern::select() picks a table at run time).
 //
-// A VNNI table (-DTK_TABLE_FROM=v3 or v4) is its base table with the integer
-// path of linear compiled for VNNI: only linear_int8.cpp uses it, so the
-// other loops are taken from the base table, not compiled again.
+// A table built on another (-DTK_TABLE_FROM=v3 or v4, named <from>-<suffix>
+// by -DTK_TABLE_SUFFIX) takes its entries from that table except the loops
+// that use its extra instructions, which are compiled again: VNNI, the
+// integer paths of linear (linear_int8.cpp, linear_gemm8.cpp); BF16 (v4_bf16,
+// with VNNI), also linear's bf16 dot-product GEMM (linear.cpp) and the peak
+// probe of vdpbf16ps (probe.cpp).
 #include "kernels.h"
 
 #ifndef TK_ISA
@@ -16,7 +19,7 @@ namespace tk::kern::TK_ISA {
 #define TK_STR(x) TK_STR2(x)
 #if defined(TK_TABLE_FROM)
 #define TK_FROM(f) TK_TABLE_FROM::f
-#define TK_NAME TK_STR(TK_TABLE_FROM) "-vnni"
+#define TK_NAME TK_STR(TK_TABLE_FROM) "-" TK_STR(TK_TABLE_SUFFIX)
 #else
 #define TK_FROM(f) f
 #define TK_NAME TK_STR(TK_ISA)
@@ -51,8 +54,15 @@ extern const Table table = {
     nullptr,
     nullptr,
 #endif
+#if defined(__AVX512BF16__)
+    linear_bf16,
+    TK_FROM(read_sum),
+    fma_chains,
+#else
+    nullptr,
     TK_FROM(read_sum),
     TK_FROM(fma_chains),
+#endif
     TK_FROM(attention_decode),
     TK_FROM(attention_merge),
     TK_FROM(attention_prefill),

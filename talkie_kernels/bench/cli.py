@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "intermediate 13696, vocab 65540), q4, against its floor (~1.5 min and ~5 GB of memory on 2 cores; mlx-lm's reference sampled once)")
     p.add_argument("--all-isas", action="store_true", help="run the native measurements once per instruction-set table "
                    "this CPU offers from x86-64-v3 up (talkie_kernels.native.ops.available_isas(): e.g. v3 = AVX2 and v4 = AVX-512, "
-                   "plus their VNNI tables), each row and target naming its table; takes that many times as long. Default: the best table only")
+                   "plus their VNNI tables and v4-bf16), each row and target naming its table; takes that many times as long. Default: the best table only")
     p.add_argument("--depths", nargs="?", const=",".join(map(str, BA.DEPTHS)), type=_depths, metavar="N,N,...",
                    help="also measure attention by context length: one 13B-width bf16 block's decode tok/s at these cached "
                    f"positions (default {','.join(map(str, BA.DEPTHS))}) against its floor, the attention op vs MLX's CPU SDPA, "
