@@ -386,15 +386,20 @@ def test_prefill_gemm_edges(native, isa, restore_threads, kind):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "last_axis_strided"])
-def test_bf16_prefill_gemm(native, isa, restore_threads, layout):
-    # bf16 x against bf16 w at prefill M: on v4-bf16 the bf16 dot-product
-    # GEMM (csrc/kernels/linear.cpp, linear_bf16: word-pair panels,
-    # vdpbf16ps), elsewhere the fp32 GEMM; by the accuracy rule, on every ISA,
-    # 1 and 2 threads the same bits. K = 613: 19 whole 32-column blocks and an
-    # odd tail of 5, whose last word pairs a column with a zero past K; K =
-    # 13696: Talkie's widest input, 54 K blocks. M and N as GEMM_SHAPES plus
-    # a 14-row block (two register blocks) against two micro-panels and a part.
-    for M, n_out, K in ((8, 33, 613), (14, 130, 613), (100, 51, 613), (29, 70, 13696)):
+def test_bf16_x_bf16_w(native, isa, restore_threads, layout):
+    # bf16 x against bf16 w: on v4-bf16 the bf16 dot-product loops
+    # (csrc/kernels/linear.cpp, linear_bf16: vdpbf16ps; the GEMM's word-pair
+    # panels for M >= 8, decode_dot's four rows side by side below),
+    # elsewhere the fp32 loops; by the accuracy rule, on every ISA, 1 and 2
+    # threads the same bits. K = 613: 19 whole 32-column blocks and an odd
+    # tail of 5 (the GEMM's last word pairs a column with a zero past K, the
+    # decode loop's tail is a masked load); K = 13696: Talkie's widest input,
+    # 54 GEMM K blocks. Prefill M and N as GEMM_SHAPES plus a 14-row block
+    # (two register blocks) against two micro-panels and a part; decode M = 1
+    # and 5 (a 4-row tile and a 1-row one) with N = 515 (4-row blocks and a
+    # remainder of 3).
+    for M, n_out, K in ((8, 33, 613), (14, 130, 613), (100, 51, 613), (29, 70, 13696), (1, 515, 613),
+                        (5, 515, 13696)):
         x = rand((M, K), mx.bfloat16, M)
         if layout == "transposed":
             x = rand((K, M), mx.bfloat16, M).T
@@ -402,6 +407,22 @@ def test_bf16_prefill_gemm(native, isa, restore_threads, layout):
             x = rand((M, 2 * K), mx.bfloat16, M)[:, ::2]
         args, kw = weight(n_out, K, mx.bfloat16, None, seed=n_out)
         check_threads(native, x, args, kw, f"isa={isa} {layout} M={M} N={n_out} K={K}")
+
+
+@pytest.mark.parametrize("M", (1, 8))
+def test_bf16_tail_reads_only_its_row(native, isa, M):
+    # K = 613: a row's last 32-column block ends 19 columns in, where the next
+    # row begins. An infinity there must not reach this row (inf · 0 = NaN:
+    # x is zero past K in the dot loops' copy, so a plain 64-byte load of the
+    # tail would pass the check above and fail here).
+    K = 613
+    w = rand((5, K), mx.float32, 3, K**-0.5)
+    w = mx.where((mx.arange(5)[:, None] == 1) & (mx.arange(K)[None, :] < 32), float("inf"), w).astype(mx.bfloat16)
+    x = rand((M, K), mx.bfloat16, M)
+    got = native.linear(x, w)
+    finite = mx.isfinite(got.astype(mx.float32))
+    assert mx.all(finite[:, [0, 2, 3, 4]]).item(), f"isa={isa} M={M}: a neighbour's infinity reached a row"
+    assert not mx.any(finite[:, 1]).item(), f"isa={isa} M={M}: row 1 holds an infinity"
 
 
 def int8_x(M, K, seed):

@@ -134,13 +134,12 @@ bool linear_gemm8(const kern::Table& kernels, kern::LinearArgs& args, const kern
   return true;
 }
 
-// Dense bf16 weights against bf16 x, prefill rows, on a table with
-// AVX512-BF16 (v4-bf16): x as bf16 rows of Kp, zero past K (no fp32 copy),
-// then the bf16 dot-product GEMM (kernels/linear.cpp, linear_bf16). False
-// elsewhere: the fp32 GEMM, or the decode loops.
+// Dense bf16 weights against bf16 x, on a table with AVX512-BF16 (v4-bf16):
+// x as bf16 rows of Kp, zero past K (no fp32 copy), then the bf16
+// dot-product loops (kernels/linear.cpp, linear_bf16: the GEMM for prefill
+// rows, decode_dot for fewer). False elsewhere: the fp32 loops.
 bool linear_bf16(const kern::Table& kernels, kern::LinearArgs& args, const kern::LinearX& xv) {
-  if (kernels.linear_bf16 == nullptr || args.kind != kern::WeightKind::bf16 || xv.dtype != kern::Dtype::bf16 ||
-      args.M < kern::kLinearGemmMinM) {
+  if (kernels.linear_bf16 == nullptr || args.kind != kern::WeightKind::bf16 || xv.dtype != kern::Dtype::bf16) {
     return false;
   }
   std::vector<uint16_t> owned;

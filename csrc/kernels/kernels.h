@@ -138,7 +138,7 @@ struct LinearArgs {
   // linear_gemm8: from linear_quantize_x8 (gemm8_ldx).
   const int8_t* x8;  // int8: (M, units·64) codes of x, each unit in the kind's order (linear_int8.cpp's x8_at)
   const float* dx;  // int8: (M, int8_dx_stride(K, M)): the 32-column blocks' scales (int8_dx_expanded), zero-padded
-  // linear_bf16 (bf16 weights, bf16 x, prefill): (M, Kp) bf16 x, zero past K.
+  // linear_bf16 (bf16 weights, bf16 x): (M, Kp) bf16 x, zero past K.
   const uint16_t* xb;
   const void* w;  // (N, K) elements or (N, K*bits/32) uint32, row-contiguous
   const void* scales;  // (N, K/group_size), row-contiguous
@@ -287,9 +287,9 @@ struct Table {
   void (*linear_quantize_x8)(const LinearX&, WeightKind kind, int64_t group_size, int8_t* x8, float* dx,
                              float* xsum, int64_t begin, int64_t end);
   void (*linear_gemm8)(const LinearArgs&, int64_t begin, int64_t end);
-  // The bf16 dot-product GEMM (null in tables without AVX512-BF16): output
-  // columns [begin, end) of a bf16 weight against a.xb, M >= kLinearGemmMinM
-  // (linear.cpp).
+  // The bf16 dot-product loops (null in tables without AVX512-BF16): output
+  // columns [begin, end) of a bf16 weight against a.xb, by the GEMM for
+  // M >= kLinearGemmMinM, else the decode loop (linear.cpp).
   void (*linear_bf16)(const LinearArgs&, int64_t begin, int64_t end);
   // The probes (probe.cpp). Sum of n 64-bit words (a streaming read, for the
   // bandwidth probe).

@@ -754,7 +754,8 @@ inline void gemm_tile(const float* xp, const float* bp, int64_t kc, float* c, bo
 }
 
 #if defined(__AVX512BF16__)
-// The bf16 dot-product GEMM (linear_bf16: bf16 w, bf16 x). vdpbf16ps takes
+// The bf16 dot-product loops (linear_bf16: bf16 w, bf16 x; the GEMM, then
+// decode_dot below). vdpbf16ps takes
 // 32-bit words that each hold two bf16 values and adds both products (exact
 // in fp32: 8-bit significands) to each fp32 lane, twice the flops of an FMA
 // per instruction. The loop nest is linear_gemm's with every k step a pair
@@ -831,6 +832,87 @@ inline void gemm_tile_dot(const uint32_t* xp, const uint32_t* bp, int64_t kp, fl
     }
   }
   tile_out(out, c, first, last, a, m0, n0, mr, nr);
+}
+
+// Decode (M < kLinearGemmMinM) for the dot path: DNR rows of w read side by
+// side against MR rows of x (a.xb), each 32-column block of a row one 64-byte
+// load and one vdpbf16ps per row of x (the fp32 loop converts and FMAs it in
+// six instructions). The tail block (K % 32) is a masked load, zeros past K.
+template <int MR, int DNR>
+void decode_dot_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
+  const RowBlock<WeightKind::bf16, DNR> rows(a, n0);
+  const int64_t whole = a.K / kLinearBlock, blocks = a.Kp / kLinearBlock;
+  // One row at a time: two accumulators (even and odd blocks), else the
+  // one chain's latency bounds the loop.
+  constexpr int AS = DNR == 1 ? 2 : 1;
+  __m512 acc[MR][DNR][AS];
+  for (int m = 0; m < MR; ++m) {
+    for (int r = 0; r < DNR; ++r) {
+      for (int h = 0; h < AS; ++h) {
+        acc[m][r][h] = _mm512_setzero_ps();
+      }
+    }
+  }
+  for (int64_t kb = 0; kb < blocks; ++kb) {
+    rows.prefetch_next(kb);
+    __m512bh w[DNR];
+    for (int r = 0; r < DNR; ++r) {
+      const uint8_t* p = rows.row[r] + kb * 64;
+      w[r] = (__m512bh)(kb < whole ? _mm512_loadu_si512(p)
+                                   : _mm512_maskz_loadu_epi16(__mmask32((1ull << (a.K - kb * kLinearBlock)) - 1), p));
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(a.xb + (m0 + m) * a.Kp + kb * kLinearBlock);
+      for (int r = 0; r < DNR; ++r) {
+        acc[m][r][kb % AS] = _mm512_dpbf16_ps(acc[m][r][kb % AS], xv, w[r]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int r = 0; r < DNR; ++r) {
+      __m512 sum = acc[m][r][0];
+      for (int h = 1; h < AS; ++h) {
+        sum = _mm512_add_ps(sum, acc[m][r][h]);
+      }
+      store_any(a.out_dtype, a.out, (m0 + m) * a.N + n0 + r, _mm512_reduce_add_ps(sum));
+    }
+  }
+}
+
+template <int DNR>
+void decode_dot_rows(const LinearArgs& a, int64_t n0) {
+  for (int64_t m0 = 0; m0 < a.M; m0 += kDecodeMR) {
+    switch (a.M - m0 < kDecodeMR ? a.M - m0 : kDecodeMR) {
+      case 1:
+        decode_dot_tile<1, DNR>(a, n0, m0);
+        break;
+      case 2:
+        decode_dot_tile<2, DNR>(a, n0, m0);
+        break;
+      case 3:
+        decode_dot_tile<3, DNR>(a, n0, m0);
+        break;
+      default:
+        decode_dot_tile<4, DNR>(a, n0, m0);
+    }
+  }
+}
+
+// Rows of w side by side, as the fp32 loop (kDecodeNR). Measured on Zen 4
+// (2 cores, bf16 w from DRAM, M = 1, interleaved in one process, 8 rounds
+// each): against the fp32 loop 1.06-1.11x at 5120->15360 / 5120 / 27392 /
+// 65540 and 13696->5120 (39 of 40 rounds; M = 4 1.03x); one row at a time
+// (llama.cpp's way) 0.60-0.92x of four (interleaved builds, 0 of 18).
+constexpr int kDotDecodeNR = 4;
+
+void decode_dot(const LinearArgs& a, int64_t begin, int64_t end) {
+  int64_t n = begin;
+  for (; n + kDotDecodeNR <= end; n += kDotDecodeNR) {
+    decode_dot_rows<kDotDecodeNR>(a, n);
+  }
+  for (; n < end; ++n) {
+    decode_dot_rows<1>(a, n);
+  }
 }
 #else
 #define TK_BF16_DOT 0
@@ -973,7 +1055,11 @@ void linear_prepare_x(const LinearX& x, WeightKind kind, float* dst, int64_t beg
 
 #if TK_BF16_DOT
 void linear_bf16(const LinearArgs& a, int64_t begin, int64_t end) {
-  linear_gemm<WeightKind::bf16, true>(a, begin, end);
+  if (a.M >= kLinearGemmMinM) {
+    linear_gemm<WeightKind::bf16, true>(a, begin, end);
+  } else {
+    decode_dot(a, begin, end);
+  }
 }
 #endif
 
