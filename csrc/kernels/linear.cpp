@@ -907,7 +907,10 @@ constexpr int kDotDecodeNR = 4;
 
 void decode_dot(const LinearArgs& a, int64_t begin, int64_t end) {
   int64_t n = begin;
-  for (; n + kDotDecodeNR <= end; n += kDotDecodeNR) {
+  // Short rows one at a time, as the fp32 loop (linear_decode): Zen 4, 2
+  // cores, interleaved builds, K = 512 (talkie-8l-512's rows): 1.16x at
+  // N = 1536, 1.22x at 2736 (12 of 12 rounds); K = 1368 1.02x.
+  for (; n + kDotDecodeNR <= end && a.K * 2 >= kSideBySideMinBytes; n += kDotDecodeNR) {
     decode_dot_rows<kDotDecodeNR>(a, n);
   }
   for (; n < end; ++n) {

@@ -100,7 +100,8 @@ def _header(console, meta: dict) -> None:
             both = (f"; the higher of {peak['gflops_start']:.0f} at the start and {peak['gflops_end']:.0f} at the end"
                     if "gflops_end" in peak else "")
             console.print(
-                f"fp32 FMA peak [bold]{peak['gflops']:.0f} GFLOP/s[/bold] (native FMA chains, {peak['isa']} vector width, "
+                f"{peak.get('instruction', 'fp32 FMA')} peak [bold]{peak['gflops']:.0f} GFLOP/s[/bold] (native chains, "
+                f"{peak['isa']} vector width, "
                 f"{peak['threads']} threads, median of {peak['repeats']}{both}): a prefill GEMM's share is its GFLOP/s ÷ this",
                 highlight=False,
             )
