@@ -755,10 +755,9 @@ inline void gemm_tile(const float* xp, const float* bp, int64_t kc, float* c, bo
 
 #if defined(__AVX512BF16__)
 // The bf16 dot-product loops (linear_bf16: bf16 w, bf16 x; the GEMM, then
-// decode_dot below). vdpbf16ps takes
-// 32-bit words that each hold two bf16 values and adds both products (exact
-// in fp32: 8-bit significands) to each fp32 lane, twice the flops of an FMA
-// per instruction. The loop nest is linear_gemm's with every k step a pair
+// decode_dot below). vdpbf16ps takes 32-bit words that each hold two bf16
+// values and adds both products (exact in fp32: 8-bit significands) to each
+// fp32 lane, twice the flops of an FMA per instruction. The loop nest is linear_gemm's with every k step a pair
 // of columns (k, k + 1): a micro-panel word holds w[n][k], w[n][k + 1], which
 // is word k/2 of w's row as it lies in memory, and the broadcast is x's word
 // k/2. So packing is a transpose of 32-bit words with no conversion, and the
