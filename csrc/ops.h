@@ -156,7 +156,7 @@ int64_t contiguous_copies();
 // where supported "v3" = AVX2/FMA/F16C, "v3-vnni" = v3 + AVX-VNNI, "v4" =
 // AVX-512 (F/BW/CD/DQ/VL), "v4-vnni" = v4 + AVX512-VNNI (the VNNI ones
 // differ in linear's integer path only), "v4-bf16" = v4-vnni + AVX512-BF16
-// (differs in linear's bf16 prefill GEMM and the FMA-peak probe); and switching between them (for
+// (differs in linear's bf16 x × bf16 w loops and the FMA-peak probe); and switching between them (for
 // tests; the best one, the last, is used by default).
 std::vector<std::string> available_isas();
 void use_isa(const std::string& name);

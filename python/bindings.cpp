@@ -161,7 +161,12 @@ NB_MODULE(_native, m) {
       &tk::fma_peak_gflops,
       "flops_per_thread"_a = int64_t(1) << 30,
       "repeats"_a = 5,
-      "GFLOP/s of fp32 FMA chains on the kernels' threads at the current ISA's vector width (median of repeats).");
+      "GFLOP/s of fp32 FMA chains on the kernels' threads at the current ISA's vector width (median of repeats); "
+      "on v4-bf16, of vdpbf16ps chains (fma_peak_instruction).");
+  m.def(
+      "fma_peak_instruction",
+      [] { return std::string(tk::kern::select().peak_instruction); },
+      "The instruction fma_peak_gflops runs with the current ISA: 'fp32 FMA', or 'vdpbf16ps' on v4-bf16.");
 
   m.def(
       "kv_write",
@@ -180,7 +185,7 @@ NB_MODULE(_native, m) {
   m.def(
       "isa",
       [] { return std::string(tk::kern::select().isa); },
-      "The instruction set of the kernels in use ('base', 'v3' or 'v4').");
+      "The instruction set of the kernels in use (one of available_isas()).");
   m.def(
       "int8_gemm_bits",
       [] {

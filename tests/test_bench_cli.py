@@ -182,7 +182,7 @@ def test_quick_run_prints_the_tables(quick_run, capsys):
     out = capsys.readouterr().out
     assert "linear at Talkie 13B's decode shapes" in out and "GB/s" in out and "of read BW" in out
     # The probe's line names its instruction: the FMA, or v4-bf16's vdpbf16ps.
-    peak = "vdpbf16ps peak" if tk.native_available() and tk.native.ops.isa().endswith("-bf16") else "fp32 FMA peak"
+    peak = f"{tk.native.ops.fma_peak_instruction()} peak" if tk.native_available() else "fp32 FMA peak"
     assert "linear prefill GEMM" in out and "of FMA peak" in out and peak in out
     assert rc in (0, 1)
 

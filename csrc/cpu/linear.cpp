@@ -1,8 +1,8 @@
 // linear's eval_cpu: x to int8 for the integer paths (csrc/kernels/linear_int8.cpp
 // for decode, linear_gemm8.cpp for prefill), x as bf16 rows for the bf16
-// dot-product GEMM (bf16 prefill on v4-bf16), else x in fp32 for the fp32
-// decode loops or the prefill GEMM (csrc/kernels/linear.cpp); then output
-// columns across threads.
+// dot-product loops (bf16 x × bf16 w on v4-bf16), else x in fp32 for the
+// fp32 decode loops or the prefill GEMM (csrc/kernels/linear.cpp); then
+// output columns across threads.
 #include <algorithm>
 #include <cstring>
 #include <numeric>

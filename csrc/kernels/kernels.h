@@ -5,7 +5,7 @@
 // their own namespace; the VNNI tables (v3_vnni: + AVX-VNNI, v4_vnni: +
 // AVX512-VNNI) compile only linear_int8.cpp and linear_gemm8.cpp and take every
 // other entry from v3 / v4, and v4_bf16 (v4_vnni + AVX512-BF16) also
-// linear.cpp's bf16 dot-product GEMM and probe.cpp's peak of it; `select()`
+// linear.cpp, for its bf16 dot-product loops, and probe.cpp's peak of them; `select()`
 // picks the table for the running CPU. Every loop works on a range of
 // independent items [begin, end) so csrc/parallel.cpp can split the work.
 //
@@ -299,6 +299,9 @@ struct Table {
   // vdpbf16ps, four flops a lane); returns the flops done and writes the
   // chains' sum to *sink.
   int64_t (*fma_chains)(int64_t flops, float* sink);
+  // The instruction fma_chains runs ("fp32 FMA", or "vdpbf16ps" on v4_bf16),
+  // for the bench's report.
+  const char* peak_instruction;
   // Attention (see AttentionArgs). Decode: items are B·Hkv·attention_splits
   // pieces of keys, each writing its rows' (max, sum, accumulator) to
   // a.partial; merge: items are the B·Hkv kv heads, combining their pieces

@@ -15,6 +15,7 @@
 // is rounded once.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -474,23 +475,31 @@ void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
   }
 }
 
-template <WeightKind W, int NR>
-void decode_rows(const LinearArgs& a, int64_t n0) {
+// The rows of x in tiles of kDecodeMR (the last one shorter):
+// tile(std::integral_constant<int, MR>{}, m0) for each, MR a compile-time
+// row count for the decode tiles' register blocks.
+template <class F>
+void x_tiles(const LinearArgs& a, F&& tile) {
   for (int64_t m0 = 0; m0 < a.M; m0 += kDecodeMR) {
     switch (a.M - m0 < kDecodeMR ? a.M - m0 : kDecodeMR) {
       case 1:
-        decode_tile<W, 1, NR>(a, n0, m0);
+        tile(std::integral_constant<int, 1>{}, m0);
         break;
       case 2:
-        decode_tile<W, 2, NR>(a, n0, m0);
+        tile(std::integral_constant<int, 2>{}, m0);
         break;
       case 3:
-        decode_tile<W, 3, NR>(a, n0, m0);
+        tile(std::integral_constant<int, 3>{}, m0);
         break;
       default:
-        decode_tile<W, 4, NR>(a, n0, m0);
+        tile(std::integral_constant<int, 4>{}, m0);
     }
   }
+}
+
+template <WeightKind W, int NR>
+void decode_rows(const LinearArgs& a, int64_t n0) {
+  x_tiles(a, [&](auto mr, int64_t m0) { decode_tile<W, decltype(mr)::value, NR>(a, n0, m0); });
 }
 
 template <WeightKind W>
@@ -757,12 +766,13 @@ inline void gemm_tile(const float* xp, const float* bp, int64_t kc, float* c, bo
 // The bf16 dot-product loops (linear_bf16: bf16 w, bf16 x; the GEMM, then
 // decode_dot below). vdpbf16ps takes 32-bit words that each hold two bf16
 // values and adds both products (exact in fp32: 8-bit significands) to each
-// fp32 lane, twice the flops of an FMA per instruction. The loop nest is linear_gemm's with every k step a pair
-// of columns (k, k + 1): a micro-panel word holds w[n][k], w[n][k + 1], which
-// is word k/2 of w's row as it lies in memory, and the broadcast is x's word
-// k/2. So packing is a transpose of 32-bit words with no conversion, and the
-// panel and x's rows are half their fp32 size. x is bf16 already (the
-// activations of a bf16 model): nothing is rounded that was not.
+// fp32 lane, twice the flops of an FMA per instruction. The GEMM's loop nest
+// is linear_gemm's with every k step a pair of columns (k, k + 1): a
+// micro-panel word holds w[n][k], w[n][k + 1], which is word k/2 of w's row
+// as it lies in memory, and the broadcast is x's word k/2. So packing is a
+// transpose of 32-bit words with no conversion, and the panel and x's rows
+// are half their fp32 size. x is bf16 already (the activations of a bf16
+// model): nothing is rounded that was not.
 #define TK_BF16_DOT 1
 
 // pack_w for the dot GEMM: bp[p·(kc/2)·NR + i·NR + j] = word i of columns
@@ -880,21 +890,7 @@ void decode_dot_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
 
 template <int DNR>
 void decode_dot_rows(const LinearArgs& a, int64_t n0) {
-  for (int64_t m0 = 0; m0 < a.M; m0 += kDecodeMR) {
-    switch (a.M - m0 < kDecodeMR ? a.M - m0 : kDecodeMR) {
-      case 1:
-        decode_dot_tile<1, DNR>(a, n0, m0);
-        break;
-      case 2:
-        decode_dot_tile<2, DNR>(a, n0, m0);
-        break;
-      case 3:
-        decode_dot_tile<3, DNR>(a, n0, m0);
-        break;
-      default:
-        decode_dot_tile<4, DNR>(a, n0, m0);
-    }
-  }
+  x_tiles(a, [&](auto mr, int64_t m0) { decode_dot_tile<decltype(mr)::value, DNR>(a, n0, m0); });
 }
 
 // Rows of w side by side, as the fp32 loop (kDecodeNR). Measured on Zen 4

@@ -5,7 +5,7 @@
 // by -DTK_TABLE_SUFFIX) takes its entries from that table except the loops
 // that use its extra instructions, which are compiled again: VNNI, the
 // integer paths of linear (linear_int8.cpp, linear_gemm8.cpp); BF16 (v4_bf16,
-// with VNNI), also linear's bf16 dot-product GEMM (linear.cpp) and the peak
+// with VNNI), also linear's bf16 dot-product loops (linear.cpp) and the peak
 // probe of vdpbf16ps (probe.cpp).
 #include "kernels.h"
 
@@ -58,10 +58,12 @@ extern const Table table = {
     linear_bf16,
     TK_FROM(read_sum),
     fma_chains,
+    "vdpbf16ps",
 #else
     nullptr,
     TK_FROM(read_sum),
     TK_FROM(fma_chains),
+    "fp32 FMA",
 #endif
     TK_FROM(attention_decode),
     TK_FROM(attention_merge),

@@ -320,7 +320,8 @@ def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict
 
 def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[str, Any]:
     """The machine's fp32 FMA peak: the native ops' independent FMA chains, median GFLOP/s
-    (on ``v4-bf16``, chains of ``vdpbf16ps``, the instruction of its bf16 GEMM: ``instruction``).
+    (on ``v4-bf16``, chains of ``vdpbf16ps``, the instruction of its bf16 GEMM: ``instruction``,
+    from ``talkie_kernels.native.ops.fma_peak_instruction``).
 
     Measured by ``talkie_kernels.native.ops.fma_peak_gflops`` with the native
     ops' threads and instruction set (``isa``: AVX2's peak under v3, AVX-512's
@@ -334,11 +335,9 @@ def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[s
         why = native.load_error or "the built extension has no fma_peak_gflops; rebuild it"
         raise RuntimeError(f"FMA peak unmeasured: talkie_kernels.native.ops.fma_peak_gflops unavailable ({why})")
     gflops = float(measure(flops_per_thread, repeats))
-    isa = native.ops.isa()
-    # v4-bf16's probe runs its bf16 GEMM's instruction (csrc/kernels/probe.cpp).
-    instruction = "vdpbf16ps" if isa.endswith("-bf16") else "fp32 FMA"
     return {"gflops": gflops, "flops_per_thread": flops_per_thread, "repeats": repeats,
-            "threads": native.ops.num_threads(), "isa": isa, "instruction": instruction}
+            "threads": native.ops.num_threads(), "isa": native.ops.isa(),
+            "instruction": native.ops.fma_peak_instruction()}
 
 
 # --------------------------------------------------------------------------- metadata
