@@ -140,6 +140,11 @@ mx::array quantized_scaled_dot_product_attention(
 // GB/s of a streaming read of an `nbytes` buffer with the kernels' threads
 // (the median of `repeats` reads): the machine's read bandwidth, for the bench.
 double memory_read_gbps(int64_t nbytes, int repeats);
+// The same read of a caller's buffer (an evaluated 1-D uint64 array of ones),
+// which it can keep between reads: the bench interleaves one with each
+// linear row's samples, where allocating 512 MiB per read would cost more
+// than the read.
+double memory_read_gbps_of(const mx::array& buffer, int repeats);
 
 // GFLOP/s of fp32 FMAs with the kernels' threads, at the current instruction
 // set's vector width (the median of `repeats` runs of `flops_per_thread` flops

@@ -157,6 +157,12 @@ NB_MODULE(_native, m) {
       "repeats"_a = 5,
       "GB/s of a streaming read of an nbytes buffer with the kernels' threads (median of repeats).");
   m.def(
+      "memory_read_gbps_of",
+      &tk::memory_read_gbps_of,
+      "buffer"_a,
+      "repeats"_a = 1,
+      "memory_read_gbps over a kept buffer: a 1-D uint64 array of ones (at least 1 MiB).");
+  m.def(
       "fma_peak_gflops",
       &tk::fma_peak_gflops,
       "flops_per_thread"_a = int64_t(1) << 30,

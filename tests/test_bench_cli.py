@@ -289,6 +289,16 @@ def test_slow_cases_are_sampled_fewer_times():
     assert len(res["slow"].samples_ms) == 4
 
 
+def test_read_probe_interleaves_with_a_row():
+    """A linear row's bandwidth is read in its own rounds: one read of the kept buffer per round."""
+    from talkie_kernels.bench.timing import ReadProbe
+
+    probe = ReadProbe(1 << 20)
+    res = interleaved({"kernel": lambda: (lambda: time.sleep(0.001)), "probe": probe.case}, rounds=5)
+    assert len(res["kernel"].samples_ms) == 5 and len(probe.gbps) == 1 + 5  # its warm-up read, then one per round
+    assert all(0 < g < float("inf") for g in probe.gbps)
+
+
 def test_linear_weights_and_their_rotation():
     """Each format of one weight in turn, quantized as mlx_lm.convert -q does; copies that overflow the cache."""
     import mlx.core as mx

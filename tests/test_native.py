@@ -203,7 +203,8 @@ def test_probes_measure(isa, threads):
     # Each ISA's probes run on 1 and 2 threads and give a positive, finite rate.
     for n in (1, 2):
         X.set_num_threads(n)
-        for rate in (X.fma_peak_gflops(1 << 22, 1), X.memory_read_gbps(1 << 20, 1)):
+        kept = mx.ones((1 << 17,), dtype=mx.uint64)  # 1 MiB of ones, read in place
+        for rate in (X.fma_peak_gflops(1 << 22, 1), X.memory_read_gbps(1 << 20, 1), X.memory_read_gbps_of(kept, 2)):
             assert 0 < rate < float("inf"), (isa, n, rate)
 
 
@@ -216,6 +217,25 @@ def test_probes_measure(isa, threads):
 def test_probes_validate_arguments(probe, args, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         getattr(X, probe)(*args)
+
+
+@pytest.mark.parametrize("buffer, repeats, error, message", [
+    (lambda: mx.ones((1 << 17,), dtype=mx.int64), 1, TypeError,
+     "[memory_read_gbps_of] buffer must be a 1-D mlx.core.uint64 array of ones, got (131072,) mlx.core.int64."),
+    (lambda: mx.ones((2, 1 << 16), dtype=mx.uint64), 1, TypeError,
+     "[memory_read_gbps_of] buffer must be a 1-D mlx.core.uint64 array of ones, got (2, 65536) mlx.core.uint64."),
+    (lambda: mx.ones((1 << 10,), dtype=mx.uint64), 1, ValueError,
+     "[memory_read_gbps_of] buffer must hold at least 1 MiB and repeats be at least 1."),
+    (lambda: mx.ones((1 << 17,), dtype=mx.uint64), 0, ValueError,
+     "[memory_read_gbps_of] buffer must hold at least 1 MiB and repeats be at least 1."),
+    (lambda: mx.ones((1 << 18,), dtype=mx.uint64)[::2], 1, ValueError, "[memory_read_gbps_of] buffer must be contiguous."),
+    # Its sum checks the read: a buffer of anything but ones is refused after it.
+    (lambda: mx.zeros((1 << 17,), dtype=mx.uint64), 1, RuntimeError,
+     "[memory_read_gbps_of] the read summed wrong (the buffer must hold ones)"),
+])
+def test_kept_read_probe_validates(buffer, repeats, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        X.memory_read_gbps_of(buffer(), repeats)
 
 
 # ---- numerics the shared tests do not sweep -------------------------------------

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "errors.h"
 #include "kernels/kernels.h"
 #include "ops.h"
 
@@ -32,14 +33,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-} // namespace
-
-double memory_read_gbps(int64_t nbytes, int repeats) {
-  if (nbytes < (int64_t(1) << 20) || repeats < 1) {
-    throw std::invalid_argument("[memory_read_gbps] nbytes must be at least 1 MiB and repeats at least 1.");
-  }
-  const int64_t words = nbytes / 8;
-  std::vector<uint64_t> buf(words, 1);  // written once, so every page is resident
+// GB/s of `repeats` reads of `words` ones at p (their median), checked by their sum.
+double read_gbps(const char* op, const uint64_t* p, int64_t words, int repeats) {
   constexpr int64_t kChunk = (int64_t(1) << 20) / 8;
   const int64_t chunks = (words + kChunk - 1) / kChunk;
   const auto& kernels = kern::select();
@@ -48,14 +43,41 @@ double memory_read_gbps(int64_t nbytes, int repeats) {
     const auto t0 = std::chrono::steady_clock::now();
     parallel_for(chunks, kChunk, 1, [&](int64_t b, int64_t e, int) {
       const int64_t lo = b * kChunk, hi = std::min(e * kChunk, words);
-      sink.fetch_add(kernels.read_sum(buf.data() + lo, hi - lo), std::memory_order_relaxed);
+      sink.fetch_add(kernels.read_sum(p + lo, hi - lo), std::memory_order_relaxed);
     });
     return double(words * 8) / seconds_since(t0) / 1e9;
   });
   if (sink.load() != uint64_t(words) * repeats) {
-    throw std::runtime_error("[memory_read_gbps] the read summed wrong");
+    throw std::runtime_error(std::string("[") + op + "] the read summed wrong (the buffer must hold ones)");
   }
   return gbps;
+}
+
+} // namespace
+
+double memory_read_gbps(int64_t nbytes, int repeats) {
+  if (nbytes < (int64_t(1) << 20) || repeats < 1) {
+    throw std::invalid_argument("[memory_read_gbps] nbytes must be at least 1 MiB and repeats at least 1.");
+  }
+  const std::vector<uint64_t> buf(nbytes / 8, 1);  // written once, so every page is resident
+  return read_gbps("memory_read_gbps", buf.data(), int64_t(buf.size()), repeats);
+}
+
+double memory_read_gbps_of(const mx::array& buffer, int repeats) {
+  constexpr const char* op = "memory_read_gbps_of";
+  if (buffer.dtype() != mx::uint64 || buffer.ndim() != 1) {
+    fail_type(op, "buffer must be a 1-D mlx.core.uint64 array of ones, got " + fmt(buffer.shape()) + " " +
+                      fmt(buffer.dtype()) + ".");
+  }
+  if (buffer.nbytes() < (size_t(1) << 20) || repeats < 1) {
+    fail(op, "buffer must hold at least 1 MiB and repeats be at least 1.");
+  }
+  mx::array b = buffer;
+  b.eval();
+  if (!b.flags().row_contiguous) {
+    fail(op, "buffer must be contiguous.");
+  }
+  return read_gbps(op, b.data<uint64_t>(), int64_t(b.size()), repeats);
 }
 
 double fma_peak_gflops(int64_t flops_per_thread, int repeats) {

@@ -160,8 +160,8 @@ def _linear_table(rows: list[dict], footnotes: list[str]):
     t = Table(title=(
         "linear at Talkie 13B's decode shapes: x (1, K) bf16 @ W.T, W (N, K) bf16 or affine qN (group 64, "
         "bf16 scales); median per call; GB/s = weight + scales + biases bytes ÷ time; reference = MLX's "
-        "matmul / quantized_matmul; probe = the read bandwidth measured just before and after the row (the "
-        "higher), which its share is of"
+        "matmul / quantized_matmul; probe = the read bandwidth measured in the row's own rounds (one 512 MiB read "
+        "between each round's samples, median), which its share is of"
     ))
     for col, just in [("projection", "left"), ("K→N", "left"), ("weights", "left"), ("impl", "left"), ("n", "right"),
                       ("calls/sample", "right"), ("median", "right"), ("p20–p80", "right"), ("GB/s", "right"),

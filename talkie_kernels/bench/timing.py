@@ -318,6 +318,32 @@ def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict
     return {"gbps": gbps, "nbytes": nbytes, "repeats": repeats, "threads": native.ops.num_threads()}
 
 
+class ReadProbe:
+    """``read_bandwidth``'s read as a case of ``interleaved``: a kept buffer of ones
+    (``nbytes``, the run's probe size) and the GB/s of each read, in order.
+
+    ``case()`` is the prepare function ``interleaved`` takes; each read it
+    times appends one rate to ``gbps``. A linear row's share of the bandwidth
+    is then its median over the median of reads taken between its samples,
+    in the same rounds, rather than against reads before and after it: this
+    VM's bandwidth moves by a third within a row's few seconds.
+    """
+
+    def __init__(self, nbytes: int = READ_BANDWIDTH_BYTES):
+        from .. import native
+
+        self.read = getattr(native.ops, "memory_read_gbps_of", None)
+        if self.read is None:
+            why = native.load_error or "the built extension has no memory_read_gbps_of; rebuild it"
+            raise RuntimeError(f"read bandwidth unmeasured: talkie_kernels.native.ops.memory_read_gbps_of unavailable ({why})")
+        self.buffer = mx.ones((nbytes // 8,), dtype=mx.uint64)
+        mx.eval(self.buffer)
+        self.gbps: list[float] = []
+
+    def case(self) -> Callable[[], None]:
+        return lambda: self.gbps.append(float(self.read(self.buffer, 1)))
+
+
 def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[str, Any]:
     """The machine's fp32 FMA peak: the native ops' independent FMA chains, median GFLOP/s
     (on ``v4-bf16``, chains of ``vdpbf16ps``, the instruction of its bf16 GEMM: ``instruction``,
@@ -411,7 +437,7 @@ def parse_dtype(name: str):
 
 
 __all__ = [
-    "FMA_PEAK_FLOPS", "IMPLS", "OPS", "PHASES", "READ_BANDWIDTH_BYTES", "SLOW_SAMPLES", "NotApplicable", "Stats",
+    "FMA_PEAK_FLOPS", "IMPLS", "OPS", "PHASES", "READ_BANDWIDTH_BYTES", "SLOW_SAMPLES", "NotApplicable", "ReadProbe", "Stats",
     "calibrate_inner", "dtype_name", "fma_peak", "interleaved", "load_average", "metadata", "op_inputs", "op_offset",
     "op_shape", "op_step", "op_thunk", "parse_dtype", "read_bandwidth", "require_fused_backend", "sync", "timed_ms",
 ]
