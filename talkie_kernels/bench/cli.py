@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"qN = affine N-bit, group 64, bf16 scales, quantized as mlx_lm.convert -q does); default: {','.join(DEFAULT_FORMATS)}. "
                    "The mx.compile'd reference and generate_step are measured at float32 only")
     p.add_argument("--linear-shapes", action="store_true", help="also time linear at Talkie 13B's decode shapes (5120→15360, 5120→5120, 5120→27392, "
-                   "13696→5120, 5120→65540) for bf16, q4, q8 vs MLX: GB/s and %% of read bandwidth (~1.5 min on 2 cores; MLX's slowest q4/q8 calls sampled once)")
+                   "13696→5120, 5120→65540) for bf16, q4, q6, q8 vs MLX: GB/s and %% of the read bandwidth measured in each row's rounds; "
+                   "and the same shapes' prefill GEMM (512 rows of x; bf16, q4, q8): GFLOP/s and %% of the FMA peak "
+                   "(~3 min on 2 cores; MLX's slowest q4/q8 calls sampled once)")
     p.add_argument("--block-13b", action="store_true", help=f"also decode one block at Talkie 13B's width ({BLOCK_13B}: hidden 5120, 40 heads × 128, "
                    "intermediate 13696, vocab 65540), q4, against its floor (~1.5 min and ~5 GB of memory on 2 cores; mlx-lm's reference sampled once)")
     p.add_argument("--all-isas", action="store_true", help="run the native measurements once per instruction-set table "
