@@ -297,6 +297,8 @@ def test_read_probe_interleaves_with_a_row():
     res = interleaved({"kernel": lambda: (lambda: time.sleep(0.001)), "probe": probe.case}, rounds=5)
     assert len(res["kernel"].samples_ms) == 5 and len(probe.gbps) == 1 + 5  # its warm-up read, then one per round
     assert all(0 < g < float("inf") for g in probe.gbps)
+    reads = probe.gbps[1:]
+    assert probe.take_median() == sorted(reads)[2] and probe.gbps == [] and probe.take_median() is None
 
 
 def test_linear_weights_and_their_rotation():

@@ -9,8 +9,6 @@ records (``records.record``); the run adds the bandwidth shares afterwards.
 
 from __future__ import annotations
 
-import statistics
-
 import mlx.core as mx
 
 from . import linear as BL
@@ -61,8 +59,9 @@ def run_linear(s: Settings, progress) -> list[dict]:
     records = []
     try:
         probe = B.ReadProbe()
+        probe_case = probe.case
     except Exception as e:  # no native read: shares fall back to the run's probe (which says why)
-        probe = e
+        probe, probe_case = None, e
     for name, K, N in s.linear_shapes:
         x = BL.activation(1, K, s.seed)
         for fmt, arrays, kwargs in BL.weights(K, N, BL.FORMATS, s.seed):
@@ -76,15 +75,12 @@ def run_linear(s: Settings, progress) -> list[dict]:
                     cases[impl] = lambda run=run: run
                 except Exception as e:  # an unavailable fused linear: reported, not timed
                     cases[impl] = e
-            if not isinstance(probe, Exception):
-                probe.gbps.clear()
             # calls_per_sample already ran each linear once: a slow warm-up is a fair sample.
-            results = B.interleaved(dict(cases, probe=probe if isinstance(probe, Exception) else probe.case),
+            results = B.interleaved(dict(cases, probe=probe_case),
                                     rounds=s.rounds, min_rounds=2, budget_s=s.linear_budget_s,
                                     slow_s=s.slow_s.get("linear"), reuse_warmup=BL.IMPLS, work=dict(calls, probe=1))
             weight_bytes = BL.nbytes(arrays)
-            # (its first read is the warm-up, taken before the row's samples)
-            local = statistics.median(probe.gbps[1:]) if not isinstance(probe, Exception) and probe.gbps[1:] else None
+            local = probe.take_median() if probe is not None else None
             # --quick's tiny stand-in shapes are not Talkie 13B's: no target reads them.
             base = {"kind": "linear", "model": "quick stand-in" if s.quick else "talkie-13b", "op": "linear",
                     "name": name, "phase": "decode", "shape": [1, K, N], "dtype": fmt,
@@ -104,7 +100,7 @@ def run_prefill_linear(s: Settings, progress) -> list[dict]:
     ``--quick``): GFLOP/s, and (``records.apply_fma_peak``) its share of the FMA peak."""
     M = BL.QUICK_PREFILL_M if s.quick else BL.PREFILL_M
     records = []
-    probe = _local_probe(lambda: B.fma_peak(repeats=3)["gflops"])  # before and after each row (the peak drifts less than the bandwidth)
+    probe = _local_probe(lambda: B.fma_peak(repeats=3)["gflops"])  # the higher of its reads before and after each row
     for base, res in BL.time_prefill(s.linear_shapes, M, s.rounds, s.min_rounds, s.linear_budget_s, s.seed,
                                      progress):
         base = dict(base, fma_peak_local=probe())

@@ -24,6 +24,7 @@ import datetime as _dt
 import math
 import os
 import platform
+import statistics
 import subprocess
 import time
 import warnings
@@ -301,6 +302,17 @@ def calibrate_inner(step, state, target_ms: float, max_inner: int = 2000) -> int
 # --------------------------------------------------------------------------- machine
 
 
+def _native_probe(name: str, what: str) -> Callable:
+    """``talkie_kernels.native.ops.<name>``, or RuntimeError saying ``what`` is unmeasured and why."""
+    from .. import native
+
+    measure = getattr(native.ops, name, None)
+    if measure is None:
+        why = native.load_error or f"the built extension has no {name}; rebuild it"
+        raise RuntimeError(f"{what} unmeasured: talkie_kernels.native.ops.{name} unavailable ({why})")
+    return measure
+
+
 def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict[str, Any]:
     """The machine's read bandwidth: the native ops' streaming read of ``nbytes``, median GB/s.
 
@@ -310,11 +322,7 @@ def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict
     """
     from .. import native
 
-    measure = getattr(native.ops, "memory_read_gbps", None)
-    if measure is None:
-        why = native.load_error or "the built extension has no memory_read_gbps; rebuild it"
-        raise RuntimeError(f"read bandwidth unmeasured: talkie_kernels.native.ops.memory_read_gbps unavailable ({why})")
-    gbps = float(measure(nbytes, repeats))
+    gbps = float(_native_probe("memory_read_gbps", "read bandwidth")(nbytes, repeats))
     return {"gbps": gbps, "nbytes": nbytes, "repeats": repeats, "threads": native.ops.num_threads()}
 
 
@@ -324,24 +332,26 @@ class ReadProbe:
 
     ``case()`` is the prepare function ``interleaved`` takes; each read it
     times appends one rate to ``gbps``. A linear row's share of the bandwidth
-    is then its median over the median of reads taken between its samples,
-    in the same rounds, rather than against reads before and after it: this
-    VM's bandwidth moves by a third within a row's few seconds.
+    is then its median over ``take_median()``, the median of reads taken
+    between its samples, in the same rounds, rather than against reads
+    before and after it: this VM's bandwidth moves by a third within a row's
+    few seconds.
     """
 
     def __init__(self, nbytes: int = READ_BANDWIDTH_BYTES):
-        from .. import native
-
-        self.read = getattr(native.ops, "memory_read_gbps_of", None)
-        if self.read is None:
-            why = native.load_error or "the built extension has no memory_read_gbps_of; rebuild it"
-            raise RuntimeError(f"read bandwidth unmeasured: talkie_kernels.native.ops.memory_read_gbps_of unavailable ({why})")
+        self.read = _native_probe("memory_read_gbps_of", "read bandwidth")
         self.buffer = mx.ones((nbytes // 8,), dtype=mx.uint64)
         mx.eval(self.buffer)
         self.gbps: list[float] = []
 
     def case(self) -> Callable[[], None]:
         return lambda: self.gbps.append(float(self.read(self.buffer, 1)))
+
+    def take_median(self) -> float | None:
+        """The median of the reads since the last call, less the first (``interleaved``'s
+        warm-up, before the row's samples), or None; the next row starts afresh."""
+        rounds, self.gbps = self.gbps[1:], []
+        return statistics.median(rounds) if rounds else None
 
 
 def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[str, Any]:
@@ -356,11 +366,7 @@ def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[s
     """
     from .. import native
 
-    measure = getattr(native.ops, "fma_peak_gflops", None)
-    if measure is None:
-        why = native.load_error or "the built extension has no fma_peak_gflops; rebuild it"
-        raise RuntimeError(f"FMA peak unmeasured: talkie_kernels.native.ops.fma_peak_gflops unavailable ({why})")
-    gflops = float(measure(flops_per_thread, repeats))
+    gflops = float(_native_probe("fma_peak_gflops", "FMA peak")(flops_per_thread, repeats))
     return {"gflops": gflops, "flops_per_thread": flops_per_thread, "repeats": repeats,
             "threads": native.ops.num_threads(), "isa": native.ops.isa(),
             "instruction": native.ops.fma_peak_instruction()}
