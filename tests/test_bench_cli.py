@@ -291,14 +291,26 @@ def test_slow_cases_are_sampled_fewer_times():
 
 def test_read_probe_interleaves_with_a_row():
     """A linear row's bandwidth is read in its own rounds: one read of the kept buffer per round."""
-    from talkie_kernels.bench.timing import ReadProbe
+    from talkie_kernels.bench.probes import ReadProbe
 
     probe = ReadProbe(1 << 20)
     res = interleaved({"kernel": lambda: (lambda: time.sleep(0.001)), "probe": probe.case}, rounds=5)
-    assert len(res["kernel"].samples_ms) == 5 and len(probe.gbps) == 1 + 5  # its warm-up read, then one per round
-    assert all(0 < g < float("inf") for g in probe.gbps)
-    reads = probe.gbps[1:]
-    assert probe.take_median() == sorted(reads)[2] and probe.gbps == [] and probe.take_median() is None
+    assert len(res["kernel"].samples_ms) == 5 and len(probe.values) == 1 + 5  # its warm-up read, then one per round
+    assert all(0 < g < float("inf") for g in probe.values)
+    reads = probe.values[1:]
+    assert probe.take_median() == sorted(reads)[2] and probe.values == [] and probe.take_median() is None
+
+
+def test_fma_probe_stops_with_the_row():
+    """A prefill row's FMA peak is read only in rounds where the row still takes samples: a slow
+    GEMM cut to min_rounds by the budget leaves no trailing probe reads in its median."""
+    from talkie_kernels.bench.probes import FmaProbe
+
+    probe = FmaProbe(1 << 20)
+    res = interleaved({"gemm": lambda: (lambda: time.sleep(0.02)), "probe": probe.case}, rounds=6, min_rounds=2,
+                      budget_s=0.01, companions=("probe",))
+    assert len(res["gemm"].samples_ms) == 2 and len(probe.values) == 1 + 2
+    assert all(0 < g < float("inf") for g in probe.values) and probe.take_median() is not None
 
 
 def test_linear_weights_and_their_rotation():

@@ -514,7 +514,9 @@ def test_int8_q8_pair_sums(native, isa):
 def test_int8_path_odd_units(native, isa, K, group_size):
     # half_unit: K = 32·odd, so the last 64-column unit holds one block.
     # odd_units: an odd number of whole units, so on AVX-512 tables (two units
-    # per vector) the last one runs alone at 256 bits; then both.
+    # per vector) the last one runs alone at 256 bits, and on AVX2 tables q4's
+    # four units a step (quad_step) leave one to the unit-at-a-time loop; then
+    # both (K = 32·37: four quads, two units and a half).
     for M in (1, 2, 3):
         x = int8_x(M, K, 5)
         for bits in BITS:

@@ -23,7 +23,8 @@
 //      layouts, kernels.h's int8_dx_expanded); at the end
 //      y = Σ lanes of acc + Σ_g b_g · Σx̂_g, rounded once to bf16 / fp16.
 //   (AVX-512 tables: steps 2-4 for two units of the row per 512-bit vector,
-//   see pair_step.)
+//   see pair_step; AVX2 tables, 4-bit codes: four units a step, their lane
+//   sums reduced to one per block before step 4, see quad_step.)
 //
 // 8-bit codes on AVX2 without VNNI: vpmaddubsw's 16-bit pair sums of u8 × s8
 // could saturate for codes near 255 against x8 near ±127 (2·255·127 >
@@ -185,6 +186,8 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
+// A thread's kept buffer `Slot` of at least `floats` floats.
+template <int Slot>
 inline float* scratch(int64_t floats) {
   thread_local std::vector<float> kept;
   if (int64_t(kept.size()) < floats) {
@@ -429,6 +432,113 @@ inline float hsum16(__m512 v) {
 #define TK_INT8_PAIRS 0
 #endif
 
+#if !TK_INT8_PAIRS
+// AVX2 tables, 4-bit codes: four units of a row of w per step (quad_step),
+// their int32 lane sums reduced to one per block (vphaddw, vphaddd) before
+// the one conversion and scaling, which unit_step does per unit: per four
+// units vpmaddubsw ×8, vpmaddwd ×2 and one vcvtdq2ps, vmulps and vfmadd
+// instead of ×8, ×4 and four each (Zen 3 runs these five on two pipes:
+// kernels.h's int8_dx_expanded). Measured on Zen 3 (v3, M = 1, interleaved
+// builds): one core, weights in L3 (best of 40), M = 1 5-7 % less time
+// per row at 5120 and 13696 columns, M = 2 / 4 / 7 at 5120 28 / 9-27 / 15 %
+// less; two cores from DRAM, medians of 6 rounds, q4
+// 1.27 / 0.98 / 1.16× at 5120 -> 5120, 13696 -> 5120, 5120 -> 15360 and
+// 1.01 / 1.03 / 1.12× at 5120 -> 5120, 13696 -> 5120, 5120 -> 27392 the
+// speed of unit_step alone. q6 and q8 (vpmaddwd per unit either way, so
+// less saved) measured 0.90-1.10× and 0.93-1.21×, medians below 1: they
+// keep unit_step.
+#define TK_INT8_QUADS 1
+constexpr int64_t kQuad = 4;  // units per quad_step
+
+// A quad's scale factors are 8 lanes: lanes 0-3 the even blocks of units
+// u .. u + 3 (block 2u + 2j in lane j), lanes 4-7 the odd ones, the order
+// in which quad_step leaves their sums.
+//
+// The row of w's part, from its fp32 scales s (padded) at unit u (u % 4 == 0).
+template <int GS>
+__attribute__((always_inline)) inline __m256 quad_row_scales(const float* s, int64_t u) {
+  if constexpr (GS == 32) {
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(s + 2 * u), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  } else if constexpr (GS == 64) {
+    return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(s + u));
+  } else {
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(s + u / 2)),
+                                    _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1));
+  }
+}
+
+// x's part: dx in quad order, 8 floats per quad for each of the MR rows of x
+// (quads per row `quads`), from dx's layout (int8_dx_expanded), once per
+// rows_of call.
+inline void quad_dx(const LinearArgs& a, int MR, int64_t quads, int64_t dx_stride, float* dq) {
+  const bool expanded = int8_dx_expanded(MR);
+  for (int m = 0; m < MR; ++m) {
+    const float* d = a.dx + m * dx_stride;
+    for (int64_t q = 0; q < quads; ++q) {
+      for (int j = 0; j < 8; ++j) {
+        const int64_t b = 2 * (kQuad * q + j % 4) + j / 4;  // lane j's block
+        dq[(m * quads + q) * 8 + j] = expanded ? d[8 * (b / 2) + 4 * (b % 2)] : d[b];
+      }
+    }
+  }
+}
+
+// Step 3 for two units (u, u + 1) of 4-bit codes and one row of x: their
+// lane sums in 8 int32 lanes, per 128-bit half [u: 2 | u + 1: 2] partial
+// sums of the half's block, so that one vphaddd of two such results leaves
+// one sum per block in quad order.
+__attribute__((always_inline)) inline __m256i pair_dot(__m256i a0, __m256i a1, __m256i b0, __m256i b1,
+                                                       const int8_t* x) {
+#if TK_INT8_VNNI
+  return _mm256_hadd_epi32(unit_dot<WeightKind::q4>(a0, a1, x), unit_dot<WeightKind::q4>(b0, b1, x + kUnit));
+#else
+  // Codes < 16: each of the 16 words of p0 + p1 is at most 4·15·127 and two
+  // of them (vphaddw) at most 15240, exact in int16.
+  const auto dot = [](__m256i c0, __m256i c1, const int8_t* xu) {
+    return _mm256_add_epi16(
+        _mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu))),
+        _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu + 32))));
+  };
+  return _mm256_madd_epi16(_mm256_hadd_epi16(dot(a0, a1, x), dot(b0, b1, x + kUnit)), _mm256_set1_epi16(1));
+#endif
+}
+
+// Steps 2-4 for units u .. u + 3 (u % 4 == 0, all whole) of one row of 4-bit
+// codes against MR rows of x; dq: quad_dx's rows at this quad, dq_stride
+// floats apart.
+template <int MR, int GS>
+__attribute__((always_inline)) inline void quad_step(const LinearArgs& a, const uint8_t* row, const float* s,
+                                                     const float* dq, int64_t u, int64_t x8_stride,
+                                                     int64_t dq_stride, int64_t lead, __m256 (&acc)[MR]) {
+  constexpr WeightKind W = WeightKind::q4;
+  constexpr int64_t ub = unit_bytes<W>();
+  __m256i half[MR];  // units u, u + 1 (pair_dot), then joined with u + 2, u + 3
+  for (int h = 0; h < 2; ++h) {
+    __m256i c[2][2];
+    for (int j = 0; j < 2; ++j) {
+      const uint8_t* p = row + (u + 2 * h + j) * ub;
+      if (first_in_line(p + lead, ub)) {  // (unit_step's request)
+        prefetch_next_row<ub>(p, lead);
+      }
+      load_unit<W>(row, u + 2 * h + j, false, c[j][0], c[j][1]);
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m256i I = pair_dot(c[0][0], c[0][1], c[1][0], c[1][1], a.x8 + m * x8_stride + (u + 2 * h) * kUnit);
+      half[m] = h == 0 ? I : _mm256_hadd_epi32(half[m], I);
+    }
+  }
+  const __m256 rs = quad_row_scales<GS>(s, u);
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    const __m256 f = _mm256_mul_ps(_mm256_loadu_ps(dq + m * dq_stride), rs);
+    acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half[m]), f, acc[m]);
+  }
+}
+#else
+#define TK_INT8_QUADS 0
+#endif
+
 // Units of a row covered by pair_step (AVX-512 tables: whole units in pairs).
 inline int64_t paired_units(int64_t K) {
   return TK_INT8_PAIRS ? (K / kUnit) & ~int64_t(1) : 0;
@@ -454,12 +564,18 @@ inline int64_t x8_at(int64_t u, int64_t P, int64_t paired) {
 // 86-96 %. x8 and dx stay in L1 from row to row.
 template <WeightKind W, int MR, int GS>
 void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
-  const int64_t units = int8_units(a.K), whole = a.K / kUnit, paired = paired_units(a.K);
+  const int64_t units = int8_units(a.K), whole = a.K / kUnit;
+  [[maybe_unused]] const int64_t paired = paired_units(a.K);  // (AVX-512 tables)
   const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8, lead = std::max(rb, kMinLead);
   const int64_t x8_stride = units * kUnit, dx_stride = int8_dx_stride(a.K, MR);
   // The row's scales in fp32, then zeros that the padded loads and a last
   // unit of one block read.
-  float* s = scratch(groups + 8);
+  float* s = scratch<0>(groups + 8);
+#if TK_INT8_QUADS
+  const int64_t quads = W == WeightKind::q4 ? whole / kQuad : 0;
+  float* dq = scratch<1>(MR * quads * 8);
+  quad_dx(a, MR, quads, dx_stride, dq);
+#endif
   for (int i = 0; i < 8; ++i) {
     s[groups + i] = 0.0f;
   }
@@ -505,6 +621,21 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
         acc[c][m] = _mm256_setzero_ps();
       }
     }
+#if TK_INT8_QUADS
+    __m256 accq[MR];
+    for (int m = 0; m < MR; ++m) {
+      accq[m] = _mm256_setzero_ps();
+    }
+    for (int64_t q = 0; q < quads; ++q) {
+      quad_step<MR, GS>(a, row, s, dq + 8 * q, kQuad * q, x8_stride, 8 * quads, lead, accq);
+    }
+    for (int m = 0; m < MR; ++m) {
+      acc[0][m] = accq[m];  // (the units left add to it)
+    }
+    int64_t u = kQuad * quads;
+#else
+    int64_t u = paired;
+#endif
 #if TK_INT8_PAIRS
     __m512 acc2[MR];
     for (int m = 0; m < MR; ++m) {
@@ -514,7 +645,6 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
       pair_step<W, MR, GS>(a, row, s, u, x8_stride, dx_stride, lead, acc2);
     }
 #endif
-    int64_t u = paired;
     for (; u + kChains <= whole; u += kChains) {
       for (int c = 0; c < kChains; ++c) {
         unit_step<W, MR, GS, false>(a, row, s, u + c, x8_stride, dx_stride, lead, acc[c]);

@@ -142,7 +142,8 @@ def flops(M: int, K: int, N: int) -> int:
 
 
 def time_prefill(shapes, M: int, rounds: int, min_rounds: int, budget_s: float | None, seed: int = 0,
-                 progress: Callable[[str], None] = lambda desc: None) -> Iterator[tuple[dict, object]]:
+                 progress: Callable[[str], None] = lambda desc: None,
+                 probe=None) -> Iterator[tuple[dict, object]]:
     """``(record base, Stats or exception)`` of the fused ``linear`` at M rows of x, per shape and format.
 
     Only the fused op is timed: MLX's own 4-bit ``quantized_matmul`` takes
@@ -151,15 +152,18 @@ def time_prefill(shapes, M: int, rounds: int, min_rounds: int, budget_s: float |
     alive at a time and no copies rotate: a prefill call reuses each weight
     M times, so where it sits (cache or memory) hardly matters. Samples as
     ``timing.interleaved``: ``rounds``, cut to ``budget_s`` but at
-    least ``min_rounds``.
+    least ``min_rounds``. ``probe``: another case for ``interleaved`` (a
+    ``probes.RoundProbe``'s ``case``, or the exception that stopped it), run
+    in the same rounds.
     """
     for name, K, N in shapes:
         x = activation(M, K, seed)
         for fmt, arrays, kwargs in weights(K, N, PREFILL_FORMATS, seed):
             progress(f"prefill linear {name} ({M}, {K}) @ ({N}, {K}).T {fmt}")
             run = thunk("fused", x, [arrays], kwargs, 1)
-            res = interleaved({"fused": lambda run=run: run}, rounds=rounds, min_rounds=min_rounds,
-                              budget_s=budget_s)["fused"]
+            cases = {"fused": lambda run=run: run} if probe is None else {"fused": lambda run=run: run, "probe": probe}
+            res = interleaved(cases, rounds=rounds, min_rounds=min_rounds, budget_s=budget_s,
+                              companions=("probe",))["fused"]
             yield {"kind": "linear_prefill", "op": "linear", "name": name, "phase": "prefill", "shape": [M, K, N],
                    "dtype": fmt, "weight_bytes": nbytes(arrays)}, res
             del run

@@ -12,6 +12,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from . import linear as BL
+from . import probes as P
 from . import timing as B
 from .records import record
 from .settings import Settings
@@ -51,14 +52,14 @@ def run_linear(s: Settings, progress) -> list[dict]:
     the cache; GB/s of weights read.
 
     Each row also carries the read bandwidth measured in its own rounds
-    (``read_gbps_local``: the median of ``timing.ReadProbe``'s 512 MiB reads,
+    (``read_gbps_local``: the median of ``probes.ReadProbe``'s 512 MiB reads,
     one per round between the row's samples): this VM's bandwidth moves by a
     third within seconds, so a share against reads at the run's start and
     end, or just before and after the row, reads that drift as the kernel's.
     """
     records = []
     try:
-        probe = B.ReadProbe()
+        probe = P.ReadProbe()
         probe_case = probe.case
     except Exception as e:  # no native read: shares fall back to the run's probe (which says why)
         probe, probe_case = None, e
@@ -78,7 +79,8 @@ def run_linear(s: Settings, progress) -> list[dict]:
             # calls_per_sample already ran each linear once: a slow warm-up is a fair sample.
             results = B.interleaved(dict(cases, probe=probe_case),
                                     rounds=s.rounds, min_rounds=2, budget_s=s.linear_budget_s,
-                                    slow_s=s.slow_s.get("linear"), reuse_warmup=BL.IMPLS, work=dict(calls, probe=1))
+                                    slow_s=s.slow_s.get("linear"), reuse_warmup=BL.IMPLS, work=dict(calls, probe=1),
+                                    companions=("probe",))
             weight_bytes = BL.nbytes(arrays)
             local = probe.take_median() if probe is not None else None
             # --quick's tiny stand-in shapes are not Talkie 13B's: no target reads them.
@@ -97,38 +99,25 @@ def run_linear(s: Settings, progress) -> list[dict]:
 
 def run_prefill_linear(s: Settings, progress) -> list[dict]:
     """The prefill GEMM table: the fused ``linear`` at ``s.linear_shapes`` with 512 rows of x (64 under
-    ``--quick``): GFLOP/s, and (``records.apply_fma_peak``) its share of the FMA peak."""
+    ``--quick``): GFLOP/s, and (``records.apply_fma_peak``) its share of the FMA peak.
+
+    Each row carries the FMA peak measured in its own rounds
+    (``fma_peak_local``: the median of ``probes.FmaProbe``'s runs, one per
+    round between the row's samples), as the decode table's bandwidth: this
+    VM's peak moves by half within seconds.
+    """
     M = BL.QUICK_PREFILL_M if s.quick else BL.PREFILL_M
     records = []
-    probe = _local_probe(lambda: B.fma_peak(repeats=3)["gflops"])  # the higher of its reads before and after each row
+    try:
+        probe = P.FmaProbe()
+        probe_case = probe.case
+    except Exception as e:  # no native chains: shares fall back to the run's peak (which says why)
+        probe, probe_case = None, e
     for base, res in BL.time_prefill(s.linear_shapes, M, s.rounds, s.min_rounds, s.linear_budget_s, s.seed,
-                                     progress):
-        base = dict(base, fma_peak_local=probe())
+                                     progress, probe=probe_case):
+        base = dict(base, fma_peak_local=probe.take_median() if probe is not None else None)
         rec = record(dict(base, model="quick stand-in" if s.quick else "talkie-13b"), "fused", res)
         if rec["status"] == "ok":
             rec["gflops"] = BL.flops(*rec["shape"]) / (rec["median_ms"] / 1e3) / 1e9
         records.append(rec)
     return records
-
-
-def _local_probe(measure):
-    """A function that, called after each row, measures again and returns the higher of
-    this measurement and the previous one (the row's before and after), or None where
-    ``measure`` (a ``timing`` probe) cannot run: the row's share then falls back to the
-    run's own probe, whose header and JSON say why it failed."""
-
-    def once():
-        try:
-            return measure()
-        except Exception:
-            return None
-
-    last = [once()]
-
-    def after_row():
-        now = once()
-        both = [v for v in (last[0], now) if v]
-        last[0] = now
-        return max(both) if both else None
-
-    return after_row

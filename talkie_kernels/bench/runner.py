@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import attention as BA
 from . import linear as BL
+from . import probes as P
 from . import timing as B
 from .model_runs import run_models
 from .op_runs import run_linear, run_ops, run_prefill_linear
@@ -144,7 +145,7 @@ def measure_fma_peak(first: dict | None = None) -> dict:
     measurement, and a share of too low a peak would flatter the GEMM.
     """
     try:
-        peak = B.fma_peak()
+        peak = P.fma_peak()
     except Exception as e:  # reported in the JSON; the prefill rows get no share
         return {"error": f"{type(e).__name__}: {e}"}
     if first is None or "error" in first:
@@ -161,7 +162,7 @@ def measure_bandwidth(progress, first: dict | None = None) -> dict:
     """
     progress("read bandwidth")
     try:
-        bw = B.read_bandwidth()
+        bw = P.read_bandwidth()
     except Exception as e:  # reported in the header and the JSON; the run fails (exit code 1)
         return {"error": f"{type(e).__name__}: {e}"}
     if first is None or "error" in first:

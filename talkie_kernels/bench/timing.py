@@ -2,9 +2,9 @@
 
 One place for: the timing loop (warm-up, interleaved rounds, p20/p50/p80), the
 per-op inputs at Talkie's shapes, the per-op step functions of each
-implementation, the machine's read bandwidth, and the run metadata (versions,
-device, backend). The models and their workloads are ``models.py``; the
-per-shape ``linear`` benchmark is ``linear.py``.
+implementation, and the run metadata (versions, device, backend). The
+machine's read bandwidth and FMA peak are ``probes.py``; the models and their
+workloads ``models.py``; the per-shape ``linear`` benchmark ``linear.py``.
 
 Implementations compared everywhere:
 
@@ -24,7 +24,6 @@ import datetime as _dt
 import math
 import os
 import platform
-import statistics
 import subprocess
 import time
 import warnings
@@ -63,11 +62,6 @@ QUICK = Defaults(rounds=2, min_rounds=2, op_sample_ms=1.0, linear_sample_ms=1.0)
 IMPLS = ("reference", "reference_compiled", "fused")
 PHASES = ("prefill", "decode")
 OPS = ("rms_norm", "rope", "rope_qk_norm", "residual_norm")
-
-#: The read bandwidth is measured on a buffer this large: far past any cache.
-READ_BANDWIDTH_BYTES = 1 << 29
-#: fp32 flops per thread per FMA-peak sample (~10 ms on one core).
-FMA_PEAK_FLOPS = 1 << 30
 
 #: Per-op sequence lengths: decode is one token, prefill a 512-token prompt.
 OP_SEQ_LEN = {"decode": 1, "prefill": 512}
@@ -131,6 +125,7 @@ def interleaved(
     slow_s: float | None = None,
     reuse_warmup: tuple[str, ...] = (),
     work: float | dict[str, float] = 1.0,
+    companions: tuple[str, ...] = (),
 ) -> dict[str, Stats | BaseException]:
     """Time several implementations of one workload in interleaved rounds.
 
@@ -151,6 +146,8 @@ def interleaved(
     call compiles. Each sample is divided by ``work`` (e.g. calls per thunk; a
     number, or one per case). A case given as an exception, or that raises, is
     reported by its exception and never timed (``NotApplicable`` included).
+    Cases named in ``companions`` (a ``RoundProbe``) run only in rounds where
+    another case still takes samples, so their reads are all interleaved.
     """
     results: dict[str, Stats | BaseException] = {}
     todo: dict[str, int] = {}
@@ -178,6 +175,8 @@ def interleaved(
             todo[name] = max(min_rounds, min(rounds, fit))
     for r in range(max(todo.values(), default=0)):
         live = [name for name, n in todo.items() if n > r]
+        if all(name in companions for name in live):
+            break
         k = r % len(live)
         for name in live[k:] + live[:k]:
             per = work[name] if isinstance(work, dict) else work
@@ -299,79 +298,6 @@ def calibrate_inner(step, state, target_ms: float, max_inner: int = 2000) -> int
     return int(max(1, min(max_inner, math.ceil(target_ms / max(t, 1e-3)))))
 
 
-# --------------------------------------------------------------------------- machine
-
-
-def _native_probe(name: str, what: str) -> Callable:
-    """``talkie_kernels.native.ops.<name>``, or RuntimeError saying ``what`` is unmeasured and why."""
-    from .. import native
-
-    measure = getattr(native.ops, name, None)
-    if measure is None:
-        why = native.load_error or f"the built extension has no {name}; rebuild it"
-        raise RuntimeError(f"{what} unmeasured: talkie_kernels.native.ops.{name} unavailable ({why})")
-    return measure
-
-
-def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict[str, Any]:
-    """The machine's read bandwidth: the native ops' streaming read of ``nbytes``, median GB/s.
-
-    Measured by ``talkie_kernels.native.ops.memory_read_gbps`` with the native
-    ops' thread count (both cores here), so the floor of a decode step is the
-    weight bytes it reads divided by what the kernels' own threads can read.
-    """
-    from .. import native
-
-    gbps = float(_native_probe("memory_read_gbps", "read bandwidth")(nbytes, repeats))
-    return {"gbps": gbps, "nbytes": nbytes, "repeats": repeats, "threads": native.ops.num_threads()}
-
-
-class ReadProbe:
-    """``read_bandwidth``'s read as a case of ``interleaved``: a kept buffer of ones
-    (``nbytes``, the run's probe size) and the GB/s of each read, in order.
-
-    ``case()`` is the prepare function ``interleaved`` takes; each read it
-    times appends one rate to ``gbps``. A linear row's share of the bandwidth
-    is then its median over ``take_median()``, the median of reads taken
-    between its samples, in the same rounds, rather than against reads
-    before and after it: this VM's bandwidth moves by a third within a row's
-    few seconds.
-    """
-
-    def __init__(self, nbytes: int = READ_BANDWIDTH_BYTES):
-        self.read = _native_probe("memory_read_gbps_of", "read bandwidth")
-        self.buffer = mx.ones((nbytes // 8,), dtype=mx.uint64)
-        mx.eval(self.buffer)
-        self.gbps: list[float] = []
-
-    def case(self) -> Callable[[], None]:
-        return lambda: self.gbps.append(float(self.read(self.buffer, 1)))
-
-    def take_median(self) -> float | None:
-        """The median of the reads since the last call, less the first (``interleaved``'s
-        warm-up, before the row's samples), or None; the next row starts afresh."""
-        rounds, self.gbps = self.gbps[1:], []
-        return statistics.median(rounds) if rounds else None
-
-
-def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[str, Any]:
-    """The machine's fp32 FMA peak: the native ops' independent FMA chains, median GFLOP/s
-    (on ``v4-bf16``, chains of ``vdpbf16ps``, the instruction of its bf16 GEMM: ``instruction``,
-    from ``talkie_kernels.native.ops.fma_peak_instruction``).
-
-    Measured by ``talkie_kernels.native.ops.fma_peak_gflops`` with the native
-    ops' threads and instruction set (``isa``: AVX2's peak under v3, AVX-512's
-    under v4), so a prefill GEMM's GFLOP/s reads as a share of what the same
-    threads can do at the same vector width.
-    """
-    from .. import native
-
-    gflops = float(_native_probe("fma_peak_gflops", "FMA peak")(flops_per_thread, repeats))
-    return {"gflops": gflops, "flops_per_thread": flops_per_thread, "repeats": repeats,
-            "threads": native.ops.num_threads(), "isa": native.ops.isa(),
-            "instruction": native.ops.fma_peak_instruction()}
-
-
 # --------------------------------------------------------------------------- metadata
 
 
@@ -443,7 +369,7 @@ def parse_dtype(name: str):
 
 
 __all__ = [
-    "FMA_PEAK_FLOPS", "IMPLS", "OPS", "PHASES", "READ_BANDWIDTH_BYTES", "SLOW_SAMPLES", "NotApplicable", "ReadProbe", "Stats",
-    "calibrate_inner", "dtype_name", "fma_peak", "interleaved", "load_average", "metadata", "op_inputs", "op_offset",
-    "op_shape", "op_step", "op_thunk", "parse_dtype", "read_bandwidth", "require_fused_backend", "sync", "timed_ms",
+    "IMPLS", "OPS", "PHASES", "SLOW_SAMPLES", "NotApplicable", "Stats",
+    "calibrate_inner", "dtype_name", "interleaved", "load_average", "metadata", "op_inputs", "op_offset",
+    "op_shape", "op_step", "op_thunk", "parse_dtype", "require_fused_backend", "sync", "timed_ms",
 ]
