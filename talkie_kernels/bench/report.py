@@ -190,8 +190,8 @@ def _prefill_table(rows: list[dict], footnotes: list[str]):
 
     t = Table(title=(
         "linear prefill GEMM at Talkie 13B's shapes: x (M, K) bf16 @ W.T, W (N, K) bf16 or affine qN (group 64, "
-        "bf16 scales), fused only; median per call; GFLOP/s = 2·M·K·N ÷ time; peak = the FMA peak measured just "
-        "before and after the row (the higher), which its share is of"
+        "bf16 scales), fused only; median per call; GFLOP/s = 2·M·K·N ÷ time; peak = the FMA peak measured in the "
+        "row's own rounds (one run of the FMA chains between each round's samples; median), which its share is of"
     ))
     for col, just in [("projection", "left"), ("M×K→N", "left"), ("weights", "left"), ("n", "right"),
                       ("median", "right"), ("p20–p80", "right"), ("GFLOP/s", "right"), ("peak", "right"),
