@@ -160,22 +160,32 @@ __attribute__((always_inline)) inline void load_unit(const uint8_t* row, int64_t
   }
 }
 
+#if !TK_INT8_VNNI
+// Codes < 64 (q4, q6) against a unit of x: the 16 words of p0 + p1, the
+// vpmaddubsw pair sums of c0 · x[0:32] and c1 · x[32:64]; each pair sum is
+// below 2·63·127, so two of them fit int16.
+__attribute__((always_inline)) inline __m256i word_sums(__m256i c0, __m256i c1, const int8_t* x) {
+  return _mm256_add_epi16(_mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
+                          _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32))));
+}
+#endif
+
 // Step 3 for one row of x: the int32 lane sums of c · x8 over a unit.
 template <WeightKind W>
 __attribute__((always_inline)) inline __m256i unit_dot(__m256i c0, __m256i c1, const int8_t* x) {
+#if TK_INT8_VNNI
   const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32));
-#if TK_INT8_VNNI
   return dot4(dot4(_mm256_setzero_si256(), c0, x0), c1, x1);
 #else
   const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i p0 = _mm256_maddubs_epi16(c0, x0), p1 = _mm256_maddubs_epi16(c1, x1);
   if constexpr (W == WeightKind::q8) {
     // Pair sums up to 255·128 (pair-scaled x): each widens on its own.
+    const __m256i p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+    const __m256i p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)));
     return _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
   } else {
-    // Codes < 64: each pair sum is below 2·63·127 and two of them fit int16.
-    return _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones);
+    return _mm256_madd_epi16(word_sums(c0, c1, x), ones);
   }
 #endif
 }
@@ -492,14 +502,10 @@ __attribute__((always_inline)) inline __m256i pair_dot(__m256i a0, __m256i a1, _
 #if TK_INT8_VNNI
   return _mm256_hadd_epi32(unit_dot<WeightKind::q4>(a0, a1, x), unit_dot<WeightKind::q4>(b0, b1, x + kUnit));
 #else
-  // Codes < 16: each of the 16 words of p0 + p1 is at most 4·15·127 and two
-  // of them (vphaddw) at most 15240, exact in int16.
-  const auto dot = [](__m256i c0, __m256i c1, const int8_t* xu) {
-    return _mm256_add_epi16(
-        _mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu))),
-        _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu + 32))));
-  };
-  return _mm256_madd_epi16(_mm256_hadd_epi16(dot(a0, a1, x), dot(b0, b1, x + kUnit)), _mm256_set1_epi16(1));
+  // Codes < 16: each of word_sums' words is at most 4·15·127 and two of
+  // them (vphaddw) at most 15240, exact in int16.
+  return _mm256_madd_epi16(_mm256_hadd_epi16(word_sums(a0, a1, x), word_sums(b0, b1, x + kUnit)),
+                           _mm256_set1_epi16(1));
 #endif
 }
 
@@ -622,15 +628,8 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
       }
     }
 #if TK_INT8_QUADS
-    __m256 accq[MR];
-    for (int m = 0; m < MR; ++m) {
-      accq[m] = _mm256_setzero_ps();
-    }
-    for (int64_t q = 0; q < quads; ++q) {
-      quad_step<MR, GS>(a, row, s, dq + 8 * q, kQuad * q, x8_stride, 8 * quads, lead, accq);
-    }
-    for (int m = 0; m < MR; ++m) {
-      acc[0][m] = accq[m];  // (the units left add to it)
+    for (int64_t q = 0; q < quads; ++q) {  // (the units left add to the same accumulators)
+      quad_step<MR, GS>(a, row, s, dq + 8 * q, kQuad * q, x8_stride, 8 * quads, lead, acc[0]);
     }
     int64_t u = kQuad * quads;
 #else

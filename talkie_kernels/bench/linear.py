@@ -161,7 +161,7 @@ def time_prefill(shapes, M: int, rounds: int, min_rounds: int, budget_s: float |
         for fmt, arrays, kwargs in weights(K, N, PREFILL_FORMATS, seed):
             progress(f"prefill linear {name} ({M}, {K}) @ ({N}, {K}).T {fmt}")
             run = thunk("fused", x, [arrays], kwargs, 1)
-            cases = {"fused": lambda run=run: run} if probe is None else {"fused": lambda run=run: run, "probe": probe}
+            cases = {"fused": lambda run=run: run} | ({} if probe is None else {"probe": probe})
             res = interleaved(cases, rounds=rounds, min_rounds=min_rounds, budget_s=budget_s,
                               companions=("probe",))["fused"]
             yield {"kind": "linear_prefill", "op": "linear", "name": name, "phase": "prefill", "shape": [M, K, N],
