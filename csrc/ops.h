@@ -146,6 +146,16 @@ double memory_read_gbps(int64_t nbytes, int repeats);
 // than the read.
 double memory_read_gbps_of(const mx::array& buffer, int repeats);
 
+// Asks that an evaluated CPU array's memory be 2 MiB pages and collapses it
+// into them in place (Linux: madvise MADV_HUGEPAGE, then MADV_COLLAPSE);
+// see csrc/cpu/huge_pages.cpp for why. Returns the bytes now in 2 MiB pages:
+// the whole 2 MiB pages inside the array (0 for arrays under ~4 MiB and on
+// other systems), less any the kernel would not collapse (all of them before
+// Linux 6.1). Raises RuntimeError naming the failed call where the kernel has
+// no THP at all. collapse_huge_pages: the same for a range.
+int64_t huge_pages(const mx::array& a);
+int64_t collapse_huge_pages(const char* op, const void* p, int64_t nbytes);
+
 // GFLOP/s of fp32 FMAs with the kernels' threads, at the current instruction
 // set's vector width (the median of `repeats` runs of `flops_per_thread` flops
 // on each thread, in independent chains that fill both FMA ports): the

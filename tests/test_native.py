@@ -15,6 +15,7 @@ Bad input (the C++ checks included) is in each op's table, test_<op>.py.
 from __future__ import annotations
 
 import re
+import sys
 
 import mlx.core as mx
 import numpy as np
@@ -406,3 +407,34 @@ def test_eps_and_base_parameters():
     f = mx.compile(lambda x: [N.rms_norm(x, 1e-2), N.rms_norm(x, 1e-6)])
     a, b = f(q)
     assert not same(a, b)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_huge_pages_collapses_in_place():
+    # 24 MiB of distinct values: at least 10 whole 2 MiB pages, unchanged after.
+    a = mx.arange(6 << 20, dtype=mx.uint32)
+    mx.eval(a)
+    try:
+        done = X.huge_pages(a)
+    except RuntimeError as e:
+        pytest.skip(f"this kernel cannot collapse pages: {e}")
+    if done == 0:
+        pytest.skip("this kernel collapsed none of the pages (MADV_COLLAPSE needs Linux 6.1+)")
+    assert 10 * (2 << 20) <= done <= a.nbytes
+    assert mx.array_equal(a, mx.arange(6 << 20, dtype=mx.uint32)).item()
+    assert X.huge_pages(mx.ones((10,))) == 0  # no whole 2 MiB page inside
+
+
+def test_huge_pages_rejects_a_view():
+    with pytest.raises(ValueError, match=r"^\[huge_pages\] array must be contiguous"):
+        X.huge_pages(mx.ones((1024, 1024))[:, ::2])
+
+
+def test_huge_pages_of_a_model_tree():
+    from talkie_kernels.huge_pages import huge_pages
+
+    tree = {"w": mx.zeros((3 << 20,), dtype=mx.float32) + 1, "small": mx.ones((8,)), "n": 3}
+    mx.eval(tree["w"])
+    got = huge_pages(tree)
+    assert 0 <= got <= tree["w"].nbytes
+    assert mx.all(tree["w"] == 1).item()

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import mlx.core as mx
 
 from .. import reference
+from ..huge_pages import huge_pages
 from .models import QUANT_GROUP_SIZE, weight_format
 from .timing import interleaved, timed_ms
 
@@ -93,6 +94,7 @@ def rotation(arrays: tuple) -> list[tuple]:
     n = max(1, math.ceil(ROTATION_FACTOR * last_level_cache_bytes() / nbytes(arrays)))
     copies = [arrays] + [tuple(a + 0 for a in arrays) for _ in range(n - 1)]
     mx.eval(copies)
+    huge_pages(copies)  # in 2 MiB pages, as talkie_kernels.load leaves weights
     return copies
 
 

@@ -18,6 +18,7 @@ import mlx.core as mx
 from .timing import NotApplicable, dtype_name, require_fused_backend, sync
 from ..checkpoint import random_weights
 from ..configs import CONFIGS
+from ..huge_pages import huge_pages
 
 #: Why there is no ``reference_compiled`` decode number. mlx-lm's KVCache keeps
 #: its offset as a Python int and slices its buffers by it, so the traced graph
@@ -98,6 +99,7 @@ def build_reference_model(config: str | dict, weights: str = "float32", seed: in
         nn.quantize(model, QUANT_GROUP_SIZE, bits, class_predicate=_quantizable)
     model.eval()
     mx.eval(model.parameters())
+    huge_pages(model.parameters())  # as talkie_kernels.load does
     return model
 
 
@@ -122,6 +124,7 @@ def build_fused_model(config: str | dict, weights: dict[str, mx.array], quantiza
     model.load_weights(list(weights.items()))
     model.eval()
     mx.eval(model.parameters())
+    huge_pages(model.parameters())  # as talkie_kernels.load does
     return model
 
 
@@ -177,6 +180,7 @@ def build_fused_only(config: str | dict, weights: str = "float32", seed: int = 0
                         class_predicate=lambda path, m: path != "lm_head" and _quantizable(path, m))
         model.eval()
         mx.eval(model.parameters())
+        huge_pages(model.parameters())
     except Exception as e:  # reported as the fused rows' error, as in build_models
         model = e
     return {"reference": FusedOnly(), "fused": model}

@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
+from ..huge_pages import huge_pages
+
 #: The read bandwidth is measured on a buffer this large: far past any cache.
 READ_BANDWIDTH_BYTES = 1 << 29
 #: fp32 flops per thread per FMA-peak sample (~10 ms on one core).
@@ -75,6 +77,7 @@ class ReadProbe(RoundProbe):
         read = _native_probe("memory_read_gbps_of", "read bandwidth")
         self.buffer = mx.ones((nbytes // 8,), dtype=mx.uint64)
         mx.eval(self.buffer)
+        huge_pages(self.buffer)  # as the weights (and memory_read_gbps's own buffer)
         super().__init__(lambda: read(self.buffer, 1))
 
 
