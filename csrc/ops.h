@@ -152,9 +152,8 @@ double memory_read_gbps_of(const mx::array& buffer, int repeats);
 // the whole 2 MiB pages inside the array (0 for arrays under ~4 MiB and on
 // other systems), less any the kernel would not collapse (all of them before
 // Linux 6.1). Raises RuntimeError naming the failed call where the kernel has
-// no THP at all. collapse_huge_pages: the same for a range.
+// no THP at all.
 int64_t huge_pages(const mx::array& a);
-int64_t collapse_huge_pages(const char* op, const void* p, int64_t nbytes);
 
 // GFLOP/s of fp32 FMAs with the kernels' threads, at the current instruction
 // set's vector width (the median of `repeats` runs of `flops_per_thread` flops

@@ -9,12 +9,14 @@ one 2 MiB page at a time, so no weight is ever held twice. Measured on Zen 3
 (2 cores, AVX2, M = 1): ``linear`` q4 / q8 from DRAM 1.08-1.21x.
 
 ``talkie_kernels.load`` applies it to every weight as it is evaluated on the
-CPU; ``TALKIE_KERNELS_HUGE_PAGES=0`` turns that off.
+CPU, and the bench to its weights and its read probe's buffer;
+``TALKIE_KERNELS_HUGE_PAGES=0`` turns all of that off.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import mlx.core as mx
@@ -25,21 +27,21 @@ ENV = "TALKIE_KERNELS_HUGE_PAGES"
 
 
 def wanted() -> bool:
-    """Whether loads should ask for 2 MiB pages: on the CPU device, unless ``ENV`` is "0"."""
-    return os.environ.get(ENV, "1") != "0" and mx.default_device() == mx.cpu
+    """Whether to ask for 2 MiB pages: on Linux, on the CPU device, unless ``ENV`` is "0"."""
+    return sys.platform.startswith("linux") and os.environ.get(ENV, "1") != "0" and mx.default_device() == mx.cpu
 
 
 def huge_pages(tree) -> int:
     """Collapse every evaluated array in ``tree`` (an array, or a tree of them as
     ``model.parameters()``) into 2 MiB pages; the bytes now in such pages.
 
-    0 without the native extension or off Linux. Where the kernel cannot do it
+    0 where not ``wanted()`` or without the native extension. Where the kernel cannot do it
     (no transparent huge pages, or it collapsed none: Linux before 6.1) a
     ``RuntimeWarning`` says why and the weights stay as they are.
     """
     from . import native
 
-    if native.ops is None or not hasattr(native.ops, "huge_pages"):
+    if not wanted() or native.ops is None or not hasattr(native.ops, "huge_pages"):
         return 0
     arrays = [tree] if isinstance(tree, mx.array) else [a for _, a in tree_flatten(tree) if isinstance(a, mx.array)]
     done = asked = 0

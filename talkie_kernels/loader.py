@@ -25,7 +25,7 @@ import mlx.core as mx
 from mlx_lm.utils import _download, load_model, load_tokenizer
 
 from .adapters import load_adapters
-from .huge_pages import huge_pages, wanted as huge_pages_wanted
+from .huge_pages import huge_pages
 from .checkpoint_keys import block_index
 from .lost_peer import exit_on_lost_peer
 from .models import talkie
@@ -190,7 +190,6 @@ def evaluate_weights(model) -> None:
     slice kept and the rest freed before the next. On the CPU each is then
     collapsed into 2 MiB pages in place (``huge_pages``).
     """
-    collapse = huge_pages if huge_pages_wanted() else (lambda tree: 0)
     for block in model.layers:
         for layer in (
             block.attn.attn_qkv,
@@ -199,10 +198,10 @@ def evaluate_weights(model) -> None:
             block.mlp.mlp_resid,
         ):
             mx.eval(layer.parameters())
-            collapse(layer.parameters())
+            huge_pages(layer.parameters())
         mx.eval(block.parameters())
     mx.eval(model.parameters())
-    collapse({k: v for k, v in model.parameters().items() if k != "layers"})
+    huge_pages({k: v for k, v in model.parameters().items() if k != "layers"})
 
 
 def load(

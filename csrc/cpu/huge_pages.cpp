@@ -29,7 +29,10 @@
 
 namespace tk {
 
-int64_t collapse_huge_pages(const char* op, const void* p, int64_t nbytes) {
+namespace {
+
+// huge_pages for the bytes [p, p + nbytes).
+int64_t collapse(const char* op, const void* p, int64_t nbytes) {
 #if defined(__linux__)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   // Only whole 2 MiB pages inside the range: the ends may share pages with
@@ -40,12 +43,9 @@ int64_t collapse_huge_pages(const char* op, const void* p, int64_t nbytes) {
     return 0;
   }
   void* start = reinterpret_cast<void*>(lo);
-  auto failed = [&](const char* advice) -> std::string {
-    return std::string("[") + op + "] madvise(" + advice + ") failed: " + std::strerror(errno);
-  };
   if (madvise(start, hi - lo, MADV_HUGEPAGE) != 0) {
     // EINVAL: this kernel has no transparent huge pages (or THP is "never").
-    throw std::runtime_error(failed("MADV_HUGEPAGE"));
+    throw std::runtime_error(std::string("[") + op + "] madvise(MADV_HUGEPAGE) failed: " + std::strerror(errno));
   }
   if (madvise(start, hi - lo, MADV_COLLAPSE) == 0) {
     return int64_t(hi - lo);
@@ -67,6 +67,8 @@ int64_t collapse_huge_pages(const char* op, const void* p, int64_t nbytes) {
 #endif
 }
 
+} // namespace
+
 int64_t huge_pages(const mx::array& a) {
   constexpr const char* op = "huge_pages";
   mx::array b = a;
@@ -74,7 +76,7 @@ int64_t huge_pages(const mx::array& a) {
   if (!b.flags().contiguous) {
     fail(op, "array must be contiguous, got strides of a view.");
   }
-  return collapse_huge_pages(op, b.data<uint8_t>(), int64_t(b.nbytes()));
+  return collapse(op, b.data<uint8_t>(), int64_t(b.nbytes()));
 }
 
 } // namespace tk

@@ -60,13 +60,6 @@ double memory_read_gbps(int64_t nbytes, int repeats) {
     throw std::invalid_argument("[memory_read_gbps] nbytes must be at least 1 MiB and repeats at least 1.");
   }
   const std::vector<uint64_t> buf(nbytes / 8, 1);  // written once, so every page is resident
-  // In 2 MiB pages, as the loaded weights are (huge_pages.cpp): the bandwidth
-  // the kernels are measured against is the best a read gets. Where the
-  // kernel cannot (no THP), the weights cannot either: read 4 KiB pages.
-  try {
-    collapse_huge_pages("memory_read_gbps", buf.data(), nbytes / 8 * 8);
-  } catch (const std::runtime_error&) {
-  }
   return read_gbps("memory_read_gbps", buf.data(), int64_t(buf.size()), repeats);
 }
 

@@ -30,16 +30,27 @@ def _native_probe(name: str, what: str) -> Callable:
     return measure
 
 
+def ones_in_huge_pages(nbytes: int) -> mx.array:
+    """The read probes' buffer: ``nbytes`` of uint64 ones, evaluated, in 2 MiB pages as the
+    loaded weights are (``huge_pages``), so the kernels are read against what a read of
+    such pages gets."""
+    buffer = mx.ones((nbytes // 8,), dtype=mx.uint64)
+    mx.eval(buffer)
+    huge_pages(buffer)
+    return buffer
+
+
 def read_bandwidth(nbytes: int = READ_BANDWIDTH_BYTES, repeats: int = 5) -> dict[str, Any]:
     """The machine's read bandwidth: the native ops' streaming read of ``nbytes``, median GB/s.
 
-    Measured by ``talkie_kernels.native.ops.memory_read_gbps`` with the native
-    ops' thread count (both cores here), so the floor of a decode step is the
-    weight bytes it reads divided by what the kernels' own threads can read.
+    Measured by ``talkie_kernels.native.ops.memory_read_gbps_of`` over
+    ``ones_in_huge_pages(nbytes)`` with the native ops' thread count (both
+    cores here), so the floor of a decode step is the weight bytes it reads
+    divided by what the kernels' own threads can read.
     """
     from .. import native
 
-    gbps = float(_native_probe("memory_read_gbps", "read bandwidth")(nbytes, repeats))
+    gbps = float(_native_probe("memory_read_gbps_of", "read bandwidth")(ones_in_huge_pages(nbytes), repeats))
     return {"gbps": gbps, "nbytes": nbytes, "repeats": repeats, "threads": native.ops.num_threads()}
 
 
@@ -75,9 +86,7 @@ class ReadProbe(RoundProbe):
 
     def __init__(self, nbytes: int = READ_BANDWIDTH_BYTES):
         read = _native_probe("memory_read_gbps_of", "read bandwidth")
-        self.buffer = mx.ones((nbytes // 8,), dtype=mx.uint64)
-        mx.eval(self.buffer)
-        huge_pages(self.buffer)  # as the weights (and memory_read_gbps's own buffer)
+        self.buffer = ones_in_huge_pages(nbytes)
         super().__init__(lambda: read(self.buffer, 1))
 
 
@@ -109,4 +118,4 @@ def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[s
 
 
 __all__ = ["FMA_PEAK_FLOPS", "FmaProbe", "READ_BANDWIDTH_BYTES", "ReadProbe", "RoundProbe", "fma_peak",
-           "read_bandwidth"]
+           "ones_in_huge_pages", "read_bandwidth"]
