@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+from mlx.utils import tree_flatten
 
 import talkie_kernels as tk
 from talkie_kernels import cli
@@ -382,6 +383,22 @@ def _bench_checkpoint(path, tmp_path, capsys):
     decode = [r for r in fused if r["phase"] == "decode"]
     assert decode[0]["weight_bytes_per_token"] > 0  # measured against its floor
     return records, doc["notes"], capsys.readouterr().out
+
+
+def test_checkpoint_mode_puts_both_models_in_huge_pages(tmp_path, monkeypatch):
+    """``--model``: mlx_lm.load's reference gets its weights in 2 MiB pages, as
+    talkie_kernels.load leaves the fused model's, so neither reads through 4 KiB pages."""
+    from checkpoints import write_checkpoint
+
+    from talkie_kernels.bench import models as M
+    from talkie_kernels.configs import CONFIGS
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", CONFIGS["talkie-2l-256"], "bfloat16", seed=1)
+    given = []
+    monkeypatch.setattr(M, "huge_pages", lambda tree: given.append(tree) or 0)
+    models = M.load_models(ckpt)
+    ref = dict(tree_flatten(models["reference"].parameters()))
+    assert any(dict(tree_flatten(t)).keys() == ref.keys() for t in given)
 
 
 @pytest.mark.parametrize("writer", ["mlx_lm.convert", "mlx_lm.convert -q"])

@@ -240,6 +240,7 @@ def load_models(path: str | Path) -> dict[str, Any]:
 
     try:
         ref = mlx_lm.load(str(path))[0]
+        huge_pages(ref.parameters())  # as talkie_kernels.load leaves the fused model's
     except Exception as e:
         ref = NotApplicable(no_reference_reason(path, e))
         ref.__cause__ = e
