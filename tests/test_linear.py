@@ -457,6 +457,22 @@ def test_int8_path(native, isa, restore_threads, bits, group_size):
 
 
 @pytest.mark.parametrize("group_size", GROUP_SIZES)
+def test_int8_decode_rows_side_by_side(native, isa, restore_threads, group_size):
+    # 8-bit codes against one row of bf16 x are read 4 rows of w at a time on
+    # the AVX2 tables (csrc/kernels/linear_int8.cpp, side_by_side): N = 515
+    # leaves 4-row blocks and a remainder in each thread's rows, K = 2080 (65
+    # blocks: group size 32) ends in a unit of one block. Within the bf16
+    # tolerance of the float64 oracle; 1 and 2 threads give the same bits
+    # (a remainder row sums in the same order as a block's).
+    K = 2080 if group_size == 32 else 2176
+    x = int8_x(1, K, 5)
+    w, s, b = quantized(515, K, mx.bfloat16, group_size, 8, seed=group_size)
+    two = check_threads(native, x, (w, s, b), dict(group_size=group_size, bits=8), f"isa={isa} K={K}")
+    err = O.rel_err(two, O.linear(x, w, s, b, group_size, 8))
+    assert err <= O.TOL[mx.bfloat16], f"isa={isa}: rel. error {err:.3g} vs the float64 oracle"
+
+
+@pytest.mark.parametrize("group_size", GROUP_SIZES)
 @pytest.mark.parametrize("bits", BITS)
 def test_int8_gemm(native, isa, restore_threads, bits, group_size):
     # The integer prefill GEMM (csrc/kernels/linear_gemm8.cpp) on each ISA

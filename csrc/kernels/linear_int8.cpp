@@ -12,7 +12,7 @@
 //      (8-bit codes without VNNI: see below), one float per block,
 //      x8 = round(x / dx_b); Σx̂_g per quantization group g of the rounded
 //      x̂ = dx_b·x8 (not of x: see Accuracy).
-//   2. One row of w at a time (rows_of), per 64 columns (two blocks, a unit):
+//   2. A row of w at a time (side_by_side), per 64 columns (two blocks, a unit):
 //      the codes as two vectors of 32 bytes, c0 and c1, whose 32-bit lanes
 //      0-3 hold block 2u's bytes and lanes 4-7 block 2u+1's; x8 is stored
 //      in the order that matches (quantize_unit, x8_at), so no shuffle meets
@@ -206,8 +206,9 @@ inline float* scratch(int64_t floats) {
   return kept.data();
 }
 
-// Where a row of w is read (step 2), the same offset of the next row (at least
-// kMinLead bytes on, below) is requested into L2 (prefetcht1), one request per
+// Where a row of w is read (step 2), the same offset of the row that will be
+// read next in its place (the next row, or R rows on when R are read side by
+// side: side_by_side; at least kMinLead bytes on, below) is requested into L2 (prefetcht1), one request per
 // cache line: the rows a thread reads are one sequential stream, and the
 // request keeps a row's time of lead on it across page boundaries, where the
 // hardware prefetcher stops. Into L1 (prefetcht0) it evicts x8 at K 13696,
@@ -224,7 +225,7 @@ __attribute__((always_inline)) inline void prefetch_next_row(const uint8_t* p, i
   }
 }
 
-// The request's lead in bytes: one row, and at least kMinLead, since a short
+// The request's lead in bytes: R rows (side_by_side), and at least kMinLead, since a short
 // row (q4 at K 5120: 2.5 KB) is ~0.2 µs of one core's share of the
 // bandwidth, about one DRAM latency in a VM. Measured on a
 // Sapphire-Rapids-class Xeon (v4-vnni, 2 cores, DRAM, q4 5120 -> 5120,
@@ -560,38 +561,52 @@ inline int64_t x8_at(int64_t u, int64_t P, int64_t paired) {
   return u * kUnit + P;
 }
 
-// Rows [begin, end) of w against all MR rows of x, one row of w at a time:
-// the rows a thread reads are one sequential stream. Several rows side by
-// side (the loop this replaced read 8 for one row of x, sharing each load of
-// x) are as many short streams, on which the hardware prefetcher keeps
-// restarting: measured on Zen 4 (2 cores, DRAM, M = 1, share of the read
-// probe, v3 / v4 / v4-vnni) q4 5120 -> 15360 64 / 64 / 62 % with 8 rows
+// Rows of w a thread reads side by side (row_block's R; rows_of walks its
+// rows [begin, end) in such blocks). One at a time, the rows a thread reads
+// are one sequential stream. Several side by side sharing each load of x (the
+// loop this replaced read 8 for one row of x, each requesting only its own
+// next row) are as many short streams, on which the hardware prefetcher
+// keeps restarting: measured on Zen 4 (2 cores, DRAM, M = 1, share of the
+// read probe, v3 / v4 / v4-vnni) q4 5120 -> 15360 64 / 64 / 62 % with 8 rows
 // against 74-79 / 76-82 / 85 % one row at a time, q8 64-69 % against
 // 86-96 %. x8 and dx stay in L1 from row to row.
-template <WeightKind W, int MR, int GS>
-void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
+//
+// The exception is 8-bit codes on AVX2 at M = 1, where each row's request is
+// for the same bytes R rows on (the next block's row): their loop costs the
+// fewest instructions per byte, so it waits on memory alone, and four such
+// streams a thread keep more of DRAM busy than one. Measured on Zen 3 (v3,
+// 2 cores, DRAM, weights in 2 MiB pages, six interleaved process rounds,
+// medians) q8 5120 -> 5120 / 13696 -> 5120 / 5120 -> 15360 / 5120 -> 27392
+// 1.13 / 1.10 / 1.15 / 1.09x with four rows (5-6 of 6 rounds faster), two
+// rows 1.02 / 0.99x. q4 and q6 spend about as long on their instructions
+// as on the memory, and four rows' accumulators and codes leave AVX2's 16
+// registers short (one core, weights in L3: q4 0.89x, q6 0.97x; DRAM q4
+// 0.83-0.89x, q6 0.70-0.97x): they keep one row, as do the AVX-512 tables
+// (four rows unmeasured there).
+template <WeightKind W, int MR>
+constexpr int side_by_side() {
+  return W == WeightKind::q8 && MR == 1 && !TK_INT8_PAIRS ? 4 : 1;
+}
+
+// Rows n .. n + R - 1 of w side by side against all MR rows of x (rows_of).
+template <WeightKind W, int MR, int GS, int R>
+__attribute__((always_inline)) inline void row_block(const LinearArgs& a, int64_t n, int64_t end, float* sbuf,
+                                                     [[maybe_unused]] const float* dq) {
   const int64_t units = int8_units(a.K), whole = a.K / kUnit;
   [[maybe_unused]] const int64_t paired = paired_units(a.K);  // (AVX-512 tables)
-  const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8, lead = std::max(rb, kMinLead);
+  const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8, lead = std::max(R * rb, kMinLead);
   const int64_t x8_stride = units * kUnit, dx_stride = int8_dx_stride(a.K, MR);
-  // The row's scales in fp32, then zeros that the padded loads and a last
-  // unit of one block read.
-  float* s = scratch<0>(groups + 8);
-#if TK_INT8_QUADS
-  const int64_t quads = W == WeightKind::q4 ? whole / kQuad : 0;
-  float* dq = scratch<1>(MR * quads * 8);
-  quad_dx(a, MR, quads, dx_stride, dq);
-#endif
-  for (int i = 0; i < 8; ++i) {
-    s[groups + i] = 0.0f;
-  }
-  for (int64_t n = begin; n < end; ++n) {
-    const uint8_t* row = static_cast<const uint8_t*>(a.w) + n * rb;
-    prefetch_row_scales(a, n, end, groups);
+  const int64_t sstride = groups + 8;
+  const uint8_t* rows[R];
+  float bt[R][MR];
+  for (int r = 0; r < R; ++r) {
+    rows[r] = static_cast<const uint8_t*>(a.w) + (n + r) * rb;
+    float* s = sbuf + r * sstride;
+    prefetch_row_scales(a, n + r, end, groups);
     // 1. s_g of the row in fp32; the bias terms Σ_g b_g·Σx̂_g.
     with_dtype(a.scale_dtype, [&](auto tag) {
       constexpr Dtype D = decltype(tag)::value;
-      const auto* src = static_cast<const typename Storage<D>::type*>(a.scales) + n * groups;
+      const auto* src = static_cast<const typename Storage<D>::type*>(a.scales) + (n + r) * groups;
       int64_t g = 0;
       for (; g + kVec <= groups; g += kVec) {
         vstore(s + g, vload_float<D>(src + g));
@@ -600,10 +615,9 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
         s[g] = load<D>(src[g]);
       }
     });
-    float bt[MR];
     with_dtype(a.bias_dtype, [&](auto tag) {
       constexpr Dtype D = decltype(tag)::value;
-      const auto* bias = static_cast<const typename Storage<D>::type*>(a.biases) + n * groups;
+      const auto* bias = static_cast<const typename Storage<D>::type*>(a.biases) + (n + r) * groups;
       for (int m = 0; m < MR; ++m) {
         const float* xsum = a.xsum + m * groups;
         fvec t{};
@@ -615,64 +629,109 @@ void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
         for (; g < groups; ++g) {
           v += load<D>(bias[g]) * xsum[g];
         }
-        bt[m] = v;
+        bt[r][m] = v;
       }
     });
-    // 2-4. The units. M = 1: two accumulators, even and odd units, else the
-    // one FMA chain (4 cycles a link on Zen 3) bounds the loop.
-    constexpr int kChains = MR == 1 ? 2 : 1;
-    __m256 acc[kChains][MR];
+  }
+  // 2-4. The units. One row at a time and M = 1: two accumulators, even
+  // and odd units, else the one FMA chain (4 cycles a link on Zen 3) bounds
+  // the loop. (Decided by W and MR, not R, so a row left over past the last
+  // block of side_by_side rows sums in the same order as the block's and
+  // the bits do not depend on how the rows were split between threads.)
+  constexpr int kChains = MR == 1 && side_by_side<W, MR>() == 1 ? 2 : 1;
+  __m256 acc[R][kChains][MR];
+  for (int r = 0; r < R; ++r) {
     for (int c = 0; c < kChains; ++c) {
       for (int m = 0; m < MR; ++m) {
-        acc[c][m] = _mm256_setzero_ps();
+        acc[r][c][m] = _mm256_setzero_ps();
       }
     }
+  }
 #if TK_INT8_QUADS
-    for (int64_t q = 0; q < quads; ++q) {  // (the units left add to the same accumulators)
-      quad_step<MR, GS>(a, row, s, dq + 8 * q, kQuad * q, x8_stride, 8 * quads, lead, acc[0]);
+  const int64_t quads = W == WeightKind::q4 ? whole / kQuad : 0;
+  for (int64_t q = 0; q < quads; ++q) {  // (the units left add to the same accumulators)
+    for (int r = 0; r < R; ++r) {
+      quad_step<MR, GS>(a, rows[r], sbuf + r * sstride, dq + 8 * q, kQuad * q, x8_stride, 8 * quads, lead, acc[r][0]);
     }
-    int64_t u = kQuad * quads;
+  }
+  int64_t u = kQuad * quads;
 #else
-    int64_t u = paired;
+  int64_t u = paired;
 #endif
 #if TK_INT8_PAIRS
-    __m512 acc2[MR];
+  __m512 acc2[R][MR];
+  for (int r = 0; r < R; ++r) {
     for (int m = 0; m < MR; ++m) {
-      acc2[m] = _mm512_setzero_ps();
+      acc2[r][m] = _mm512_setzero_ps();
     }
-    for (int64_t u = 0; u < paired; u += 2) {
-      pair_step<W, MR, GS>(a, row, s, u, x8_stride, dx_stride, lead, acc2);
+  }
+  for (int64_t u = 0; u < paired; u += 2) {
+    for (int r = 0; r < R; ++r) {
+      pair_step<W, MR, GS>(a, rows[r], sbuf + r * sstride, u, x8_stride, dx_stride, lead, acc2[r]);
     }
+  }
 #endif
-    for (; u + kChains <= whole; u += kChains) {
+  for (; u + kChains <= whole; u += kChains) {
+    for (int r = 0; r < R; ++r) {
       for (int c = 0; c < kChains; ++c) {
-        unit_step<W, MR, GS, false>(a, row, s, u + c, x8_stride, dx_stride, lead, acc[c]);
+        unit_step<W, MR, GS, false>(a, rows[r], sbuf + r * sstride, u + c, x8_stride, dx_stride, lead, acc[r][c]);
       }
     }
-    for (; u < whole; ++u) {
-      unit_step<W, MR, GS, false>(a, row, s, u, x8_stride, dx_stride, lead, acc[0]);
+  }
+  for (; u < whole; ++u) {
+    for (int r = 0; r < R; ++r) {
+      unit_step<W, MR, GS, false>(a, rows[r], sbuf + r * sstride, u, x8_stride, dx_stride, lead, acc[r][0]);
     }
+  }
+  for (int r = 0; r < R; ++r) {
     for (int c = 1; c < kChains; ++c) {
       for (int m = 0; m < MR; ++m) {
-        acc[0][m] = _mm256_add_ps(acc[0][m], acc[c][m]);
+        acc[r][0][m] = _mm256_add_ps(acc[r][0][m], acc[r][c][m]);
       }
     }
     if (whole < units) {
-      unit_step<W, MR, GS, true>(a, row, s, whole, x8_stride, dx_stride, lead, acc[0]);
+      unit_step<W, MR, GS, true>(a, rows[r], sbuf + r * sstride, whole, x8_stride, dx_stride, lead, acc[r][0]);
     }
     for (int m = 0; m < MR; ++m) {
 #if TK_INT8_PAIRS
-      const float v = hsum16(acc2[m]) + hsum8(acc[0][m]) + bt[m];
+      const float v = hsum16(acc2[r][m]) + hsum8(acc[r][0][m]) + bt[r][m];
 #else
-      const float v = hsum8(acc[0][m]) + bt[m];
+      const float v = hsum8(acc[r][0][m]) + bt[r][m];
 #endif
-      const int64_t at = m * a.N + n;
+      const int64_t at = m * a.N + n + r;
       if (a.out_dtype == Dtype::bf16) {
         static_cast<uint16_t*>(a.out)[at] = store<Dtype::bf16>(v);
       } else {
         static_cast<uint16_t*>(a.out)[at] = store<Dtype::f16>(v);
       }
     }
+  }
+}
+
+template <WeightKind W, int MR, int GS>
+void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
+  constexpr int R = side_by_side<W, MR>();
+  const int64_t groups = a.K / GS;
+  // Each row's scales in fp32, then zeros that the padded loads and a last
+  // unit of one block read.
+  float* s = scratch<0>(R * (groups + 8));
+  for (int r = 0; r < R; ++r) {
+    for (int i = 0; i < 8; ++i) {
+      s[r * (groups + 8) + groups + i] = 0.0f;
+    }
+  }
+  float* dq = nullptr;
+#if TK_INT8_QUADS
+  const int64_t quads = W == WeightKind::q4 ? a.K / kUnit / kQuad : 0;
+  dq = scratch<1>(MR * quads * 8);
+  quad_dx(a, MR, quads, int8_dx_stride(a.K, MR), dq);
+#endif
+  int64_t n = begin;
+  for (; n + R <= end; n += R) {
+    row_block<W, MR, GS, R>(a, n, end, s, dq);
+  }
+  for (; n < end; ++n) {
+    row_block<W, MR, GS, 1>(a, n, end, s, dq);
   }
 }
 
