@@ -302,6 +302,24 @@ def test_read_probe_interleaves_with_a_row():
     assert probe.take_median() == sorted(reads)[2] and probe.values == [] and probe.take_median() is None
 
 
+def test_13b_width_decode_floor_is_read_in_its_rounds(tmp_path, monkeypatch):
+    """The decode rows that targets hold to their floor (13B-width configs; here a small
+    stand-in named one) read it against the read probe in their own rounds; other rows
+    (prefill) carry none and keep the run's bandwidth."""
+    from talkie_kernels.bench import model_runs
+
+    monkeypatch.setattr(model_runs, "WIDTH_13B", {"talkie-2l-256"})
+    js = tmp_path / "b.json"
+    bench.main(["--only", "models", "--quick", "--configs", "talkie-2l-256", "--dtypes", "q4",
+                "--no-generate-step", "--json", str(js)])
+    records = [r for r in json.loads(js.read_text())["records"] if r["kind"] == "model"]
+    decode = [r for r in records if r["phase"] == "decode"]
+    assert decode and all(r["read_gbps_local"] > 0 for r in decode)
+    for r in decode:
+        assert r["floor_tokens_per_s"] == pytest.approx(r["read_gbps_local"] * 1e9 / r["weight_bytes_per_token"])
+    assert all("read_gbps_local" not in r for r in records if r["phase"] == "prefill")
+
+
 def test_fma_probe_stops_with_the_row():
     """A prefill row's FMA peak is read only in rounds where the row still takes samples: a slow
     GEMM cut to min_rounds by the budget leaves no trailing probe reads in its median."""

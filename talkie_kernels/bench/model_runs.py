@@ -16,6 +16,7 @@ import mlx.core as mx
 
 from ..configs import WIDTH_13B
 from . import models as M
+from . import probes as P
 from . import timing as B
 from .records import record
 from .settings import BLOCK_13B, ModelRun, Settings
@@ -127,19 +128,36 @@ def _check(s: Settings, m: Loaded, notes: list[str], graph_nodes: dict) -> None:
 
 
 def _measure(s: Settings, m: Loaded, progress) -> list[dict]:
-    """The records of every workload of ``m`` (``Settings.workloads``), implementations interleaved."""
+    """The records of every workload of ``m`` (``Settings.workloads``), implementations interleaved.
+
+    The decode rows of the 13B-width configs, which targets hold to their
+    floor, also carry the read bandwidth measured in their own rounds
+    (``read_gbps_local``: ``probes.ReadProbe``'s 512 MiB read once per round
+    between the row's samples, as the linear rows do), and their floor is
+    read against it: this VM's bandwidth moves by a third within a run, so a
+    floor from the run's start or end reads that drift as the model's. (Not
+    under ``mlx.launch``, whose floor is rank 0's.)
+    """
     run, models = m.run, m.models
     weight_model = models["reference"] if isinstance(models["fused"], BaseException) else models["fused"]
     weight_bytes = M.decode_weight_bytes(weight_model)
     records = []
+    probe = None
     for phase, method, impls in s.workloads(run, m.fmt):
         tokens = run.prompt_len if phase == "prefill" else m.decode_tokens
         progress(f"model {m.label} {m.dtype} {phase} {method} ({tokens} tokens)")
         cases = {impl: _case(s, m, phase, method, impl) for impl in impls}
+        companions = ()
+        if phase == "decode" and run.name in WIDTH_13B and s.group is None:
+            if probe is None:
+                probe, probe_case = P.round_probe(P.ReadProbe)
+            if probe is not None:
+                cases, companions = dict(cases, probe=probe_case), ("probe",)
         # The eager models already ran this format (logits check in _check), so a
         # slow eager case's warm-up is a fair sample; a compiled one's compiles.
         results = B.interleaved(cases, rounds=s.rounds, min_rounds=s.min_rounds, budget_s=s.model_budget_s[phase],
-                                slow_s=s.slow_s.get("models"), reuse_warmup=("reference", "fused"))
+                                slow_s=s.slow_s.get("models"), reuse_warmup=("reference", "fused"),
+                                companions=companions)
         for case in cases.values():
             if hasattr(case, "close"):
                 case.close()
@@ -150,6 +168,8 @@ def _measure(s: Settings, m: Loaded, progress) -> list[dict]:
         }
         if phase == "decode":
             base["weight_bytes_per_token"] = weight_bytes
+            if companions:
+                base["read_gbps_local"] = probe.take_median()
         records += [record(base, impl, results[impl], tokens) for impl in impls]
     return records
 

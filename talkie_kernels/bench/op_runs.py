@@ -58,7 +58,7 @@ def run_linear(s: Settings, progress) -> list[dict]:
     end, or just before and after the row, reads that drift as the kernel's.
     """
     records = []
-    probe, probe_case = _round_probe(P.ReadProbe)
+    probe, probe_case = P.round_probe(P.ReadProbe)
     for name, K, N in s.linear_shapes:
         x = BL.activation(1, K, s.seed)
         for fmt, arrays, kwargs in BL.weights(K, N, BL.FORMATS, s.seed):
@@ -104,7 +104,7 @@ def run_prefill_linear(s: Settings, progress) -> list[dict]:
     """
     M = BL.QUICK_PREFILL_M if s.quick else BL.PREFILL_M
     records = []
-    probe, probe_case = _round_probe(P.FmaProbe)
+    probe, probe_case = P.round_probe(P.FmaProbe)
     for base, res in BL.time_prefill(s.linear_shapes, M, s.rounds, s.min_rounds, s.linear_budget_s, s.seed,
                                      progress, probe=probe_case):
         base = dict(base, fma_peak_local=probe.take_median() if probe is not None else None)
@@ -113,14 +113,3 @@ def run_prefill_linear(s: Settings, progress) -> list[dict]:
             rec["gflops"] = BL.flops(*rec["shape"]) / (rec["median_ms"] / 1e3) / 1e9
         records.append(rec)
     return records
-
-
-def _round_probe(make):
-    """``(probe, its case for interleaved)`` of a ``probes.RoundProbe`` class, or ``(None, the
-    exception)`` where its native measure is unavailable: the rows' shares then fall back to the
-    run's own probe, whose header and JSON say why it failed."""
-    try:
-        probe = make()
-    except Exception as e:
-        return None, e
-    return probe, probe.case

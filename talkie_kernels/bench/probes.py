@@ -99,6 +99,17 @@ class FmaProbe(RoundProbe):
         super().__init__(lambda: peak(flops_per_thread, 1))
 
 
+def round_probe(make: Callable[[], RoundProbe]) -> tuple[RoundProbe | None, Any]:
+    """``(probe, its case for interleaved)`` of a ``RoundProbe`` class, or ``(None, the
+    exception)`` where its native measure is unavailable: the rows' shares then fall back to the
+    run's own probe, whose header and JSON say why it failed."""
+    try:
+        probe = make()
+    except Exception as e:
+        return None, e
+    return probe, probe.case
+
+
 def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[str, Any]:
     """The machine's fp32 FMA peak: the native ops' independent FMA chains, median GFLOP/s
     (on ``v4-bf16``, chains of ``vdpbf16ps``, the instruction of its bf16 GEMM: ``instruction``,
@@ -118,4 +129,4 @@ def fma_peak(flops_per_thread: int = FMA_PEAK_FLOPS, repeats: int = 5) -> dict[s
 
 
 __all__ = ["FMA_PEAK_FLOPS", "FmaProbe", "READ_BANDWIDTH_BYTES", "ReadProbe", "RoundProbe", "fma_peak",
-           "ones_in_huge_pages", "read_bandwidth"]
+           "ones_in_huge_pages", "read_bandwidth", "round_probe"]

@@ -46,8 +46,9 @@ def add_speedups(records: list[dict]) -> None:
 def apply_bandwidth(records: list[dict], gbps: float | None) -> None:
     """Each decode row's floor and share of it, each linear row's share of the read bandwidth."""
     for r in records:
-        if r.get("weight_bytes_per_token"):
-            floor = r["floor_tokens_per_s"] = gbps * 1e9 / r["weight_bytes_per_token"] if gbps else None
+        if r.get("weight_bytes_per_token"):  # against the probe in the row's rounds where it has one (model_runs)
+            bw = r.get("read_gbps_local") or gbps
+            floor = r["floor_tokens_per_s"] = bw * 1e9 / r["weight_bytes_per_token"] if bw else None
             r["of_floor"] = r["tokens_per_s"] / floor if floor and r.get("tokens_per_s") else None
         if r["kind"] == "linear":  # against the probe beside the row where it has one (op_runs.run_linear)
             bw = r.get("read_gbps_local") or gbps

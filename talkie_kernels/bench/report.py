@@ -124,7 +124,8 @@ def _models_table(models: list[dict], footnotes: list[str]):
         "Models: tokens/s. prefill = one prompt forward with a fresh KV cache; decode = greedy steps with "
         "mlx-lm's KVCache, mx.eval per token, samples continuing one sequence after a short prompt; "
         "decode (generate_step) = mlx-lm's own pipelined loop (mx.async_eval). floor = weight bytes per token ÷ "
-        "read bandwidth (weights under the last-level cache can beat it). qN = affine N-bit, group 64, bf16 scales; "
+        "read bandwidth (13B-width decode rows: the read probe's median in their own rounds, shown as 'at'; "
+        "weights under the last-level cache can beat it). qN = affine N-bit, group 64, bf16 scales; "
         "mx.compile'd reference and generate_step at float32 only"
     ))
     for col, just in [("model", "left"), ("weights", "left"), ("phase", "left"), ("tokens", "right"),
@@ -138,7 +139,8 @@ def _models_table(models: list[dict], footnotes: list[str]):
             t.add_section()
         if key != prev and r["phase"] == "decode" and r.get("weight_bytes_per_token"):
             floor = r.get("floor_tokens_per_s")
-            t.add_row(r["model"] + _isa_tag(r), r["dtype"], phase_label(r), "", f"floor: {_fmt_mb(r['weight_bytes_per_token'])}/token",
+            t.add_row(r["model"] + _isa_tag(r), r["dtype"], phase_label(r), "", f"floor: {_fmt_mb(r['weight_bytes_per_token'])}/token"
+                      + (f" at {r['read_gbps_local']:.1f} GB/s" if r.get("read_gbps_local") else ""),
                       "", "", "", f"{floor:.1f}" if floor else "-", "", "")
         prev = key
         ok = r["status"] == "ok"
