@@ -59,4 +59,5 @@ def huge_pages(tree) -> int:
                       RuntimeWarning, stacklevel=2)
     return done
 
+
 __all__ = ["ENV", "huge_pages", "wanted"]

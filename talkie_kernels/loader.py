@@ -25,8 +25,8 @@ import mlx.core as mx
 from mlx_lm.utils import _download, load_model, load_tokenizer
 
 from .adapters import load_adapters
-from .huge_pages import huge_pages
 from .checkpoint_keys import block_index
+from .huge_pages import huge_pages
 from .lost_peer import exit_on_lost_peer
 from .models import talkie
 from .models.pipeline import stage_range

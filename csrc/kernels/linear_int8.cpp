@@ -208,8 +208,8 @@ inline float* scratch(int64_t floats) {
 
 // Where a row of w is read (step 2), the same offset of the row that will be
 // read next in its place (the next row, or R rows on when R are read side by
-// side: side_by_side; at least kMinLead bytes on, below) is requested into L2 (prefetcht1), one request per
-// cache line: the rows a thread reads are one sequential stream, and the
+// side: side_by_side; at least kMinLead bytes on, below) is requested into L2
+// (prefetcht1), one request per cache line: the rows a thread reads are one sequential stream, and the
 // request keeps a row's time of lead on it across page boundaries, where the
 // hardware prefetcher stops. Into L1 (prefetcht0) it evicts x8 at K 13696,
 // whose rows of x8 and w together fill L1: measured on Zen 4 (2 cores, DRAM,
@@ -225,9 +225,9 @@ __attribute__((always_inline)) inline void prefetch_next_row(const uint8_t* p, i
   }
 }
 
-// The request's lead in bytes: R rows (side_by_side), and at least kMinLead, since a short
-// row (q4 at K 5120: 2.5 KB) is ~0.2 µs of one core's share of the
-// bandwidth, about one DRAM latency in a VM. Measured on a
+// The request's lead in bytes: R rows (side_by_side), and at least
+// kMinLead, since a short row (q4 at K 5120: 2.5 KB) is ~0.2 µs of one
+// core's share of the bandwidth, about one DRAM latency in a VM. Measured on a
 // Sapphire-Rapids-class Xeon (v4-vnni, 2 cores, DRAM, q4 5120 -> 5120,
 // C++ harness, three interleaved rounds, mean GB/s): 21.4-21.7 with one
 // row's lead, 21.7-22.3 with 4 KB, 22.6-22.7 with 6 KB (q6, 3.75 KB rows:
@@ -461,6 +461,12 @@ inline float hsum16(__m512 v) {
 #define TK_INT8_QUADS 1
 constexpr int64_t kQuad = 4;  // units per quad_step
 
+// Whole quads of a row of K columns (4-bit codes; the others take none).
+template <WeightKind W>
+inline int64_t quads_of(int64_t K) {
+  return W == WeightKind::q4 ? K / kUnit / kQuad : 0;
+}
+
 // A quad's scale factors are 8 lanes: lanes 0-3 the even blocks of units
 // u .. u + 3 (block 2u + 2j in lane j), lanes 4-7 the odd ones, the order
 // in which quad_step leaves their sums.
@@ -588,7 +594,14 @@ constexpr int side_by_side() {
   return W == WeightKind::q8 && MR == 1 && !TK_INT8_PAIRS ? 4 : 1;
 }
 
-// Rows n .. n + R - 1 of w side by side against all MR rows of x (rows_of).
+// Floats per row of rows_of's scale buffer: the row's scales in fp32, then
+// zeros that the padded loads and a last unit of one block read.
+inline int64_t scale_stride(int64_t groups) {
+  return groups + 8;
+}
+
+// Rows n .. n + R - 1 of w side by side against all MR rows of x (rows_of;
+// sbuf: R rows of scale_stride floats, their padding zeroed).
 template <WeightKind W, int MR, int GS, int R>
 __attribute__((always_inline)) inline void row_block(const LinearArgs& a, int64_t n, int64_t end, float* sbuf,
                                                      [[maybe_unused]] const float* dq) {
@@ -596,12 +609,12 @@ __attribute__((always_inline)) inline void row_block(const LinearArgs& a, int64_
   [[maybe_unused]] const int64_t paired = paired_units(a.K);  // (AVX-512 tables)
   const int64_t groups = a.K / GS, rb = a.K * bits_of<W>() / 8, lead = std::max(R * rb, kMinLead);
   const int64_t x8_stride = units * kUnit, dx_stride = int8_dx_stride(a.K, MR);
-  const int64_t sstride = groups + 8;
   const uint8_t* rows[R];
+  float* srow[R];  // each row's scales in fp32
   float bt[R][MR];
   for (int r = 0; r < R; ++r) {
     rows[r] = static_cast<const uint8_t*>(a.w) + (n + r) * rb;
-    float* s = sbuf + r * sstride;
+    float* s = srow[r] = sbuf + r * scale_stride(groups);
     prefetch_row_scales(a, n + r, end, groups);
     // 1. s_g of the row in fp32; the bias terms Σ_g b_g·Σx̂_g.
     with_dtype(a.scale_dtype, [&](auto tag) {
@@ -648,10 +661,10 @@ __attribute__((always_inline)) inline void row_block(const LinearArgs& a, int64_
     }
   }
 #if TK_INT8_QUADS
-  const int64_t quads = W == WeightKind::q4 ? whole / kQuad : 0;
+  const int64_t quads = quads_of<W>(a.K);
   for (int64_t q = 0; q < quads; ++q) {  // (the units left add to the same accumulators)
     for (int r = 0; r < R; ++r) {
-      quad_step<MR, GS>(a, rows[r], sbuf + r * sstride, dq + 8 * q, kQuad * q, x8_stride, 8 * quads, lead, acc[r][0]);
+      quad_step<MR, GS>(a, rows[r], srow[r], dq + 8 * q, kQuad * q, x8_stride, 8 * quads, lead, acc[r][0]);
     }
   }
   int64_t u = kQuad * quads;
@@ -667,20 +680,20 @@ __attribute__((always_inline)) inline void row_block(const LinearArgs& a, int64_
   }
   for (int64_t u = 0; u < paired; u += 2) {
     for (int r = 0; r < R; ++r) {
-      pair_step<W, MR, GS>(a, rows[r], sbuf + r * sstride, u, x8_stride, dx_stride, lead, acc2[r]);
+      pair_step<W, MR, GS>(a, rows[r], srow[r], u, x8_stride, dx_stride, lead, acc2[r]);
     }
   }
 #endif
   for (; u + kChains <= whole; u += kChains) {
     for (int r = 0; r < R; ++r) {
       for (int c = 0; c < kChains; ++c) {
-        unit_step<W, MR, GS, false>(a, rows[r], sbuf + r * sstride, u + c, x8_stride, dx_stride, lead, acc[r][c]);
+        unit_step<W, MR, GS, false>(a, rows[r], srow[r], u + c, x8_stride, dx_stride, lead, acc[r][c]);
       }
     }
   }
   for (; u < whole; ++u) {
     for (int r = 0; r < R; ++r) {
-      unit_step<W, MR, GS, false>(a, rows[r], sbuf + r * sstride, u, x8_stride, dx_stride, lead, acc[r][0]);
+      unit_step<W, MR, GS, false>(a, rows[r], srow[r], u, x8_stride, dx_stride, lead, acc[r][0]);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -690,7 +703,7 @@ __attribute__((always_inline)) inline void row_block(const LinearArgs& a, int64_
       }
     }
     if (whole < units) {
-      unit_step<W, MR, GS, true>(a, rows[r], sbuf + r * sstride, whole, x8_stride, dx_stride, lead, acc[r][0]);
+      unit_step<W, MR, GS, true>(a, rows[r], srow[r], whole, x8_stride, dx_stride, lead, acc[r][0]);
     }
     for (int m = 0; m < MR; ++m) {
 #if TK_INT8_PAIRS
@@ -712,17 +725,16 @@ template <WeightKind W, int MR, int GS>
 void rows_of(const LinearArgs& a, int64_t begin, int64_t end) {
   constexpr int R = side_by_side<W, MR>();
   const int64_t groups = a.K / GS;
-  // Each row's scales in fp32, then zeros that the padded loads and a last
-  // unit of one block read.
-  float* s = scratch<0>(R * (groups + 8));
+  // R rows of scales (scale_stride), their padding zeroed once.
+  float* s = scratch<0>(R * scale_stride(groups));
   for (int r = 0; r < R; ++r) {
-    for (int i = 0; i < 8; ++i) {
-      s[r * (groups + 8) + groups + i] = 0.0f;
+    for (int64_t i = groups; i < scale_stride(groups); ++i) {
+      s[r * scale_stride(groups) + i] = 0.0f;
     }
   }
   float* dq = nullptr;
 #if TK_INT8_QUADS
-  const int64_t quads = W == WeightKind::q4 ? a.K / kUnit / kQuad : 0;
+  const int64_t quads = quads_of<W>(a.K);
   dq = scratch<1>(MR * quads * 8);
   quad_dx(a, MR, quads, int8_dx_stride(a.K, MR), dq);
 #endif

@@ -142,14 +142,15 @@ def _measure(s: Settings, m: Loaded, progress) -> list[dict]:
     weight_model = models["reference"] if isinstance(models["fused"], BaseException) else models["fused"]
     weight_bytes = M.decode_weight_bytes(weight_model)
     records = []
-    probe = None
+    in_round_floor = run.name in WIDTH_13B and s.group is None
+    probe = probe_case = None  # made at the first decode workload that reads it
     for phase, method, impls in s.workloads(run, m.fmt):
         tokens = run.prompt_len if phase == "prefill" else m.decode_tokens
         progress(f"model {m.label} {m.dtype} {phase} {method} ({tokens} tokens)")
         cases = {impl: _case(s, m, phase, method, impl) for impl in impls}
         companions = ()
-        if phase == "decode" and run.name in WIDTH_13B and s.group is None:
-            if probe is None:
+        if phase == "decode" and in_round_floor:
+            if probe_case is None:  # (once: where it fails, probe_case is why and the run's probe serves)
                 probe, probe_case = P.round_probe(P.ReadProbe)
             if probe is not None:
                 cases, companions = dict(cases, probe=probe_case), ("probe",)

@@ -46,12 +46,13 @@ def add_speedups(records: list[dict]) -> None:
 def apply_bandwidth(records: list[dict], gbps: float | None) -> None:
     """Each decode row's floor and share of it, each linear row's share of the read bandwidth."""
     for r in records:
-        if r.get("weight_bytes_per_token"):  # against the probe in the row's rounds where it has one (model_runs)
-            bw = r.get("read_gbps_local") or gbps
+        # Against the probe in the row's own rounds where it has one (op_runs.run_linear,
+        # model_runs' 13B-width decode rows), else the run's.
+        bw = r.get("read_gbps_local") or gbps
+        if r.get("weight_bytes_per_token"):
             floor = r["floor_tokens_per_s"] = bw * 1e9 / r["weight_bytes_per_token"] if bw else None
             r["of_floor"] = r["tokens_per_s"] / floor if floor and r.get("tokens_per_s") else None
-        if r["kind"] == "linear":  # against the probe beside the row where it has one (op_runs.run_linear)
-            bw = r.get("read_gbps_local") or gbps
+        if r["kind"] == "linear":
             r["pct_of_read_bandwidth"] = 100 * r["gbps"] / bw if bw and r.get("gbps") else None
 
 
