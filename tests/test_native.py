@@ -328,6 +328,51 @@ def test_threads_bitwise_equal(threads, dtype):
         assert same(a, b)
 
 
+def test_concurrent_callers_share_the_workers(threads):
+    # parallel_for hands the spinning workers to one caller at a time; a
+    # second caller meanwhile (another CPU stream, here from another Python
+    # thread) splits its loop over MLX's thread pool instead. Both give the
+    # single-threaded bits, and neither waits on the other.
+    import threading
+
+    w = mx.random.normal((2048, 1024), key=mx.random.key(6)).astype(mx.bfloat16)
+    qw = mx.quantize(w, 64, 4)
+    xs = [rand((3, 1024), mx.bfloat16, seed=7 + i) for i in range(2)]
+    norm_in = rand((512, 1024), mx.float32, seed=9)
+    mx.eval(qw, xs, norm_in)
+
+    def run(x):
+        return [tk.linear(x, *qw, group_size=64, bits=4), N.rms_norm(norm_in)]
+
+    X.set_num_threads(1)
+    expected = [run(x) for x in xs]
+    mx.eval(expected)
+    X.set_num_threads(64)
+    got, errors = [None, None], []
+
+    def caller(i):
+        try:
+            stream = mx.new_stream(mx.cpu)
+            with mx.stream(stream):
+                outs = []
+                for _ in range(20):
+                    outs = run(xs[i])
+                    mx.eval(outs)
+                got[i] = outs
+        except Exception as e:  # surfaced below, with the thread's error
+            errors.append(e)
+
+    ts = [threading.Thread(target=caller, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in ts), "a caller hung"
+    assert not errors, errors
+    for want, have in zip(expected, got):
+        assert all(same(a, b) for a, b in zip(want, have))
+
+
 @pytest.mark.parametrize("n", [0, -1])
 def test_set_num_threads_refuses_below_one(n):
     # As TALKIE_KERNELS_NUM_THREADS does (these silently meant one thread).

@@ -231,7 +231,11 @@ __attribute__((always_inline)) inline void prefetch_next_row(const uint8_t* p, i
 // Sapphire-Rapids-class Xeon (v4-vnni, 2 cores, DRAM, q4 5120 -> 5120,
 // C++ harness, three interleaved rounds, mean GB/s): 21.4-21.7 with one
 // row's lead, 21.7-22.3 with 4 KB, 22.6-22.7 with 6 KB (q6, 3.75 KB rows:
-// alike within the noise; rows of 6 KB and more are unchanged).
+// alike within the noise; rows of 6 KB and more are unchanged). On Zen 3
+// (v3, q4, 2 cores, DRAM, 2 MiB pages, 8 interleaved process rounds,
+// medians) leads of 2 / 3 / 4 / 12 / 24 KB measured 0.86-1.09x of 6 KB with
+// the sign changing between repeat runs (2 KB at 13696 -> 5120: 1.09x,
+// then 0.91x), and prefetcht0 0.87-1.05x: within the VM's noise, unchanged.
 constexpr int64_t kMinLead = 6144;
 
 // A row's scales and biases (groups elements each) are two short streams
@@ -584,11 +588,13 @@ inline int64_t x8_at(int64_t u, int64_t P, int64_t paired) {
 // 2 cores, DRAM, weights in 2 MiB pages, six interleaved process rounds,
 // medians) q8 5120 -> 5120 / 13696 -> 5120 / 5120 -> 15360 / 5120 -> 27392
 // 1.13 / 1.10 / 1.15 / 1.09x with four rows (5-6 of 6 rounds faster), two
-// rows 1.02 / 0.99x. q4 and q6 spend about as long on their instructions
-// as on the memory, and four rows' accumulators and codes leave AVX2's 16
-// registers short (one core, weights in L3: q4 0.89x, q6 0.97x; DRAM q4
-// 0.83-0.89x, q6 0.70-0.97x): they keep one row, as do the AVX-512 tables
-// (four rows unmeasured there).
+// rows 1.02 / 0.99x. q4 and q6 measured slower with four rows (one core,
+// weights in L3: q4 0.89x, q6 0.97x; DRAM q4 0.83-0.89x, q6 0.70-0.97x;
+// q4 with two rows 0.78-1.20x, within this VM's noise): they keep one row,
+// as do the AVX-512 tables (four rows unmeasured there). (q6 spends about
+// as long on its instructions as on the memory; q4's loop, ~14 cycles per
+// 256 columns at 3.2 GHz in isolation, runs at ~1.5x a core's share of
+// DRAM, so its shortfall from DRAM is not its instructions.)
 template <WeightKind W, int MR>
 constexpr int side_by_side() {
   return W == WeightKind::q8 && MR == 1 && !TK_INT8_PAIRS ? 4 : 1;
