@@ -142,31 +142,19 @@ class Workers {
   std::shared_ptr<Job> job_;
 };
 
-// The spinning workers, as pool() below (hardware_threads() - 1 threads,
-// never destroyed, rebuilt in a forked child).
-Workers& spinning() {
-  static std::mutex mu;
-  static Workers* w = nullptr;
-  static pid_t owner = 0;
-  std::lock_guard<std::mutex> lock(mu);
-  if (w == nullptr || owner != getpid()) {
-    w = new Workers(std::max(hardware_threads() - 1, 1));
-    owner = getpid();
-  }
-  return *w;
-}
-
-// The worker pool (hardware_threads() - 1 threads; the caller is the last
-// one). Created on first use and deliberately never destroyed: joining at
+// This process's T of hardware_threads() - 1 threads (the caller is the
+// last one): the spinning workers, and MLX's pool for a second caller.
+// Created on first use and deliberately never destroyed: joining at
 // interpreter exit can deadlock, and after fork() the child must not touch
-// the parent's threads, so a forked child builds its own pool.
-ThreadPool& pool() {
+// the parent's threads, so a forked child builds its own.
+template <class T>
+T& threads_of_this_process() {
   static std::mutex mu;
-  static ThreadPool* p = nullptr;
+  static T* p = nullptr;
   static pid_t owner = 0;
   std::lock_guard<std::mutex> lock(mu);
   if (p == nullptr || owner != getpid()) {
-    p = new ThreadPool(std::max(hardware_threads() - 1, 1));
+    p = new T(std::max(hardware_threads() - 1, 1));
     owner = getpid();
   }
   return *p;
@@ -213,11 +201,11 @@ void parallel_for(
   job->n = n;
   job->pieces = std::min<int64_t>(n, int64_t(threads) * 8);
   job->threads = threads;
-  Workers& spin = spinning();
+  Workers& spin = threads_of_this_process<Workers>();
   const bool spun = spin.try_start(job);
   if (!spun) {
     // Another thread's parallel_for holds the spinning workers: MLX's pool.
-    ThreadPool& workers = pool();
+    ThreadPool& workers = threads_of_this_process<ThreadPool>();
     for (int slot = 1; slot < threads; ++slot) {
       workers.enqueue([job, slot] { job->work(slot); });
     }
