@@ -46,6 +46,26 @@ int env_threads() {
 
 std::atomic<int> g_threads{0};  // 0: not set, use env_threads() or hardware_threads()
 
+// How long a thread that waits for another watches before it sleeps
+// (Workers, below: waking a sleeping thread costs about as long in a VM).
+constexpr auto kWatch = std::chrono::microseconds(300);
+
+// Waits until `a` no longer holds `old`, returning what it holds then:
+// watching it (yielding the core to any other runnable thread) until
+// `until`, then asleep on it.
+template <class T>
+T await_change(const std::atomic<T>& a, T old, std::chrono::steady_clock::time_point until) {
+  T v;
+  while ((v = a.load(std::memory_order_acquire)) == old) {
+    if (std::chrono::steady_clock::now() > until) {
+      a.wait(old, std::memory_order_acquire);
+    } else {
+      sched_yield();
+    }
+  }
+  return v;
+}
+
 // One parallel_for's pieces, handed out dynamically: on a busy machine a
 // worker may wake late (or be descheduled mid-way), and a static split
 // would leave the caller waiting for it. The caller takes pieces too and
@@ -72,7 +92,7 @@ struct Job {
   }
 };
 
-// Worker threads that, after a job, watch for the next one for kSpin before
+// Worker threads that, after a job, watch for the next one for kWatch before
 // sleeping. A decode step is a chain of ops each a few hundred µs or less,
 // tens of µs apart, and waking a sleeping thread costs about as much in a
 // VM: measured on Zen 3 (Firecracker guest, 2 cores), reading 2 MiB from L3
@@ -84,8 +104,6 @@ struct Job {
 // next token's graph.
 class Workers {
  public:
-  static constexpr auto kSpin = std::chrono::microseconds(300);
-
   explicit Workers(int n) {
     for (int slot = 1; slot <= n; ++slot) {
       std::thread([this, slot] { loop(slot); }).detach();
@@ -112,21 +130,10 @@ class Workers {
   }
 
  private:
-
   void loop(int slot) {
     uint64_t seen = gen_.load(std::memory_order_acquire);
     for (;;) {
-      auto t0 = std::chrono::steady_clock::now();
-      uint64_t g;
-      while ((g = gen_.load(std::memory_order_acquire)) == seen) {
-        if (std::chrono::steady_clock::now() - t0 > kSpin) {
-          gen_.wait(seen, std::memory_order_acquire);
-          t0 = std::chrono::steady_clock::now();
-        } else {
-          sched_yield();
-        }
-      }
-      seen = g;
+      seen = await_change(gen_, seen, std::chrono::steady_clock::now() + kWatch);
       std::shared_ptr<Job> job;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -215,13 +222,9 @@ void parallel_for(
   // The pieces still in progress end within a piece's time (an eighth of a
   // thread's share): watch for them before sleeping, as the workers do, since
   // being woken costs this thread about as long.
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t d = job->done.load(); d < job->pieces; d = job->done.load()) {
-    if (std::chrono::steady_clock::now() - t0 > Workers::kSpin) {
-      job->done.wait(d);
-    } else {
-      sched_yield();
-    }
+  const auto until = std::chrono::steady_clock::now() + kWatch;
+  for (int64_t d = job->done.load(); d < job->pieces;) {
+    d = await_change(job->done, d, until);
   }
   if (spun) {
     spin.finish();
