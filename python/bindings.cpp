@@ -4,6 +4,10 @@
 // every argument first (talkie_kernels/_checks.py: one function per op, for
 // every backend), and the C++ op functions keep their checks of the arrays
 // (ValueError/TypeError "[op_name] ...", the same messages).
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -209,6 +213,24 @@ NB_MODULE(_native, m) {
       "contiguous_copies",
       &tk::contiguous_copies,
       "How many inputs were copied because their last axis was strided (others are read in place).");
+  m.def(
+      "parallel_for_check",
+      [](int64_t n, int64_t fail_at) {
+        std::atomic<int64_t> sum{0};
+        tk::parallel_for(n, int64_t(1) << 30, 1, [&](int64_t begin, int64_t end, int) {
+          for (int64_t i = begin; i < end; ++i) {
+            if (i == fail_at) {
+              throw std::runtime_error("[parallel_for_check] item " + std::to_string(i));
+            }
+            sum += i;
+          }
+        });
+        return sum.load();
+      },
+      "n"_a,
+      "fail_at"_a = int64_t(-1),
+      "Σ i over [0, n) split by parallel_for over the kernels' threads, the loop throwing RuntimeError at item "
+      "fail_at (for tests).");
   m.def("available_isas", &tk::available_isas, "Instruction sets this CPU can run the kernels with.");
   m.def("use_isa", &tk::use_isa, "name"_a, "Switches the kernels to another instruction set (for tests).");
 }

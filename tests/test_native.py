@@ -373,6 +373,24 @@ def test_concurrent_callers_share_the_workers(threads):
         assert all(same(a, b) for a, b in zip(want, have))
 
 
+@pytest.mark.parametrize("n", [1, 2, 37, 64])
+def test_parallel_for_rethrows_a_piece_that_throws(threads, n):
+    # A loop body that throws, on whichever thread runs that piece (the
+    # caller's or a worker's: pieces are handed out dynamically), reaches the
+    # caller as that one exception, and leaves the threads fit for the next
+    # loop (a worker's escaping exception would end the process; a held
+    # worker set would hang or serialize the calls after it).
+    X.set_num_threads(64)
+    for fail_at in range(n):
+        with pytest.raises(RuntimeError, match=rf"\[parallel_for_check\] item {fail_at}$"):
+            X.parallel_for_check(n, fail_at)
+        assert X.parallel_for_check(n) == n * (n - 1) // 2
+    X.set_num_threads(1)
+    with pytest.raises(RuntimeError, match=r"item 0$"):
+        X.parallel_for_check(n, 0)
+    assert X.parallel_for_check(n) == n * (n - 1) // 2
+
+
 @pytest.mark.parametrize("n", [0, -1])
 def test_set_num_threads_refuses_below_one(n):
     # As TALKIE_KERNELS_NUM_THREADS does (these silently meant one thread).

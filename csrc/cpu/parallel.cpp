@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <atomic>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -72,11 +73,17 @@ T await_change(const std::atomic<T>& a, T old, std::chrono::steady_clock::time_p
 // then waits only for pieces in progress, never for a worker that has not
 // started; such a worker later finds nothing left (the job outlives the
 // call through the workers' shared_ptr, and fn is only called for a piece).
+// A piece that throws is caught where it ran: the pieces not yet begun are
+// then counted done without running, and parallel_for rethrows the first
+// exception once every piece is done and the workers are free again (an
+// exception escaping a worker thread would end the process).
 struct Job {
   const std::function<void(int64_t, int64_t, int)>* fn;
   int64_t n, pieces;
   int threads;
   std::atomic<int64_t> next{0}, done{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;  // written once, by the piece that set `failed`; read after `done` reaches pieces
 
   void work(int slot) {
     for (;;) {
@@ -84,7 +91,15 @@ struct Job {
       if (p >= pieces) {
         return;
       }
-      (*fn)(n * p / pieces, n * (p + 1) / pieces, slot);
+      if (!failed.load(std::memory_order_relaxed)) {
+        try {
+          (*fn)(n * p / pieces, n * (p + 1) / pieces, slot);
+        } catch (...) {
+          if (!failed.exchange(true)) {
+            error = std::current_exception();
+          }
+        }
+      }
       if (done.fetch_add(1) + 1 == pieces) {
         done.notify_all();
       }
@@ -228,6 +243,9 @@ void parallel_for(
   }
   if (spun) {
     spin.finish();
+  }
+  if (job->error) {
+    std::rethrow_exception(job->error);
   }
 }
 
