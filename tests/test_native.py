@@ -377,9 +377,9 @@ def test_concurrent_callers_share_the_workers(threads):
 def test_parallel_for_rethrows_a_piece_that_throws(threads, n):
     # A loop body that throws, on whichever thread runs that piece (the
     # caller's or a worker's: pieces are handed out dynamically), reaches the
-    # caller as that one exception, and leaves the threads fit for the next
-    # loop (a worker's escaping exception would end the process; a held
-    # worker set would hang or serialize the calls after it).
+    # caller as that one exception, and the next loop still visits every item
+    # once. (Before parallel_for caught it, a worker's exception ended the
+    # process here.)
     X.set_num_threads(64)
     for fail_at in range(n):
         with pytest.raises(RuntimeError, match=rf"\[parallel_for_check\] item {fail_at}$"):
