@@ -8,7 +8,9 @@ int64_t contiguous_copies() {
   return g_copies.load(std::memory_order_relaxed);
 }
 
-// never reports them donatable.
+// Reuse the donor's buffer only when MLX reports it donatable (no other
+// reference to it) and it is laid out exactly as the output; a strided or
+// broadcast donor would be read as if it were contiguous.
 void set_output(mx::array& out, const mx::array* donor) {
   if (donor && donor->is_donatable() && donor->dtype() == out.dtype() && donor->flags().row_contiguous &&
       donor->size() == out.size() && donor->data_size() == donor->size()) {
@@ -33,9 +35,5 @@ mx::cpu::CommandEncoder& encoder_for(
   }
   return enc;
 }
-
-// Working memory of the rope task (cos/sin table, scratch rows): up to a
-// cap, kept per thread between calls, since a fresh prefill-sized table
-// would cost a zero-fill and page faults on every call; beyond it, owned by
 
 } // namespace tk

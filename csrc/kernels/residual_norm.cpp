@@ -28,18 +28,23 @@ void residual_norm_rows_impl(const ResidualNormArgs& a, int64_t begin, int64_t e
     S* xn = at<S>(a.x_new, r * D);
     S* nr = at<S>(a.normed, r * D);
     // 1. x_new = round(x + g*y [+ sg*skip]), the sum in fp32, rounded once.
-    // 2. ss = sum(x_new^2) over the *stored* (rounded) x_new, in fp32.
-    const float ss = lane_sum(D, [&](int64_t i) {
+    // A loop of its own: fused into step 2's lane_sum, GCC could not prove
+    // the store to x_new misses the three inputs and left the bf16 skip
+    // variant scalar (~4x slower than without skip).
+    for (int64_t i = 0; i < D; ++i) {
       float v = load<K>(x[i]) + g * load<K>(y[i]);
       if constexpr (kSkip) {
         v += sg * load<K>(s[i]);
       }
-      S stored = store<K>(v);
-      xn[i] = stored;
-      float w = load<K>(stored);
+      xn[i] = store<K>(v);
+    }
+    // 2. ss = sum(x_new^2) over the *stored* (rounded) x_new, in fp32; x_new
+    // is hot in L1.
+    const float ss = lane_sum(D, [&](int64_t i) {
+      float w = load<K>(xn[i]);
       return w * w;
     });
-    // 3. normed = round(x_new * rsqrt(ss / D + eps)); x_new is hot in L1.
+    // 3. normed = round(x_new * rsqrt(ss / D + eps)).
     // (Rows here are long, so one row at a time is fine.)
     float scale;
     inv_rms(&ss, &scale, 1, D, a.eps);
