@@ -271,25 +271,35 @@ def test_isa_agree(isa, dtype):
     O.assert_accurate(normed, O.rms_norm(x_new), dtype, baseline=ref_n, what=f"{isa} normed")
 
 
-def test_fp16_conversions_exact():
-    # Every fp16 value survives the kernels' fp16 <-> fp32 conversions. rope
-    # at position 0 is the identity (cos 0 = 1, sin 0 = 0): it loads and
-    # stores each finite element once, subnormals and -0 included (rows of 64
-    # never pair a finite value with an inf/nan one). x + 0*y carries inf.
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16], ids=["fp16", "bf16"])
+def test_half_conversions_exact(dtype):
+    # Every fp16 (bf16) value survives the kernels' 16-bit <-> fp32
+    # conversions, in their vector loops and their tails. rope at position 0
+    # is the identity (cos 0 = 1, sin 0 = 0): it loads and stores each finite
+    # element once, subnormals and -0 included (rows of 64 never pair a finite
+    # value with an inf/nan one: both formats put them in aligned runs of
+    # 0x400 / 0x80 codes). residual_norm's x + 0*y keeps every value but -0;
+    # rows of 67 put elements in the loops' tails too.
     bits = np.arange(0, 1 << 16, dtype=np.uint16)
-    want = bits.view(np.float16)
-    x = mx.array(want).reshape(-1, 1, 1, 64)  # L = 1: every row at position 0
+    want = bits.view(np.float16).astype(np.float32) if dtype == mx.float16 else (bits.astype(np.uint32) << 16).view(np.float32)
+    x = mx.array(bits).view(dtype).reshape(-1, 1, 1, 64)  # L = 1: every row at position 0
     before = X.isa()
     for isa in X.available_isas():
         X.use_isa(isa)
-        got = np.array(N.rope(x, 0)).reshape(-1)
+        got = np.array(N.rope(x, 0).view(mx.uint16)).reshape(-1)
         finite = np.isfinite(want)
-        assert np.array_equal(got[finite].view(np.uint16), bits[finite])
-        assert np.isnan(got[np.isnan(want)]).all()
-        x_new, _ = N.residual_norm(x.reshape(-1, 64), mx.zeros((1024, 64), dtype=mx.float16), 0.0)
-        got = np.array(x_new).reshape(-1)
-        inf = np.isinf(want)
-        assert np.array_equal(got[inf], want[inf])
+        assert np.array_equal(got[finite], bits[finite]), isa
+        assert np.isnan(np.array(N.rope(x, 0).astype(mx.float32)).reshape(-1)[np.isnan(want)]).all(), isa
+        for D in (64, 67):
+            n = (1 << 16) // D * D
+            xs = mx.array(bits[:n]).view(dtype).reshape(-1, D)
+            x_new, _ = N.residual_norm(xs, mx.zeros(xs.shape, dtype=dtype), 0.0)
+            got = np.array(x_new.astype(mx.float32)).reshape(-1)
+            same = np.isfinite(want[:n]) & (bits[:n] != 0x8000)  # -0 + 0 is +0
+            assert np.array_equal(np.array(x_new.view(mx.uint16)).reshape(-1)[same], bits[:n][same]), (isa, D)
+            inf = np.isinf(want[:n])
+            assert np.array_equal(got[inf], want[:n][inf]), (isa, D)
+            assert np.isnan(got[np.isnan(want[:n])]).all(), (isa, D)
     X.use_isa(before)
 
 

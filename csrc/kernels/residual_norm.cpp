@@ -2,6 +2,12 @@
 //
 // Compiled once per instruction set into tk::kern::TK_ISA (see kernels.h and
 // common.inc for the rules these files follow).
+#include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>  // always-inline intrinsics only: safe in every ISA's copy
+#endif
+
 #include "kernels.h"
 
 #ifndef TK_ISA
@@ -13,6 +19,7 @@ namespace {
 
 #include "storage.inc"
 #include "common.inc"
+#include "vec.inc"
 
 // ---- residual_norm ----------------------------------------------------------
 
@@ -28,29 +35,24 @@ void residual_norm_rows_impl(const ResidualNormArgs& a, int64_t begin, int64_t e
     S* xn = at<S>(a.x_new, r * D);
     S* nr = at<S>(a.normed, r * D);
     // 1. x_new = round(x + g*y [+ sg*skip]), the sum in fp32, rounded once.
-    // A loop of its own: fused into step 2's lane_sum, GCC could not prove
-    // the store to x_new misses the three inputs and left the bf16 skip
-    // variant scalar (~4x slower than without skip).
-    for (int64_t i = 0; i < D; ++i) {
-      float v = load<K>(x[i]) + g * load<K>(y[i]);
+    for_vectors(D, [&](auto w, int64_t i) {
+      auto v = vget<K>(w, x + i) + g * vget<K>(w, y + i);
       if constexpr (kSkip) {
-        v += sg * load<K>(s[i]);
+        v += sg * vget<K>(w, s + i);
       }
-      xn[i] = store<K>(v);
-    }
+      vput<K>(w, xn + i, v);
+    });
     // 2. ss = sum(x_new^2) over the *stored* (rounded) x_new, in fp32; x_new
     // is hot in L1.
-    const float ss = lane_sum(D, [&](int64_t i) {
-      float w = load<K>(xn[i]);
-      return w * w;
+    const float ss = sum_vectors(D, [&](auto w, int64_t i) {
+      const auto v = vget<K>(w, xn + i);
+      return v * v;
     });
     // 3. normed = round(x_new * rsqrt(ss / D + eps)).
     // (Rows here are long, so one row at a time is fine.)
     float scale;
     inv_rms(&ss, &scale, 1, D, a.eps);
-    for (int64_t i = 0; i < D; ++i) {
-      nr[i] = store<K>(load<K>(xn[i]) * scale);
-    }
+    for_vectors(D, [&](auto w, int64_t i) { vput<K>(w, nr + i, vget<K>(w, xn + i) * scale); });
   }
 }
 

@@ -2,6 +2,12 @@
 //
 // Compiled once per instruction set into tk::kern::TK_ISA (see kernels.h and
 // common.inc for the rules these files follow).
+#include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>  // always-inline intrinsics only: safe in every ISA's copy
+#endif
+
 #include "kernels.h"
 
 #ifndef TK_ISA
@@ -13,6 +19,7 @@ namespace {
 
 #include "storage.inc"
 #include "common.inc"
+#include "vec.inc"
 
 // ---- rms_norm ---------------------------------------------------------------
 
@@ -27,8 +34,8 @@ void rms_norm_rows(const RmsNormArgs& a, int64_t begin, int64_t end) {
     // 1. ss = sum(x^2) per row, fp32.
     for (int64_t j = 0; j < nb; ++j) {
       const S* xr = x[j] = at<S>(a.x.ptr, row_offset(a.x, r0 + j));
-      ss[j] = lane_sum(D, [&](int64_t i) {
-        float v = load<K>(xr[i]);
+      ss[j] = sum_vectors(D, [&](auto w, int64_t i) {
+        const auto v = vget<K>(w, xr + i);
         return v * v;
       });
     }
@@ -39,9 +46,7 @@ void rms_norm_rows(const RmsNormArgs& a, int64_t begin, int64_t end) {
       const S* xr = x[j];
       S* out = at<S>(a.out, (r0 + j) * D);
       const float sc = scale[j];
-      for (int64_t i = 0; i < D; ++i) {
-        out[i] = store<K>(load<K>(xr[i]) * sc);
-      }
+      for_vectors(D, [&](auto w, int64_t i) { vput<K>(w, out + i, vget<K>(w, xr + i) * sc); });
     }
   }
 }

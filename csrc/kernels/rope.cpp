@@ -2,6 +2,12 @@
 //
 // Compiled once per instruction set into tk::kern::TK_ISA (see kernels.h and
 // common.inc for the rules these files follow).
+#include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>  // always-inline intrinsics only: safe in every ISA's copy
+#endif
+
 #include "kernels.h"
 
 #ifndef TK_ISA
@@ -13,6 +19,7 @@ namespace {
 
 #include "storage.inc"
 #include "common.inc"
+#include "vec.inc"
 
 // ---- RoPE angles ------------------------------------------------------------
 
@@ -113,24 +120,29 @@ void rope_rows_impl(const RopeArgs& a, int64_t begin, int64_t end, float* scratc
           __builtin_prefetch(reinterpret_cast<const void*>(ahead + o));
         }
         if constexpr (!kNorm) {
-          for (int64_t i = 0; i < D2; ++i) {
-            float x1 = load<K>(x[i]), x2 = load<K>(x[i + D2]);
-            out[i] = store<K>(x1 * c[i] + x2 * s[i]);
-            out[i + D2] = store<K>(x2 * c[i] - x1 * s[i]);
-          }
+          for_vectors(D2, [&](auto w, int64_t i) {
+            const auto x1 = vget<K>(w, x + i), x2 = vget<K>(w, x + i + D2);
+            const auto ci = vget<Dtype::f32>(w, c + i), si = vget<Dtype::f32>(w, s + i);
+            vput<K>(w, out + i, x1 * ci + x2 * si);
+            vput<K>(w, out + i + D2, x2 * ci - x1 * si);
+          });
         } else {
           // Rotate into fp32 scratch, then sum its squares: two simple loops
           // vectorize far better than one that both stores and reduces.
           const int64_t k = j * n_in + t;
           float* __restrict y = scratch + k * D;
-          for (int64_t i = 0; i < D2; ++i) {
-            float x1 = load<K>(x[i]), x2 = load<K>(x[i + D2]);
-            y[i] = x1 * c[i] + x2 * s[i];
-            y[i + D2] = x2 * c[i] - x1 * s[i];
-          }
+          for_vectors(D2, [&](auto w, int64_t i) {
+            const auto x1 = vget<K>(w, x + i), x2 = vget<K>(w, x + i + D2);
+            const auto ci = vget<Dtype::f32>(w, c + i), si = vget<Dtype::f32>(w, s + i);
+            vput<Dtype::f32>(w, y + i, x1 * ci + x2 * si);
+            vput<Dtype::f32>(w, y + i + D2, x2 * ci - x1 * si);
+          });
           outs[k] = out;
           gain[k] = (t == 0 && a.head_gain) ? a.head_gain[h] : 1.0f;
-          ss[k] = lane_sum<2 * kD2>(D, [&](int64_t i) { return y[i] * y[i]; });
+          ss[k] = sum_vectors(D, [&](auto w, int64_t i) {
+            const auto v = vget<Dtype::f32>(w, y + i);
+            return v * v;
+          });
         }
       }
       if (++l == L) {
@@ -148,9 +160,7 @@ void rope_rows_impl(const RopeArgs& a, int64_t begin, int64_t end, float* scratc
         const float sc = scale[k] * gain[k];
         const float* __restrict y = scratch + k * D;
         S* __restrict out = outs[k];
-        for (int64_t i = 0; i < D; ++i) {
-          out[i] = store<K>(y[i] * sc);
-        }
+        for_vectors(D, [&](auto w, int64_t i) { vput<K>(w, out + i, vget<Dtype::f32>(w, y + i) * sc); });
       }
     }
   }
