@@ -335,14 +335,19 @@ struct RowBlock {
   // (K = 512: 2 KB) the hardware prefetcher keeps restarting its streams; so
   // decode, which only streams, reads about half as fast without this. Each
   // row of the block tests its own target (first_in_line): rows of one
-  // block need not share an alignment.
+  // block need not share an alignment. Into L2 (prefetcht1), as the integer
+  // decode's requests (linear_int8.cpp): a row block ahead is 40 KB at K 5120
+  // (bf16), more than L1 holds, so prefetcht0 filled L1 with lines evicted
+  // before their use. Measured on Zen 4 (2 cores, bf16 w in 2 MiB pages, M =
+  // 1, 5120 -> 27392, vdpbf16ps loop, C++ harness, 12 interleaved rounds):
+  // 1.15x (12 of 12), 97 % of a plain streaming read.
   inline void prefetch_next(int64_t kb) const {
     constexpr int64_t bb = row_bytes<W>(kLinearBlock);
     for (int r = 0; r < NR; ++r) {
       const uint8_t* target = row[r] + ahead + kb * bb;
       if (first_in_line(target, bb)) {
         for (int64_t line = 0; line < bb; line += 64) {
-          __builtin_prefetch(target + line);
+          __builtin_prefetch(target + line, 0, 2);
         }
       }
     }
