@@ -33,53 +33,14 @@ namespace {
 
 #include "storage.inc"
 #include "common.inc"
+#include "vec.inc"
 
-#if defined(__AVX512F__)
-#define TK_VW 16
-#elif defined(__AVX2__)
-#define TK_VW 8
-#else
-#define TK_VW 4
-#endif
-constexpr int VW = TK_VW;  // floats per vector
+constexpr int VW = kVec;  // floats per vector (vec.inc)
 constexpr int BV = kLinearBlock / VW;  // vectors per 32-column block
 
-typedef float vf __attribute__((vector_size(VW * 4)));
-typedef int32_t vi __attribute__((vector_size(VW * 4)));
-typedef uint32_t vu __attribute__((vector_size(VW * 4)));
-typedef uint16_t vh __attribute__((vector_size(VW * 2)));
-typedef uint8_t vb __attribute__((vector_size(VW)));
-
-template <class V>
-inline V loadu(const void* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-// VW bytes from p, zero-extended to 32-bit lanes. (GCC 12 lowers
-// __builtin_convertvector from bytes to a scalar loop; the intrinsics are
-// one vpmovzxbd.)
-inline vu widen_bytes(const uint8_t* p) {
-#if TK_VW == 16
-  return __builtin_bit_cast(vu, _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-#elif TK_VW == 8
-  return __builtin_bit_cast(vu, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-#else
-  return __builtin_convertvector(loadu<vb>(p), vu);
-#endif
-}
-
-// VW 16-bit values from p, zero-extended to 32-bit lanes.
-inline vu widen_halves(const uint16_t* p) {
-#if TK_VW == 16
-  return __builtin_bit_cast(vu, _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
-#elif TK_VW == 8
-  return __builtin_bit_cast(vu, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-#else
-  return __builtin_convertvector(loadu<vh>(p), vu);
-#endif
-}
+using vf = fvec;
+using vi = ivec;
+using vu = uvec;
 
 inline float hsum(vf v) {
   float s = 0.0f;
@@ -109,30 +70,6 @@ constexpr int64_t row_bytes(int64_t K) {
   }
 }
 
-inline vf half_to_float(vh h) {
-#if defined(__F16C__) && TK_VW == 16
-  // The intrinsics, not __builtin_convertvector: GCC 12 lowers that from a
-  // _Float16 vector to one scalar vcvtph2ps per element (fp16 decode ran
-  // 6.6x slower than bf16).
-  return __builtin_bit_cast(vf, _mm512_cvtph_ps(__builtin_bit_cast(__m256i, h)));
-#elif defined(__F16C__) && TK_VW == 8
-  return __builtin_bit_cast(vf, _mm256_cvtph_ps(__builtin_bit_cast(__m128i, h)));
-#elif defined(__F16C__) || defined(__ARM_NEON)
-  typedef _Float16 vhf __attribute__((vector_size(VW * 2)));
-  return __builtin_convertvector(__builtin_bit_cast(vhf, h), vf);
-#else
-  // Exact fp16 -> fp32 in integer lanes, as storage.inc's scalar load.
-  vu v = __builtin_convertvector(h, vu);
-  vu sign = (v & 0x8000u) << 16;
-  vu em = v & 0x7FFFu;
-  vu normal = (em << 13) + (112u << 23);
-  vu sub = __builtin_bit_cast(vu, __builtin_convertvector(__builtin_bit_cast(vi, em), vf) * 0x1p-24f);
-  vu infnan = (em << 13) | 0x7F800000u;
-  vu out = em >= 0x7C00u ? infnan : (em < 0x0400u ? sub : normal);
-  return __builtin_bit_cast(vf, out | sign);
-#endif
-}
-
 // Block `kb` of a row (`row` points at the row's first byte) -> w[BV], in the
 // block order of kernels.h; quantized kinds give the integer codes q (the
 // caller applies scale and bias).
@@ -141,29 +78,29 @@ inline void load_block(const uint8_t* row, int64_t kb, vf* w) {
   if constexpr (W == WeightKind::f32) {
     const float* p = reinterpret_cast<const float*>(row) + kb * kLinearBlock;
     for (int j = 0; j < BV; ++j) {
-      w[j] = loadu<vf>(p + j * VW);
+      w[j] = vload<vf>(p + j * VW);
     }
   } else if constexpr (W == WeightKind::bf16) {
     const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + kb * kLinearBlock;
     for (int j = 0; j < BV; ++j) {
-      w[j] = __builtin_bit_cast(vf, widen_halves(p + j * VW) << 16);
+      w[j] = vload_float<Dtype::bf16>(p + j * VW);
     }
   } else if constexpr (W == WeightKind::f16) {
     const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + kb * kLinearBlock;
     for (int j = 0; j < BV; ++j) {
-      w[j] = half_to_float(loadu<vh>(p + j * VW));
+      w[j] = vload_float<Dtype::f16>(p + j * VW);
     }
   } else if constexpr (W == WeightKind::q8) {
     const uint8_t* p = row + kb * kLinearBlock;
     for (int j = 0; j < BV; ++j) {
-      w[j] = __builtin_convertvector(widen_bytes(p + j * VW), vf);
+      w[j] = __builtin_convertvector(vwiden_bytes(p + j * VW), vf);
     }
   } else if constexpr (W == WeightKind::q4) {
     // 16 bytes; byte i holds columns 2i (low nibble) and 2i+1 (high nibble).
     const uint8_t* p = row + kb * 16;
     constexpr int chunks = 16 / VW;
     for (int c = 0; c < chunks; ++c) {
-      vu u = widen_bytes(p + c * VW);
+      vu u = vwiden_bytes(p + c * VW);
       w[c] = __builtin_convertvector(u & 15u, vf);
       w[chunks + c] = __builtin_convertvector(u >> 4, vf);
     }
@@ -171,7 +108,7 @@ inline void load_block(const uint8_t* row, int64_t kb, vf* w) {
     // 24 bytes = 8 little-endian 24-bit words t_i, each holding columns
     // 4i..4i+3 at bits 0, 6, 12, 18; lane i of t gets t_i.
     const uint8_t* p = row + kb * 24;
-#if TK_VW >= 8
+#if TK_VEC_WIDTH >= 8
     // Bytes 0-15 and 8-23 (no read past the block) in the two 128-bit lanes;
     // one in-lane byte shuffle puts each word in its 32-bit lane.
     const __m256i raw = _mm256_inserti128_si256(
@@ -181,7 +118,7 @@ inline void load_block(const uint8_t* row, int64_t kb, vf* w) {
         0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,
         4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
     const __m256i t = _mm256_shuffle_epi8(raw, spread);
-#if TK_VW == 16
+#if TK_VEC_WIDTH == 16
     const __m512i tt = _mm512_broadcast_i64x4(t);  // t in both halves
     const __m512i lo = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 6, 6, 6, 6, 6, 6, 6, 6);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(12));
@@ -433,7 +370,7 @@ void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
         for (int m = 0; m < MR; ++m) {
           const float* xr = a.x + (m0 + m) * a.Kp + kb * kLinearBlock;
           for (int j = 0; j < BV; ++j) {
-            const vf xv = loadu<vf>(xr + j * VW);
+            const vf xv = vload<vf>(xr + j * VW);
             for (int r = 0; r < NR; ++r) {
               qx[m][r][j % AS] += q[r][j] * xv;
             }
@@ -458,7 +395,7 @@ void decode_tile(const LinearArgs& a, int64_t n0, int64_t m0) {
       for (int m = 0; m < MR; ++m) {
         const float* xr = a.x + (m0 + m) * a.Kp + kb * kLinearBlock;
         for (int j = 0; j < BV; ++j) {
-          const vf xv = loadu<vf>(xr + j * VW);
+          const vf xv = vload<vf>(xr + j * VW);
           for (int r = 0; r < NR; ++r) {
             acc[m][r][j % AS] += w[r][j] * xv;
           }
@@ -597,9 +534,9 @@ inline float dense_at(const uint8_t* row, int64_t k) {
   }
 }
 
-#if TK_VW >= 8
+#if TK_VEC_WIDTH >= 8
 // The in-lane steps of a transpose, one name per vector width.
-#if TK_VW == 16
+#if TK_VEC_WIDTH == 16
 typedef __m512 vreg;
 inline vreg unpack_lo(vreg a, vreg b) { return _mm512_unpacklo_ps(a, b); }
 inline vreg unpack_hi(vreg a, vreg b) { return _mm512_unpackhi_ps(a, b); }
@@ -616,7 +553,7 @@ inline vreg shuffle(vreg a, vreg b) { return _mm256_shuffle_ps(a, b, I); }
 
 // In-place transpose of a VW × VW square: afterwards v[i][j] is the old v[j][i].
 inline void transpose(vf* v) {
-#if TK_VW >= 8
+#if TK_VEC_WIDTH >= 8
   // 1. 4 × 4 transposes within each 128-bit lane: afterwards lane L of
   //    u[4g + c] holds rows 4g..4g+3 of column 4L + c.
   vreg t[VW], u[VW];
@@ -632,7 +569,7 @@ inline void transpose(vf* v) {
   }
   // 2. Whole 128-bit lanes: column 4L + c gathers lane L of every u[4g + c].
   for (int c = 0; c < 4; ++c) {
-#if TK_VW == 16
+#if TK_VEC_WIDTH == 16
     const __m512 lo01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), hi01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
     const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44),
                  hi23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
@@ -731,7 +668,7 @@ inline void tile_out(const vf (&acc)[kMR][kNV], float* c, bool first, bool last,
       float* cv = c + m * kNC + j * VW;
       vf v = acc[m][j];
       if (!first) {
-        v += loadu<vf>(cv);
+        v += vload<vf>(cv);
       }
       if (!last) {
         std::memcpy(cv, &v, sizeof(v));
@@ -753,7 +690,7 @@ inline void gemm_tile(const float* xp, const float* bp, int64_t kc, float* c, bo
   vf acc[kMR][kNV];
   for (int m = 0; m < kMR; ++m) {
     for (int j = 0; j < kNV; ++j) {
-      acc[m][j] = xp[m * kKCP] * loadu<vf>(bp + j * VW);
+      acc[m][j] = xp[m * kKCP] * vload<vf>(bp + j * VW);
     }
   }
   // (Unrolled: fewer loop instructions between the FMAs; 86 -> 90% of the
@@ -762,7 +699,7 @@ inline void gemm_tile(const float* xp, const float* bp, int64_t kc, float* c, bo
   for (int64_t k = 1; k < kc; ++k) {
     vf w[kNV];
     for (int j = 0; j < kNV; ++j) {
-      w[j] = loadu<vf>(bp + k * kNR + j * VW);
+      w[j] = vload<vf>(bp + k * kNR + j * VW);
     }
     for (int m = 0; m < kMR; ++m) {
       const float xv = xp[m * kKCP + k];
@@ -807,11 +744,11 @@ void pack_w_dot(const LinearArgs& a, int64_t n0, int64_t nc, int64_t k0, int64_t
             t[r] = vf{};
           } else if (kb < whole) {
             __builtin_prefetch(row + (kb + 8) * 64);  // (as pack_w)
-            t[r] = loadu<vf>(row + kb * 64);
+            t[r] = vload<vf>(row + kb * 64);
           } else {  // the tail block: columns past K are zero
             uint16_t v[kLinearBlock] = {};
             std::memcpy(v, row + kb * 64, (a.K - kb * kLinearBlock) * 2);
-            t[r] = loadu<vf>(v);
+            t[r] = vload<vf>(v);
           }
         }
         transpose(t);
@@ -988,7 +925,7 @@ void linear_gemm(const LinearArgs& a, int64_t begin, int64_t end) {
             const float* src = DOT ? reinterpret_cast<const float*>(a.xb + (m0 + i + m) * a.Kp + k0)
                                    : a.x + (m0 + i + m) * a.Kp + k0;
             for (int64_t k = 0; k < xk; k += VW) {
-              const vf v = m < mr ? loadu<vf>(src + k) : vf{};
+              const vf v = m < mr ? vload<vf>(src + k) : vf{};
               std::memcpy(xp + m * kKCP + k, &v, sizeof(v));
             }
           }
