@@ -39,7 +39,6 @@ constexpr int VW = kVec;  // floats per vector (vec.inc)
 constexpr int BV = kLinearBlock / VW;  // vectors per 32-column block
 
 using vf = fvec;
-using vi = ivec;
 using vu = uvec;
 
 inline float hsum(vf v) {

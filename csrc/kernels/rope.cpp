@@ -127,8 +127,8 @@ void rope_rows_impl(const RopeArgs& a, int64_t begin, int64_t end, float* scratc
             vput<K>(w, out + i + D2, x2 * ci - x1 * si);
           });
         } else {
-          // Rotate into fp32 scratch, then sum its squares: two simple loops
-          // vectorize far better than one that both stores and reduces.
+          // Rotate into fp32 scratch, then sum its squares (the row is hot in
+          // L1); the scaled, rounded store waits for the block's inv_rms.
           const int64_t k = j * n_in + t;
           float* __restrict y = scratch + k * D;
           for_vectors(D2, [&](auto w, int64_t i) {
