@@ -269,6 +269,26 @@ std::pair<mx::array, mx::array> residual_norm(
   return {out[0], out[1]};
 }
 
+// ---- swiglu -------------------------------------------------------------------
+
+mx::array swiglu(const mx::array& gate, const mx::array& x, mx::StreamOrDevice s_) {
+  constexpr const char* op = "swiglu";
+  check_array(op, "gate", gate);
+  check_array(op, "x", x);
+  check_pair(op, "gate", gate, "x", x);
+  auto s = mx::to_stream(s_);
+  // reference.swiglu (mlx-lm's): silu(gate) = gate * sigmoid(gate), then * x,
+  // each rounded to the dtype.
+  auto fallback = [s](std::vector<mx::array> in) {
+    return std::vector<mx::array>{
+        mx::multiply(mx::multiply(in[0], mx::sigmoid(in[0], s), s), in[1], s)};
+  };
+  if (use_fallback(s)) {
+    return fallback({gate, x})[0];
+  }
+  return mx::array(gate.shape(), gate.dtype(), std::make_shared<TalkieSwiGLU>(s, fallback), {gate, x});
+}
+
 // ---- linear -------------------------------------------------------------------
 
 mx::array linear(

@@ -83,6 +83,12 @@ std::pair<mx::array, mx::array> residual_norm(
     double eps,
     mx::StreamOrDevice s = {});
 
+// The gated activation of Talkie's MLP. gate, x (..., D), one dtype ->
+// (..., D) in that dtype.
+// 1. silu = gate / (1 + e^-gate)  (fp32).
+// 2. out = round(silu * x), once.
+mx::array swiglu(const mx::array& gate, const mx::array& x, mx::StreamOrDevice s = {});
+
 // x @ w.T for a dense or MLX-affine-quantized weight (mx.quantized_matmul's
 // semantics, transpose=True). x (..., K) float; w (N, K) float, or (N,
 // K*bits/32) uint32 with scales, biases (N, K/group_size) -> (..., N) in

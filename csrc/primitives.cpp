@@ -115,6 +115,10 @@ bool TalkieResidualNorm::is_equivalent(const mx::Primitive& other) const {
   return has_skip_ == o.has_skip_ && eps_ == o.eps_;
 }
 
+void TalkieSwiGLU::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("[swiglu] TalkieSwiGLU has no GPU kernel; the op uses its fallback there.");
+}
+
 void TalkieLinear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
   throw std::runtime_error("[linear] TalkieLinear has no GPU kernel; the op uses its fallback there.");
 }

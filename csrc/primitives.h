@@ -108,6 +108,21 @@ class TalkieResidualNorm : public FallbackPrimitive {
   float eps_;
 };
 
+// Inputs: {gate, x}. Outputs: {silu(gate) * x}.
+class TalkieSwiGLU : public FallbackPrimitive {
+ public:
+  TalkieSwiGLU(mx::Stream s, Fallback fallback) : FallbackPrimitive(s, std::move(fallback)) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
+  DEFINE_NAME(TalkieSwiGLU)
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    return {in[0].shape()};
+  }
+  bool is_equivalent(const mx::Primitive&) const override {
+    return true;
+  }
+};
+
 // Inputs: {x (M, K), w} or {x, w, scales, biases}. Outputs: {(M, N)}.
 class TalkieLinear : public FallbackPrimitive {
  public:

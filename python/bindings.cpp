@@ -112,6 +112,13 @@ NB_MODULE(_native, m) {
       "Fused x_new = x + gain*y [+ skip_gain*skip] (rounded once), normed = rms_norm(x_new).");
 
   m.def(
+      "swiglu",
+      [](const mx::array& gate, const mx::array& x) { return tk::swiglu(gate, x); },
+      "gate"_a,
+      "x"_a,
+      "silu(gate) * x in fp32, one rounding.");
+
+  m.def(
       "linear",
       [](const mx::array& x, const mx::array& weight, const std::optional<mx::array>& scales,
          const std::optional<mx::array>& biases, std::optional<int> group_size, std::optional<int> bits,

@@ -25,6 +25,7 @@ __all__ = [
     "rope",
     "rope_qk_norm",
     "residual_norm",
+    "swiglu",
     "linear",
     "scaled_dot_product_attention",
     "quantized_scaled_dot_product_attention",
@@ -93,6 +94,16 @@ def rope_qk_norm(q, k, head_gain, offset=0, *, base=1e6, eps=None):
 def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
     """Fused ``x + gain·y [+ skip_gain·skip]`` then RMSNorm -> (x_new, normed)."""
     return _impl()._residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
+
+
+def swiglu(gate, x):
+    """``silu(gate) · x``, the gated activation of Talkie's MLP, in fp32 and rounded once.
+
+    On the CPU the native loop (gate and x may be the two halves of one
+    projection's output, read in place); on the GPU MLX's own compiled
+    element-wise kernel. See ``reference.swiglu``.
+    """
+    return _impl()._swiglu(*C.swiglu_args(gate, x))
 
 
 def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):

@@ -270,6 +270,15 @@ def residual_norm_args(x, y, gain, skip, skip_gain, eps):
     return x, y, gain, skip, skip_gain, check_eps(op, eps)
 
 
+def swiglu_args(gate, x):
+    """-> (gate, x)."""
+    op = "swiglu"
+    check_array(op, "gate", gate)
+    check_array(op, "x", x)
+    check_pair(op, "gate", gate, "x", x)
+    return gate, x
+
+
 def linear_args(x, weight, scales, biases, group_size, bits, mode):
     """-> (x, weight, scales, biases, group_size, bits, mode), affine defaults filled in."""
     group_size, bits = _check_linear("linear", x, weight, scales, biases, group_size, bits, mode)

@@ -46,3 +46,5 @@ WIDTH_13B = ("talkie-1l-13b-width", "talkie-4l-13b-width")
 
 #: The per-op shapes of the real model, decode (L=1) and prefill (L=512).
 TALKIE_HEADS, TALKIE_HEAD_DIM, TALKIE_HIDDEN = 40, 128, 5120
+#: The MLP's width (swiglu's rows).
+TALKIE_INTERMEDIATE = 13696

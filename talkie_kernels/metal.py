@@ -1,5 +1,5 @@
-"""Metal kernels (``mx.fast.metal_kernel``) for four of the seven ops: ``rms_norm``,
-``rope``, ``rope_qk_norm`` and ``residual_norm``. ``linear`` and the two
+"""Metal kernels (``mx.fast.metal_kernel``) for four of the eight ops: ``rms_norm``,
+``rope``, ``rope_qk_norm`` and ``residual_norm``. ``swiglu``, ``linear`` and the two
 attention ops are MLX's own GPU ops, as in ``talkie_kernels.reference``.
 
 Same signatures, validation and semantics as ``talkie_kernels.reference``; the
@@ -61,6 +61,7 @@ __all__ = [
     "rope",
     "rope_qk_norm",
     "residual_norm",
+    "swiglu",
     "linear",
     "scaled_dot_product_attention",
     "quantized_scaled_dot_product_attention",
@@ -358,6 +359,8 @@ def _rope_qk_norm(q, k, head_gain, offset, base, eps):
     return _rope_qk_norm_fn(q, k, head_gain, _offsets(offset), base, eps)
 
 
+# On the GPU MLX compiles the activation into one element-wise kernel.
+_swiglu = mx.compile(reference._swiglu, shapeless=True)
 # On the GPU MLX's own matmuls are already near the memory limit.
 _linear = reference._linear
 # Attention on the GPU is MLX's own fused op (and mlx-lm's quantized composition).
@@ -419,6 +422,12 @@ def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
        rounded once.
     """
     return _residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
+
+
+def swiglu(gate: mx.array, x: mx.array) -> mx.array:
+    """``silu(gate) · x``: mlx-lm's composition, compiled into one MLX kernel
+    (see ``reference.swiglu``)."""
+    return _swiglu(*C.swiglu_args(gate, x))
 
 
 def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):

@@ -145,6 +145,10 @@ def _residual_norm(x, y, gain, skip, skip_gain, eps):
     return ops.residual_norm(x, y, gain, skip, skip_gain, eps)
 
 
+def _swiglu(gate, x):
+    return ops.swiglu(gate, x)
+
+
 def _linear(x, weight, scales, biases, group_size, bits, mode):
     return ops.linear(x, weight, scales, biases, group_size, bits, mode)
 
@@ -176,6 +180,12 @@ def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
     """Fused ``x_new = x + gain·y [+ skip_gain·skip]`` (rounded once), ``normed = rms_norm(x_new)``."""
     _require()
     return _residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
+
+
+def swiglu(gate, x):
+    """``silu(gate) · x`` in fp32, rounded once (see ``talkie_kernels.swiglu``)."""
+    _require()
+    return _swiglu(*C.swiglu_args(gate, x))
 
 
 def linear(x, weight, scales=None, biases=None, *, group_size=None, bits=None, mode="affine"):

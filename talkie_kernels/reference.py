@@ -12,6 +12,7 @@ the dispatcher in ``talkie_kernels/__init__.py`` calls with checked arguments.
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from . import _checks as C
 
@@ -94,6 +95,21 @@ def residual_norm(x, y, gain, skip=None, skip_gain=None, *, eps=None):
     3. ``normed = rms_norm(x_new)`` (fp32 reduction of the stored x_new).
     """
     return _residual_norm(*C.residual_norm_args(x, y, gain, skip, skip_gain, eps))
+
+
+def _swiglu(gate, x):
+    return nn.silu(gate) * x
+
+
+def swiglu(gate: mx.array, x: mx.array) -> mx.array:
+    """The gated activation of Talkie's MLP (mlx-lm's ``silu(mlp_gate(x)) · mlp_linear(x)``).
+
+    Shapes: gate, x (..., D), one dtype -> (..., D).
+
+    1. ``s = sigmoid(gate)``, then ``silu = gate · s`` (each rounded to the input dtype).
+    2. ``out = silu · x`` (rounded again).
+    """
+    return _swiglu(*C.swiglu_args(gate, x))
 
 
 def _linear(x, weight, scales, biases, group_size, bits, mode):

@@ -117,6 +117,13 @@ def residual_sum(x, y, gain, skip=None, skip_gain=None):
     return out
 
 
+def swiglu(gate, x):
+    """``silu(gate) · x`` in float64: ``g / (1 + e^-g) · x``."""
+    g = to64(gate)
+    with np.errstate(over="ignore"):  # e^-g overflows for g < -709: silu is -0 there
+        return g / (1.0 + np.exp(-g)) * to64(x)
+
+
 def rel_err(got, want) -> float:
     got, want = to64(got), to64(want)
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))

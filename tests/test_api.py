@@ -15,10 +15,10 @@ public, native, reference = (get_impl(name) for name in ("public", "native", "re
 
 
 def test_public_names():
-    for name in ("rms_norm", "rope", "rope_qk_norm", "residual_norm", "native_available", "load"):
+    for name in ("rms_norm", "rope", "rope_qk_norm", "residual_norm", "swiglu", "native_available", "load"):
         assert callable(getattr(tk, name))
     for mod in (tk.reference, tk.metal):
-        for op in ("rms_norm", "rope", "rope_qk_norm", "residual_norm"):
+        for op in ("rms_norm", "rope", "rope_qk_norm", "residual_norm", "swiglu"):
             assert callable(getattr(mod, op)), (mod, op)
     assert callable(tk.testing.metal_kernel) and callable(tk.testing.emulate_metal)
 

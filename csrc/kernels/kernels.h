@@ -58,6 +58,15 @@ struct ResidualNormArgs {
   float eps;
 };
 
+// swiglu over rows of length D: out[r] = silu(gate[r]) · x[r], where
+// silu(g) = g / (1 + e^-g), in fp32 and rounded once.
+struct SwigluArgs {
+  Dtype dtype;
+  int64_t D;
+  Rows gate, x;
+  void* out;  // row-contiguous
+};
+
 // cos/sin table for RoPE: item = tb * L + l, pos = offset[tb] + l,
 // cos[item * D2 + i] = cos(pos * inv_freq[i]) (likewise sin), i < D2.
 struct RopeTableArgs {
@@ -266,6 +275,7 @@ struct Table {
   const char* isa;
   void (*rms_norm)(const RmsNormArgs&, int64_t begin, int64_t end);
   void (*residual_norm)(const ResidualNormArgs&, int64_t begin, int64_t end);
+  void (*swiglu)(const SwigluArgs&, int64_t begin, int64_t end);
   void (*rope_table)(const RopeTableArgs&, int64_t begin, int64_t end);
   // scratch: rope_scratch_floats(D) floats owned by the caller, one buffer
   // per concurrent call.
@@ -317,6 +327,7 @@ struct Table {
 #define TK_KERNEL_DECLS                                                                         \
   void rms_norm(const RmsNormArgs&, int64_t, int64_t);                                          \
   void residual_norm(const ResidualNormArgs&, int64_t, int64_t);                                \
+  void swiglu(const SwigluArgs&, int64_t, int64_t);                                              \
   void rope_table(const RopeTableArgs&, int64_t, int64_t);                                      \
   void rope(const RopeArgs&, int64_t, int64_t, float*);                                         \
   void linear_prepare_x(const LinearX&, WeightKind, float*, int64_t, int64_t);                  \

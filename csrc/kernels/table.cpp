@@ -39,6 +39,7 @@ extern const Table table = {
     TK_NAME,
     TK_FROM(rms_norm),
     TK_FROM(residual_norm),
+    TK_FROM(swiglu),
     TK_FROM(rope_table),
     TK_FROM(rope),
     TK_FROM(linear_prepare_x),

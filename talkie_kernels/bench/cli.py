@@ -34,8 +34,9 @@ backend, and ``talkie_kernels.models.talkie``).
 * ``--linear-shapes``: ``linear`` at Talkie 13B's decode shapes, bf16/q4/q8,
   GB/s and % of the read bandwidth, and at the same shapes with 512 rows of x
   (prefill, fused only), GFLOP/s and % of the FMA peak (``linear.py``).
-* Per-op: rms_norm, rope, rope_qk_norm, residual_norm (with skip) at Talkie's
-  shapes (40 heads × 128, hidden 5120), decode L=1 and prefill L=512, bf16.
+* Per-op: rms_norm, rope, rope_qk_norm, residual_norm (with skip), swiglu at
+  Talkie's shapes (40 heads × 128, hidden 5120, MLP width 13696), decode L=1
+  and prefill L=512, bf16.
 * ``--depths``: attention by context length (``attention.py``): decode
   tok/s of one 13B-width bf16 block at 0/512/2048/4096 cached positions with
   floors, the attention op against MLX's CPU SDPA and its read floor, its

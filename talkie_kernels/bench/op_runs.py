@@ -1,6 +1,6 @@
 """The kernel sections of a bench run: the per-op table and the two ``linear`` tables.
 
-``run_ops`` times rms_norm, rope, rope_qk_norm and residual_norm at Talkie's
+``run_ops`` times rms_norm, rope, rope_qk_norm, residual_norm and swiglu at Talkie's
 shapes (decode and prefill); ``run_linear`` times ``linear`` at
 ``--linear-shapes`` against MLX's matmul, one weight format at a time, and
 ``run_prefill_linear`` the fused prefill GEMM at the same shapes. Each returns

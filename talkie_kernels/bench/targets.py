@@ -156,6 +156,8 @@ def targets() -> list[Target]:
                2.0, 3.0, "x", True, "default op shapes, not --quick"),
         Target("residual_norm + skip prefill (1, 512, 5120) bf16", _op("residual_norm", "prefill", [1, 512, 5120]),
                3.0, 6.0, "x", True, "default op shapes, not --quick"),
+        Target("swiglu prefill (1, 512, 13696) bf16", _op("swiglu", "prefill", [1, 512, 13696]),
+               10.0, 30.0, "x", True, "default op shapes, not --quick"),
     ]
     for fmt in LINEAR_FORMATS:
         out.append(Target(f"linear at Talkie 13B decode shapes, {fmt}: worst shape, of read bandwidth",

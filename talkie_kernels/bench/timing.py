@@ -35,7 +35,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import reference
-from ..configs import TALKIE_HEAD_DIM, TALKIE_HEADS, TALKIE_HIDDEN
+from ..configs import TALKIE_HEAD_DIM, TALKIE_HEADS, TALKIE_HIDDEN, TALKIE_INTERMEDIATE
 
 @dataclass(frozen=True)
 class Defaults:
@@ -61,7 +61,7 @@ QUICK = Defaults(rounds=2, min_rounds=2, op_sample_ms=1.0, linear_sample_ms=1.0)
 
 IMPLS = ("reference", "reference_compiled", "fused")
 PHASES = ("prefill", "decode")
-OPS = ("rms_norm", "rope", "rope_qk_norm", "residual_norm")
+OPS = ("rms_norm", "rope", "rope_qk_norm", "residual_norm", "swiglu")
 
 #: Per-op sequence lengths: decode is one token, prefill a 512-token prompt.
 OP_SEQ_LEN = {"decode": 1, "prefill": 512}
@@ -189,10 +189,13 @@ def interleaved(
 
 
 def op_shape(op: str, phase: str, seq_len: int | None = None) -> tuple[int, ...]:
-    """Talkie's real shape for one op: (1, 40, L, 128) for rope*, (1, L, 5120) for the norms."""
+    """Talkie's real shape for one op: (1, 40, L, 128) for rope*, (1, L, 5120) for the
+    norms, (1, L, 13696) (the MLP's width) for swiglu."""
     L = OP_SEQ_LEN[phase] if seq_len is None else seq_len
     if op in ("rope", "rope_qk_norm"):
         return (1, TALKIE_HEADS, L, TALKIE_HEAD_DIM)
+    if op == "swiglu":
+        return (1, L, TALKIE_INTERMEDIATE)
     return (1, L, TALKIE_HIDDEN)
 
 
@@ -204,7 +207,11 @@ def op_inputs(op: str, shape, dtype=mx.bfloat16, seed: int = 0) -> tuple:
     """Evaluated inputs for one op, as the state tuple its step function maps.
 
     rms_norm, rope: ``(x,)``; rope_qk_norm: ``(q, k, head_gain)``;
-    residual_norm (with skip): ``(x, y, gain, skip, skip_gain)``.
+    residual_norm (with skip): ``(x, y, gain, skip, skip_gain)``; swiglu:
+    ``(gate, x)``, the two halves of one (…, 2·D) array as the model's MLP
+    splits its projection, with ``x = 1 + e^-gate`` so that ``silu(gate)·x``
+    is ``gate`` again (to rounding): chained steps keep their values instead
+    of growing to inf or shrinking into subnormals.
     """
     key = mx.random.key(seed)
     k = mx.random.split(key, 5)
@@ -216,6 +223,9 @@ def op_inputs(op: str, shape, dtype=mx.bfloat16, seed: int = 0) -> tuple:
         args = (normal(0), normal(1), gain)
     elif op == "residual_norm":
         args = (normal(0), normal(1), mx.array([0.3], dtype), normal(2), mx.array([0.2], dtype))
+    elif op == "swiglu":
+        gate = normal(0)
+        args = tuple(mx.split(mx.concatenate([gate, 1 + mx.exp(-gate)], axis=-1), 2, axis=-1))
     else:
         raise ValueError(f"unknown op {op!r}")
     sync(*args)
@@ -252,7 +262,7 @@ def op_step(op: str, impl: str, phase: str) -> Callable[[tuple], tuple]:
     """One application of ``op`` by ``impl``, as a map from the state tuple to the next.
 
     Outputs feed the next application (x -> x; q, k -> q, k; x_new, normed ->
-    x, y), so a loop of steps is a dependent chain like a model's, and one
+    x, y; swiglu's output -> gate), so a loop of steps is a dependent chain like a model's, and one
     ``mx.eval`` of the final state computes every step.
     """
     offset = op_offset(phase)
@@ -265,6 +275,8 @@ def op_step(op: str, impl: str, phase: str) -> Callable[[tuple], tuple]:
         core = lambda q, k, g: fn(q, k, g, offset)  # noqa: E731
     elif op == "residual_norm":
         core = lambda x, y, g, s, sg: fn(x, y, g, s, sg)  # noqa: E731
+    elif op == "swiglu":
+        core = lambda g, x: fn(g, x)  # noqa: E731
     else:
         raise ValueError(f"unknown op {op!r}")
     if impl == "reference_compiled":
@@ -274,6 +286,8 @@ def op_step(op: str, impl: str, phase: str) -> Callable[[tuple], tuple]:
 
     if op in ("rms_norm", "rope"):
         return lambda s: (core(*s),)
+    if op == "swiglu":
+        return lambda s: (core(*s), s[1])
     if op == "rope_qk_norm":
         return lambda s: (*core(*s), s[2])
     return lambda s: (*core(*s), s[2], s[3], s[4])

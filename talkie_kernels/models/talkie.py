@@ -14,7 +14,8 @@ Same math as mlx-lm's plain model, fewer graph nodes per token. Per block:
    GPU), then ``attn_resid``.
 4. ``x, normed = residual_norm(x, attn, attn_gain)``.
 5. ``gate, lin = split(normed @ W_gate_linearᵀ)`` — one projection;
-   ``mlp = mlp_resid(silu(gate) · lin)``.
+   ``mlp = mlp_resid(swiglu(gate, lin))``, ``swiglu = silu(gate) · lin`` in one op
+   on the two halves, read in place.
 6. ``x, normed = residual_norm(x, mlp, mlp_gain, e_x, embed_skip)``: ``normed`` is
    the next block's attention input and, after the last block, the final norm.
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Optional
 
 import mlx.core as mx
@@ -104,12 +104,6 @@ SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "head_
 
 #: The smallest positive fp32 (subnormal): a zero eps for the fused ops.
 TINY_EPS = 1.401298464324817e-45
-
-@partial(mx.compile, shapeless=True)
-def swiglu(gate: mx.array, x: mx.array) -> mx.array:
-    # One fused elementwise node instead of sigmoid, multiply, multiply.
-    return nn.silu(gate) * x
-
 
 class Linear(nn.Linear):
     """``nn.Linear`` whose product is ``tk.linear``: the native kernel on the CPU.
@@ -235,7 +229,7 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, lin = mx.split(self.mlp_gate_linear(x), 2, axis=-1)
-        out = self.mlp_resid(swiglu(gate, lin))
+        out = self.mlp_resid(tk.swiglu(gate, lin))
         return out if self.tp_group is None else mx.distributed.all_sum(out, group=self.tp_group)
 
 
