@@ -104,6 +104,10 @@ def test_quick_run_models_at_each_format(quick_run):
     for method in ("step_loop", "generate_step"):
         r = by["float32", "decode", method, "reference_compiled"]
         assert r["status"] == "n/a" and r["error"] == COMPILED_DECODE_NA
+    # generate_step's fused row carries the synchronous loop timed in its rounds.
+    piped = by["float32", "decode", "generate_step", "fused"]
+    if piped["status"] == "ok":
+        assert piped["sync_tokens_per_s_local"] > 0 and piped["vs_sync_local"] > 0
     # Every decode row carries its floor: weight bytes per token ÷ the measured bandwidth.
     bandwidth = doc["metadata"]["read_bandwidth"]
     for r in models:

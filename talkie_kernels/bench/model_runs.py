@@ -9,6 +9,7 @@ for every implementation, interleaved, and returns their records.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,11 @@ def _measure(s: Settings, m: Loaded, progress) -> list[dict]:
     read against it: this VM's bandwidth moves by a third within a run, so a
     floor from the run's start or end reads that drift as the model's. (Not
     under ``mlx.launch``, whose floor is rank 0's.)
+
+    The generate_step workload likewise carries the fused model's synchronous
+    loop timed in its own rounds (``SYNC_CASE``, not a row of its own): its
+    target compares the two loops, and measured minutes apart in separate
+    workloads the drift read as the difference (``_in_round_sync``).
     """
     run, models = m.run, m.models
     weight_model = models["reference"] if isinstance(models["fused"], BaseException) else models["fused"]
@@ -149,6 +155,8 @@ def _measure(s: Settings, m: Loaded, progress) -> list[dict]:
         progress(f"model {m.label} {m.dtype} {phase} {method} ({tokens} tokens)")
         cases = {impl: _case(s, m, phase, method, impl) for impl in impls}
         companions = ()
+        if method == "generate_step" and "fused" in impls:
+            cases[SYNC_CASE] = _case(s, m, phase, "step_loop", "fused")
         if phase == "decode" and in_round_floor:
             if probe_case is None:  # (once: where it fails, probe_case is why and the run's probe serves)
                 probe, probe_case = P.round_probe(P.ReadProbe)
@@ -171,8 +179,28 @@ def _measure(s: Settings, m: Loaded, progress) -> list[dict]:
             base["weight_bytes_per_token"] = weight_bytes
             if companions:
                 base["read_gbps_local"] = probe.take_median()
-        records += [record(base, impl, results[impl], tokens) for impl in impls]
+        rows = [record(base, impl, results[impl], tokens) for impl in impls]
+        if SYNC_CASE in cases:
+            _in_round_sync(rows, results, tokens)
+        records += rows
     return records
+
+
+#: The fused synchronous decode loop, timed in the generate_step workload's rounds.
+SYNC_CASE = "fused_step_loop"
+
+
+def _in_round_sync(rows: list[dict], results: dict, tokens: int) -> None:
+    """The fused generate_step row gains ``sync_tokens_per_s_local`` (the synchronous loop's
+    tok/s in the same rounds) and ``vs_sync_local``: the median over rounds of that round's
+    synchronous time ÷ its generate_step time (> 1: the pipelined loop is faster)."""
+    piped, sync = results.get("fused"), results.get(SYNC_CASE)
+    if not (isinstance(piped, B.Stats) and isinstance(sync, B.Stats) and piped.samples_ms and sync.samples_ms):
+        return
+    row = next(r for r in rows if r["impl"] == "fused")
+    row["sync_tokens_per_s_local"] = tokens / (sync.median / 1e3)
+    pairs = list(zip(sync.samples_ms, piped.samples_ms))  # round by round (both sample every round)
+    row["vs_sync_local"] = statistics.median(a / b for a, b in pairs)
 
 
 def _case(s: Settings, m: Loaded, phase: str, method: str, impl: str):

@@ -113,9 +113,12 @@ def _vs_floor(model: str, fmt: str):
 
 
 def _pipelined_vs_sync(records, _):
-    """Fused talkie-8l-512 fp32: mlx-lm's generate_step tok/s ÷ the synchronous loop's."""
+    """Fused talkie-8l-512 fp32: mlx-lm's generate_step tok/s ÷ the synchronous loop's, the two
+    timed in the same rounds (``vs_sync_local``); else (a record without it) the two workloads' rows."""
     match = dict(kind="model", model="talkie-8l-512", phase="decode", dtype="float32", impl="fused")
     sync, piped = _one(records, method="step_loop", **match), _one(records, method="generate_step", **match)
+    if piped.get("vs_sync_local"):
+        return piped["vs_sync_local"]
     a, b = piped.get("tokens_per_s"), sync.get("tokens_per_s")
     return a / b if a and b else None
 
