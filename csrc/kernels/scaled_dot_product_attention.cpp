@@ -14,8 +14,9 @@
 //   in two sequential passes over the piece: the scores (each K row
 //   converted or dequantized in registers, dot products for blocks of up
 //   to 4 rows; a single row takes 4 keys at a time), then, after the
-//   piece's max m and sum l (vectorized over its keys, in fp32), acc = Σ e^(s − m)·v with register-blocked accumulators
-//   (each V row read once for a row's 8 vectors of columns). attention_merge
+//   piece's max m and sum l (vectorized over its keys, in fp32),
+//   acc = Σ e^(s − m)·v with register-blocked accumulators (each V row read
+//   once for a row's 8 vectors of columns). attention_merge
 //   combines the pieces of each row: M = max m_i,
 //   out = Σ e^(m_i − M)·acc_i / Σ e^(m_i − M)·l_i. Nothing is copied: at
 //   S = 4096 (40 heads × 128, bf16) one core reads ~9 GB/s of K/V, about its

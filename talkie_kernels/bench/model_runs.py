@@ -199,7 +199,7 @@ def _in_round_sync(rows: list[dict], results: dict, tokens: int) -> None:
         return
     row = next(r for r in rows if r["impl"] == "fused")
     row["sync_tokens_per_s_local"] = tokens / (sync.median / 1e3)
-    pairs = list(zip(sync.samples_ms, piped.samples_ms))  # round by round (both sample every round)
+    pairs = list(zip(sync.samples_ms, piped.samples_ms))  # round by round: each samples every round until done
     row["vs_sync_local"] = statistics.median(a / b for a, b in pairs)
 
 
